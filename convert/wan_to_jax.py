@@ -1,0 +1,36 @@
+"""Convert Wan2.2 PyTorch checkpoints into vbridge_jax components.
+
+  python convert/wan_to_jax.py --src PATH --out DIR [--dtype bfloat16|float32]
+
+PATH may be a DiT folder in the original Wan2.2 layout (config.json + *.safetensors, also
+the layout of the released V-Bridge checkpoint), a diffusers `transformer/` folder, the
+VAE, or a repository root holding several of these. Every component found is written to
+DIR/dit/ and DIR/vae/ (config.json + orbax params); nothing is written unless all succeed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--src", required=True, type=Path, help="checkpoint file, folder or repository root")
+  parser.add_argument("--out", required=True, type=Path, help="output folder (DIR/dit, DIR/vae)")
+  parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                      help="stored parameter dtype (default float32)")
+  args = parser.parse_args(argv)
+  sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+  from vbridge_jax.checkpoints import CheckpointError, convert_path  # pylint: disable=import-outside-toplevel
+  try:
+    convert_path(args.src, args.out, args.dtype)
+  except CheckpointError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

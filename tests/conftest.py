@@ -1,0 +1,31 @@
+"""Shared test set-up: 8 fake CPU devices (set before jax is imported), seeds, paths."""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+FOUNDIR_SAMPLES = SHARED / "data" / "foundir_samples"
+
+
+@pytest.fixture(scope="session")
+def foundir_samples() -> Path:
+  """The three real FoundIR test pairs in ../shared (absent in a user's clone: skip)."""
+  if not FOUNDIR_SAMPLES.is_dir():
+    pytest.skip("../shared/data/foundir_samples is not present")
+  return FOUNDIR_SAMPLES
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _torch_threads():
+  try:
+    import torch
+  except ImportError:
+    return
+  torch.set_num_threads(max(1, os.cpu_count() or 1))

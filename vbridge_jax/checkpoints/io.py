@@ -1,0 +1,321 @@
+"""Reading PyTorch tensors and writing converted components.
+
+Readers stream one tensor at a time (safetensors through a memory map, with no torch needed;
+pickles only through torch's `weights_only=True` loader). Writers put a component
+(`dit`, `vae`) into `OUT/<name>/` as `config.json` + orbax `params/`, atomically: the
+component is written beside its final place and renamed into it, so a failed conversion
+leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import struct
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import ml_dtypes
+import numpy as np
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that cannot be read or converted; the message names the file or key."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensor sources
+# ---------------------------------------------------------------------------------------------
+
+_ST_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+    "BOOL": np.bool_, "F8_E4M3": ml_dtypes.float8_e4m3fn, "F8_E5M2": ml_dtypes.float8_e5m2,
+}
+
+
+class TensorSource:
+  """A read-only mapping from key to tensor, read lazily. `name` is used in messages."""
+
+  name: str
+
+  def keys(self) -> list[str]:
+    raise NotImplementedError
+
+  def shape(self, key: str) -> tuple[int, ...]:
+    raise NotImplementedError
+
+  def get(self, key: str) -> np.ndarray:
+    """The tensor as a numpy array (float types as float32)."""
+    raise NotImplementedError
+
+  def __contains__(self, key: str) -> bool:
+    return key in set(self.keys())
+
+
+class SafetensorsSource(TensorSource):
+  """One or more `.safetensors` files, read through memory maps (bf16 included, no torch)."""
+
+  def __init__(self, files: Sequence[Path], name: str | None = None):
+    self.name = name or ", ".join(str(f) for f in files)
+    self._index: dict[str, tuple[Path, dict[str, Any], int]] = {}
+    for f in files:
+      header, offset = _read_safetensors_header(Path(f))
+      for key, info in header.items():
+        if key == "__metadata__":
+          continue
+        if key in self._index:
+          raise CheckpointError(f"{f}: tensor {key!r} also appears in {self._index[key][0]}")
+        self._index[key] = (Path(f), info, offset)
+
+  def keys(self) -> list[str]:
+    return list(self._index)
+
+  def __contains__(self, key: str) -> bool:
+    return key in self._index
+
+  def shape(self, key: str) -> tuple[int, ...]:
+    return tuple(self._index[key][1]["shape"])
+
+  def get(self, key: str) -> np.ndarray:
+    path, info, offset = self._index[key]
+    dtype = _ST_DTYPES.get(info["dtype"])
+    if dtype is None:
+      raise CheckpointError(f"{path}: tensor {key!r} has unsupported dtype {info['dtype']}")
+    start, end = info["data_offsets"]
+    count = int(np.prod(info["shape"], dtype=np.int64))
+    if end - start != count * np.dtype(dtype).itemsize:
+      raise CheckpointError(f"{path}: tensor {key!r} byte range does not match its shape")
+    mm = np.memmap(path, dtype=np.uint8, mode="r", offset=offset + start, shape=(end - start,))
+    arr = np.frombuffer(mm, dtype=dtype, count=count).reshape(info["shape"])
+    return _as_float32(arr)
+
+
+def _read_safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
+  try:
+    with open(path, "rb") as fh:
+      raw = fh.read(8)
+      if len(raw) != 8:
+        raise CheckpointError(f"{path}: not a safetensors file (too short)")
+      (n,) = struct.unpack("<Q", raw)
+      if n > 100_000_000:
+        raise CheckpointError(f"{path}: not a safetensors file (header length {n})")
+      header = json.loads(fh.read(n))
+    size = path.stat().st_size
+  except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise CheckpointError(f"{path}: cannot read safetensors header ({e})") from None
+  offset = 8 + n
+  for key, info in header.items():
+    if key != "__metadata__" and offset + info["data_offsets"][1] > size:
+      raise CheckpointError(f"{path}: truncated (tensor {key!r} runs past the end of the file)")
+  return header, offset
+
+
+class TorchPickleSource(TensorSource):
+  """A `.pth`/`.pt` state dict, opened only with torch's `weights_only=True` loader."""
+
+  def __init__(self, path: Path):
+    self.name = str(path)
+    try:
+      import torch  # pylint: disable=import-outside-toplevel
+    except ImportError:
+      raise CheckpointError(f"{path}: reading .pth needs torch (pip install 'vbridge_jax[convert]')") from None
+    try:
+      sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # torch raises many types for a bad pickle
+      raise CheckpointError(f"{path}: cannot load with torch.load(weights_only=True): {str(e).splitlines()[0]}") from None
+    for wrap in ("state_dict", "model", "module"):
+      if isinstance(sd, dict) and set(sd) == {wrap}:
+        sd = sd[wrap]
+    if not isinstance(sd, Mapping):
+      raise CheckpointError(f"{path}: holds a {type(sd).__name__}, not a state dict")
+    self._sd = {k: v for k, v in sd.items() if hasattr(v, "shape")}
+
+  def keys(self) -> list[str]:
+    return list(self._sd)
+
+  def __contains__(self, key: str) -> bool:
+    return key in self._sd
+
+  def shape(self, key: str) -> tuple[int, ...]:
+    return tuple(self._sd[key].shape)
+
+  def get(self, key: str) -> np.ndarray:
+    t = self._sd[key]
+    return t.float().numpy() if t.is_floating_point() else t.numpy()
+
+
+def _as_float32(arr: np.ndarray) -> np.ndarray:
+  if arr.dtype.kind == "f" or arr.dtype == ml_dtypes.bfloat16:
+    return arr.astype(np.float32)
+  return np.array(arr)
+
+
+def safetensors_files(folder: Path) -> list[Path]:
+  """The weight files of a folder: an index's shards if there is an index, else every file."""
+  folder = Path(folder)
+  indexes = sorted(folder.glob("*.safetensors.index.json"))
+  if indexes:
+    try:
+      index = json.loads(indexes[0].read_text())
+      shards = sorted(set(index["weight_map"].values()))
+    except (OSError, json.JSONDecodeError, KeyError, AttributeError) as e:
+      raise CheckpointError(f"{indexes[0]}: not a safetensors index ({e})") from None
+    files = [folder / s for s in shards]
+    for f in files:
+      if not f.is_file():
+        raise CheckpointError(f"{indexes[0]}: shard {f.name} is missing")
+    return files
+  return sorted(folder.glob("*.safetensors"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Conversion plans
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  """One target parameter: from one source key, or a stack of per-layer keys.
+
+  `fn` maps the source array to the target layout (e.g. a transpose); `shape` is the shape
+  the source tensor must have (checked before `fn`).
+  """
+
+  keys: tuple[str, ...]
+  shape: tuple[int, ...]
+  fn: Callable[[np.ndarray], np.ndarray] | None = None
+  stacked: bool = False
+
+
+def apply_plan(source: TensorSource, plan: Mapping[tuple[str, ...], Rule], dtype: Any,
+               progress: Callable[[Iterable], Iterable] | None = None) -> dict:
+  """Builds the nested target dict, one tensor at a time.
+
+  Every missing, unexpected or wrongly shaped tensor is reported (by source name and key) in
+  one `CheckpointError` before anything is converted.
+  """
+  wanted = {k for r in plan.values() for k in r.keys}
+  have = set(source.keys())
+  problems = []
+  missing = sorted(wanted - have)
+  if missing:
+    problems.append(f"missing tensor(s) {_short(missing)}")
+  unexpected = sorted(have - wanted)
+  if unexpected:
+    problems.append(f"unexpected tensor(s) {_short(unexpected)}")
+  for rule in plan.values():
+    for k in rule.keys:
+      if k in have and source.shape(k) != rule.shape:
+        problems.append(f"tensor {k!r} has shape {source.shape(k)}, expected {rule.shape}")
+  if problems:
+    raise CheckpointError(f"{source.name}: " + "; ".join(problems[:6]))
+  out: dict = {}
+  items: Iterable = plan.items()
+  if progress is not None:
+    items = progress(list(items))
+  for path, rule in items:
+    arrays = (_cast(rule.fn(source.get(k)) if rule.fn else source.get(k), dtype) for k in rule.keys)
+    if rule.stacked:
+      first = next(arrays)
+      value = np.empty((len(rule.keys),) + first.shape, first.dtype)
+      value[0] = first
+      for i, a in enumerate(arrays, start=1):
+        value[i] = a
+    else:
+      value = next(arrays)
+    node = out
+    for p in path[:-1]:
+      node = node.setdefault(p, {})
+    node[path[-1]] = value
+  return out
+
+
+def _cast(a: np.ndarray, dtype: Any) -> np.ndarray:
+  return np.ascontiguousarray(a.astype(dtype) if a.dtype.kind == "f" else a)
+
+
+def _short(keys: list[str], n: int = 4) -> str:
+  shown = ", ".join(repr(k) for k in keys[:n])
+  return shown + (f" and {len(keys) - n} more" if len(keys) > n else "")
+
+
+# ---------------------------------------------------------------------------------------------
+# Converted components on disk: OUT/<name>/{config.json, params/}
+# ---------------------------------------------------------------------------------------------
+
+
+def write_component(out: Path, name: str, config: Mapping[str, Any], params: dict,
+                    source: str = "") -> Path:
+  """Writes `out/<name>/` atomically; an existing component is replaced only on success."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
+  out = Path(out).resolve()
+  out.mkdir(parents=True, exist_ok=True)
+  final = out / name
+  tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=out))
+  try:
+    meta = {"component": name, "format": FORMAT_VERSION, "config": dict(config), "source": source}
+    (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+    with ocp.StandardCheckpointer() as ckptr:
+      ckptr.save(tmp / "params", params)
+      ckptr.wait_until_finished()
+    old = None
+    if final.exists():
+      old = out / f".{name}.old"
+      shutil.rmtree(old, ignore_errors=True)
+      os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+      shutil.rmtree(old, ignore_errors=True)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return final
+
+
+def find_component(path: Path, name: str) -> Path:
+  """`path` is a converter output `OUT` (holding `OUT/<name>`) or the component folder."""
+  path = Path(path)
+  for cand in (path / name, path):
+    meta = cand / "config.json"
+    if meta.is_file():
+      try:
+        comp = json.loads(meta.read_text()).get("component")
+      except (OSError, json.JSONDecodeError):
+        comp = None
+      if comp == name:
+        return cand
+  raise CheckpointError(f"{path}: no converted {name!r} component here (expected {path}/{name}/config.json "
+                        f"written by convert/wan_to_jax.py)")
+
+
+def read_component_config(folder: Path) -> dict[str, Any]:
+  meta = json.loads((Path(folder) / "config.json").read_text())
+  if meta.get("format") != FORMAT_VERSION:
+    raise CheckpointError(f"{folder}/config.json: format {meta.get('format')} is not {FORMAT_VERSION}")
+  return meta["config"]
+
+
+def restore_params(folder: Path, abstract: Any) -> Any:
+  """Restores `folder/params` into the structure, dtypes and shardings of `abstract`."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
+  with ocp.StandardCheckpointer() as ckptr:
+    try:
+      return ckptr.restore(Path(folder).resolve() / "params", abstract)
+    except (ValueError, KeyError, FileNotFoundError) as e:
+      raise CheckpointError(f"{folder}/params: does not match the model: {str(e).splitlines()[0]}") from None
+
+
+def flatten(tree: Mapping, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+  for k, v in tree.items():
+    if isinstance(v, Mapping):
+      yield from flatten(v, prefix + (str(k),))
+    else:
+      yield prefix + (str(k),), v
