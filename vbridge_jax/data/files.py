@@ -1,0 +1,232 @@
+"""Reading LQ/GT pairs from disk: image decoding, tree scanning, and the one error type.
+
+Layouts:
+- paired folders: `ROOT/<category>/{LQ,GT}/<id>.<ext>`, pairs matched by file stem, any
+  mix of extensions; `HQ` is accepted for `GT`, lower case too. A leading number on the
+  category folder (`01Blur`) is dropped from the category name.
+- FoundIR test split: the same, with the 20 numbered folders `01Blur` .. `20...`.
+- RealCE: `ROOT/{train,test}/{13mm,26mm,52mm}/<same name>`; 52mm is the GT, 13mm (x4)
+  and 26mm (x2) the LQ; both become pairs of the `RealCE` category.
+
+Every problem is a `DataError` whose one-line message names the file(s). With
+`skip_bad=True` the scanners skip the offending pairs and report how many in one warning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from vbridge_jax.data.degrade import CATEGORIES, REALCE_CATEGORY
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+_GT_NAMES = ("GT", "gt", "HQ", "hq")
+_LQ_NAMES = ("LQ", "lq")
+
+
+class DataError(ValueError):
+  """Bad input data; the message is one line naming the file(s)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Pair:
+  """One LQ/GT pair on disk."""
+  category: str
+  id: str
+  lq: str
+  gt: str
+
+
+def category_name(folder: str) -> str:
+  """`01Blur` -> `Blur`; a name that is only digits is kept."""
+  stripped = re.sub(r"^\d+", "", folder)
+  return stripped or folder
+
+
+def category_ids(names: Iterable[str]) -> dict[str, int]:
+  """Global category ids: FoundIR's 20 in order, RealCE = 20, others 21.. sorted."""
+  ids = {name: i for i, name in enumerate(CATEGORIES)}
+  for extra in sorted(set(names) - set(ids)):
+    ids[extra] = len(ids)
+  return ids
+
+
+def open_image(src: str | os.PathLike | bytes, name: str | None = None) -> Image.Image:
+  """Decodes a file path or encoded bytes to a fully loaded RGB PIL image.
+
+  The format is read from the data, not the file name (a JPEG behind `.png` is fine).
+  EXIF orientation is not applied, so both sides of a pair stay pixel-aligned.
+  """
+  label = name or (os.fspath(src) if not isinstance(src, bytes) else "<bytes>")
+  try:
+    im = Image.open(io.BytesIO(src) if isinstance(src, bytes) else src)
+    im.load()
+  except FileNotFoundError as e:
+    raise DataError(f"missing image: {label}") from e
+  except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    raise DataError(f"corrupt or truncated image: {label} ({e})") from e
+  if im.mode != "RGB":
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+      arr = np.asarray(im, dtype=np.float32)
+      im = Image.fromarray(np.clip(arr / 257.0, 0, 255).astype(np.uint8))
+    im = im.convert("RGB")
+  return im
+
+
+def read_rgb(src: str | os.PathLike | bytes, name: str | None = None) -> np.ndarray:
+  """Decodes to a uint8 `(H, W, 3)` array (see `open_image`)."""
+  return np.asarray(open_image(src, name), dtype=np.uint8)
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+  """(width, height) from the header only."""
+  try:
+    with Image.open(path) as im:
+      return im.size
+  except FileNotFoundError as e:
+    raise DataError(f"missing image: {path}") from e
+  except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    raise DataError(f"corrupt or unreadable image: {path} ({e})") from e
+
+
+def _images_by_stem(folder: Path) -> dict[str, Path]:
+  out: dict[str, Path] = {}
+  for p in sorted(folder.iterdir()):
+    if p.name.startswith(".") or not p.is_file() or p.suffix.lower() not in IMAGE_EXTS:
+      continue
+    if p.stem in out:
+      raise DataError(f"two images with the same stem: {out[p.stem]} and {p}")
+    out[p.stem] = p
+  return out
+
+
+def _subdir(folder: Path, names: Sequence[str]) -> Path | None:
+  for n in names:
+    if (folder / n).is_dir():
+      return folder / n
+  return None
+
+
+class _Problems:
+  """Raises at once, or (skip_bad) collects problems for one warning."""
+
+  def __init__(self, skip_bad: bool, where: str):
+    self.skip_bad, self.where, self.items = skip_bad, where, []
+
+  def __call__(self, message: str) -> None:
+    if not self.skip_bad:
+      raise DataError(message)
+    self.items.append(message)
+
+  def report(self) -> None:
+    if self.items:
+      log.warning("skipped %d bad item(s) in %s; first: %s", len(self.items), self.where,
+                  self.items[0])
+
+
+def _match(category: str, lq_dir: Path, gt_dir: Path, problem: _Problems,
+           check_sizes: bool, id_suffix: str = "") -> list[Pair]:
+  try:
+    lqs, gts = _images_by_stem(lq_dir), _images_by_stem(gt_dir)
+  except DataError as e:
+    problem(str(e))
+    return []
+  pairs = []
+  for stem in sorted(set(lqs) | set(gts)):
+    if stem not in lqs:
+      problem(f"GT without its LQ: {gts[stem]} (no {lq_dir}/{stem}.*)")
+      continue
+    if stem not in gts:
+      problem(f"LQ without its GT: {lqs[stem]} (no {gt_dir}/{stem}.*)")
+      continue
+    if check_sizes:
+      try:
+        a, b = image_size(lqs[stem]), image_size(gts[stem])
+      except DataError as e:
+        problem(str(e))
+        continue
+      if a != b:
+        problem(f"LQ/GT size mismatch: {lqs[stem]} {a[0]}x{a[1]} vs {gts[stem]} "
+                f"{b[0]}x{b[1]}")
+        continue
+    pairs.append(Pair(category, stem + id_suffix, str(lqs[stem]), str(gts[stem])))
+  return pairs
+
+
+def _category_dirs(root: Path) -> list[Path]:
+  if not root.is_dir():
+    raise DataError(f"not a directory: {root}")
+  return [p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+
+
+def scan_paired_folders(root: str | os.PathLike, *, skip_bad: bool = False,
+                        check_sizes: bool = True,
+                        known: Sequence[str] | None = None) -> list[Pair]:
+  """All pairs of a `ROOT/<category>/{LQ,GT}/<id>.<ext>` tree, sorted by category, id.
+
+  `known`: if given, every category name must be one of these (FoundIR's folders).
+  Raises DataError for a GT without its LQ (or the reverse), an LQ/GT size mismatch
+  (header check), an unreadable header, an empty category or an empty tree.
+  """
+  root = Path(root)
+  problem = _Problems(skip_bad, str(root))
+  pairs: list[Pair] = []
+  for cat_dir in _category_dirs(root):
+    name = category_name(cat_dir.name)
+    if known is not None and name not in known:
+      problem(f"unknown category folder: {cat_dir} (expected one of {', '.join(known)})")
+      continue
+    lq_dir, gt_dir = _subdir(cat_dir, _LQ_NAMES), _subdir(cat_dir, _GT_NAMES)
+    if lq_dir is None or gt_dir is None:
+      problem(f"category folder without LQ/ and GT/: {cat_dir}")
+      continue
+    found = _match(name, lq_dir, gt_dir, problem, check_sizes)
+    if not found:
+      problem(f"empty category: {cat_dir}")
+    pairs.extend(found)
+  problem.report()
+  if not pairs:
+    raise DataError(f"empty data set: no LQ/GT pairs under {root}")
+  return pairs
+
+
+def scan_foundir(root: str | os.PathLike, **kwargs) -> list[Pair]:
+  """The FoundIR test layout (numbered category folders; any subset of the 20)."""
+  from vbridge_jax.data.degrade import FOUNDIR_CATEGORIES
+  return scan_paired_folders(root, known=FOUNDIR_CATEGORIES, **kwargs)
+
+
+def scan_realce(root: str | os.PathLike, split: str, *, skip_bad: bool = False,
+                check_sizes: bool = True) -> list[Pair]:
+  """RealCE `ROOT/<split>/{13mm,26mm}` LQ against `ROOT/<split>/52mm` GT."""
+  base = Path(root) / split
+  if not (base / "52mm").is_dir():
+    raise DataError(f"RealCE split without 52mm/: {base}")
+  problem = _Problems(skip_bad, str(base))
+  pairs: list[Pair] = []
+  for lens, suffix in (("13mm", "_x4"), ("26mm", "_x2")):
+    if (base / lens).is_dir():
+      pairs.extend(_match(REALCE_CATEGORY, base / lens, base / "52mm", problem,
+                          check_sizes, suffix))
+  problem.report()
+  if not pairs:
+    raise DataError(f"empty data set: no 13mm/26mm -> 52mm pairs under {base}")
+  return pairs
+
+
+def realce_splits(root: str | os.PathLike) -> list[str]:
+  root = Path(root)
+  splits = [s for s in ("train", "test") if (root / s).is_dir()]
+  if not splits:
+    raise DataError(f"RealCE root without train/ or test/: {root}")
+  return splits
