@@ -1,0 +1,217 @@
+"""Device mesh, logical-axis rules and directly-sharded state creation.
+
+The mesh has four axes, `data, fsdp, context, tensor`; sizes come from the config and one
+of them may be -1 (it takes the remaining devices). Model code names array dimensions
+with logical axes ('embed', 'mlp', 'heads', 'batch', 'length', ...); the config's rules
+map each logical name to mesh axes. The rules are an ordered list of
+`(logical, mesh_axis | (mesh_axes...) | None)` pairs; a logical name may appear several
+times, and the first candidate whose mesh axes are still free in that array (and divide
+its dimension, when the shape is known) wins, as in flax linen and maxtext. So the
+activation `('batch', 'length', 'embed')` never uses `fsdp` twice.
+
+State is never materialised on one device: `create_sharded` traces the constructor once
+with `nnx.eval_shape`, derives a `NamedSharding` per variable and runs the constructor
+under `jax.jit` with those `out_shardings`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "context", "tensor")
+BATCH_AXES = ("data", "fsdp")
+Rules = Sequence[tuple[str, Any]]
+T = TypeVar("T")
+
+# Parameters: FSDP over the model width, tensor parallel over FFN / attention width.
+# Activations: batch over data x fsdp, video tokens over context, heads over tensor.
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("length", "context"),
+    ("text_length", None),
+    ("layers", None),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("text_embed", "fsdp"),
+    ("freq", None),
+    ("patch_in", None),
+    ("patch_out", None),
+    ("mod", None),
+    ("norm", None),
+)
+
+
+def mesh_shape(sizes: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
+  """Resolves `{axis: size}` (one size may be -1) into a shape over `MESH_AXES`."""
+  unknown = sorted(set(sizes) - set(MESH_AXES))
+  if unknown:
+    raise ValueError(f"unknown mesh axes {unknown}; the axes are {', '.join(MESH_AXES)}")
+  shape = [int(sizes.get(a, 1)) for a in MESH_AXES]
+  fill = [i for i, s in enumerate(shape) if s == -1]
+  if len(fill) > 1:
+    raise ValueError(f"only one mesh axis may be -1, got {dict(zip(MESH_AXES, shape))}")
+  if any(s == 0 or s < -1 for s in shape):
+    raise ValueError(f"mesh sizes must be positive or -1, got {dict(zip(MESH_AXES, shape))}")
+  known = math.prod(s for s in shape if s != -1)
+  if fill:
+    if num_devices % known:
+      raise ValueError(f"{num_devices} devices do not divide into mesh {dict(zip(MESH_AXES, shape))}")
+    shape[fill[0]] = num_devices // known
+  if math.prod(shape) != num_devices:
+    raise ValueError(f"mesh {dict(zip(MESH_AXES, shape))} needs {math.prod(shape)} devices, "
+                     f"{num_devices} are present")
+  return tuple(shape)
+
+
+def create_mesh(sizes: Mapping[str, int], devices: Sequence[Any] | None = None) -> Mesh:
+  """A `data, fsdp, context, tensor` mesh (auto axes) over `devices` (default: all)."""
+  devices = list(jax.devices() if devices is None else devices)
+  shape = mesh_shape(dict(sizes), len(devices))
+  return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
+                       devices=devices)
+
+
+def rules_from_config(rules: Iterable[Sequence[Any]] | None) -> tuple[tuple[str, Any], ...]:
+  """Normalises config rules (lists from JSON / ml_collections) into tuples of pairs."""
+  if rules is None:
+    return DEFAULT_RULES
+  out = []
+  for rule in rules:
+    if len(rule) != 2 or not isinstance(rule[0], str):
+      raise ValueError(f"a logical-axis rule is (logical_name, mesh_axes), got {rule!r}")
+    target = rule[1]
+    if isinstance(target, (list, tuple)):
+      target = tuple(target)
+      for t in target:
+        if t not in MESH_AXES:
+          raise ValueError(f"rule {rule!r} names mesh axis {t!r}; axes: {', '.join(MESH_AXES)}")
+    elif target is not None and target not in MESH_AXES:
+      raise ValueError(f"rule {rule!r} names mesh axis {target!r}; axes: {', '.join(MESH_AXES)}")
+    out.append((rule[0], target))
+  return tuple(out)
+
+
+def _axes(target: Any) -> tuple[str, ...]:
+  if target is None:
+    return ()
+  return tuple(target) if isinstance(target, tuple) else (target,)
+
+
+def logical_to_spec(names: Sequence[str | None], rules: Rules, *,
+                    shape: Sequence[int] | None = None, mesh: Mesh | None = None) -> PartitionSpec:
+  """Maps logical dimension names to a `PartitionSpec` (first free, dividing candidate).
+
+  Unknown names and `None` replicate. With `shape` and `mesh`, a candidate whose mesh
+  axes do not divide the dimension is skipped, and mesh axes of size 1 are dropped.
+  """
+  used: set[str] = set()
+  out: list[Any] = []
+  for i, name in enumerate(names):
+    chosen: tuple[str, ...] = ()
+    if name is not None:
+      for logical, target in rules:
+        if logical != name:
+          continue
+        axes = _axes(target)
+        if mesh is not None:
+          axes = tuple(a for a in axes if mesh.shape[a] > 1)
+        if used.intersection(axes):
+          continue
+        if shape is not None and mesh is not None and axes:
+          if shape[i] % math.prod(mesh.shape[a] for a in axes):
+            continue
+        chosen = axes
+        break
+    used.update(chosen)
+    out.append(None if not chosen else chosen[0] if len(chosen) == 1 else chosen)
+  while out and out[-1] is None:
+    out.pop()
+  return PartitionSpec(*out)
+
+
+def _logical_names(var: nnx.Variable) -> tuple[str | None, ...] | None:
+  meta = var.get_metadata()
+  names = meta.get("out_sharding") or meta.get("sharding_names") or meta.get("sharding")
+  return tuple(names) if names else None
+
+
+def state_shardings(abstract_state: Any, mesh: Mesh, rules: Rules) -> Any:
+  """`NamedSharding`s for an (abstract) nnx state: logical names on each variable -> mesh."""
+  def one(x):
+    if isinstance(x, nnx.Variable):
+      shape = x.get_value().shape
+      names = _logical_names(x)
+      spec = PartitionSpec() if names is None else logical_to_spec(names, rules, shape=shape,
+                                                                    mesh=mesh)
+      return x.replace(NamedSharding(mesh, spec))
+    if hasattr(x, "shape"):
+      return NamedSharding(mesh, PartitionSpec())
+    return x
+  return jax.tree.map(one, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def create_sharded(constructor: Callable[[], T], mesh: Mesh, rules: Rules) -> T:
+  """Runs `constructor()` (returning nnx objects) with every array born sharded.
+
+  The constructor is traced once abstractly to read the logical names, then jitted with
+  `out_shardings`; no device ever holds a full replica of a sharded variable.
+  """
+  with nnx.use_eager_sharding(False):
+    abstract = nnx.eval_shape(constructor)
+    graphdef, abs_state = nnx.split(abstract)
+    shardings = state_shardings(abs_state, mesh, rules)
+
+    build = jax.jit(lambda: nnx.state(constructor()), out_shardings=shardings)
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+      state = build()
+  return nnx.merge(graphdef, state)
+
+
+def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+  """Leading axis over `data x fsdp` (size-1 axes dropped), the rest replicated."""
+  axes = tuple(a for a in BATCH_AXES if mesh.shape[a] > 1)
+  lead = None if not axes else axes[0] if len(axes) == 1 else axes
+  return NamedSharding(mesh, PartitionSpec(lead, *([None] * (ndim - 1))))
+
+
+def batch_shards(mesh: Mesh) -> int:
+  return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def shard_batch(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
+  """Process-local numpy batch -> global arrays sharded over `data x fsdp`."""
+  out = {}
+  for k, v in batch.items():
+    v = np.asarray(v)
+    out[k] = jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v)
+  return out
+
+
+def maybe_initialize_distributed(cfg: Mapping[str, Any] | None = None) -> bool:
+  """`jax.distributed.initialize` when the config or environment asks for it.
+
+  `cfg` may hold `enabled` (bool or None = from environment), `coordinator_address`,
+  `num_processes`, `process_id`. The environment asks when `JAX_COORDINATOR_ADDRESS` is
+  set. Returns whether initialisation ran. Must run before any other JAX call.
+  """
+  cfg = dict(cfg or {})
+  enabled = cfg.get("enabled")
+  if enabled is None:
+    enabled = bool(os.environ.get("JAX_COORDINATOR_ADDRESS"))
+  if not enabled:
+    return False
+  kwargs = {k: cfg[k] for k in ("coordinator_address", "num_processes", "process_id")
+            if cfg.get(k) is not None}
+  jax.distributed.initialize(**kwargs)
+  logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
+  return True
