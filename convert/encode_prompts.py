@@ -1,0 +1,74 @@
+"""Encode the restoration prompts once with umT5 and store them for restoring and training.
+
+  python convert/encode_prompts.py --text-encoder PATH --out FILE.npz \
+      [--prompt TEXT] [--negative TEXT] [--tokenizer DIR] [--dtype float32|bfloat16]
+
+PATH is a diffusers repository (`text_encoder/` + `tokenizer/`), its `text_encoder/` folder,
+or the original Wan2.2 `models_t5_umt5-xxl-enc-bf16.pth` (or the folder holding it, with the
+tokenizer in `google/umt5-xxl/`). FILE.npz gets float32 `positive (L_pos, text_dim)` and
+`negative (L_neg, text_dim)`: the hidden states of the real tokens only (the DiT pads the
+context to 512). Defaults: the V-Bridge prompts. Needs torch and transformers; the float32
+encoder takes about 23 GB of host memory at XXL size (bfloat16: half, as the authors ran it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--text-encoder", required=True, type=Path,
+                      help="diffusers repo / text_encoder folder, or the Wan umT5 .pth")
+  parser.add_argument("--out", required=True, type=Path, help="output .npz file")
+  parser.add_argument("--prompt", default=None, help="positive prompt (default: V-Bridge's)")
+  parser.add_argument("--negative", default=None, help="negative prompt (default: V-Bridge's)")
+  parser.add_argument("--tokenizer", default=None, type=Path,
+                      help="tokenizer folder (default: tokenizer/ or google/umt5-xxl/ beside the weights)")
+  parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                      help="encoder compute dtype (default float32)")
+  args = parser.parse_args(argv)
+  sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+  # pylint: disable=import-outside-toplevel
+  import numpy as np
+  from vbridge_jax.checkpoints import umt5
+  from vbridge_jax.checkpoints.io import CheckpointError
+
+  positive = umt5.VBRIDGE_POSITIVE if args.prompt is None else args.prompt
+  negative = umt5.VBRIDGE_NEGATIVE if args.negative is None else args.negative
+  try:
+    layout, weights, tok_dir = umt5.locate(args.text_encoder, args.tokenizer)
+    try:
+      from transformers import AutoTokenizer
+      tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    except (OSError, ValueError) as e:
+      raise CheckpointError(f"{tok_dir}: cannot load the tokenizer: {str(e).splitlines()[0]}") from None
+    print(f"text encoder: {layout} layout at {weights}; tokenizer {tok_dir}")
+    if layout == "wan":
+      model = umt5.load_wan_encoder(weights, args.dtype)
+    else:
+      model = umt5.load_diffusers_encoder(weights, args.dtype)
+    pos, neg = umt5.encode(model, tokenizer, [positive, negative])
+  except CheckpointError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  out = args.out if args.out.suffix == ".npz" else args.out.with_suffix(args.out.suffix + ".npz")
+  out.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".npz", dir=out.parent)
+  os.close(fd)
+  try:
+    np.savez(tmp, positive=pos.astype(np.float32), negative=neg.astype(np.float32))
+    os.replace(tmp, out)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  print(f"wrote {out}: positive {pos.shape}, negative {neg.shape}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

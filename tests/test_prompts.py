@@ -1,0 +1,145 @@
+"""convert/encode_prompts.py on a tiny random umT5, in the diffusers and the original Wan layouts."""
+
+import importlib.util
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from vbridge_jax.checkpoints import umt5
+
+REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+def _cli():
+  spec = importlib.util.spec_from_file_location("encode_prompts", REPO / "convert" / "encode_prompts.py")
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.main
+
+
+def _tokenizer(folder):
+  """A tiny Unigram tokenizer trained offline on the prompts, with T5's trailing </s>."""
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+  from transformers import PreTrainedTokenizerFast
+
+  tok = Tokenizer(models.Unigram())
+  tok.pre_tokenizer = pre_tokenizers.Metaspace()
+  tok.decoder = decoders.Metaspace()
+  trainer = trainers.UnigramTrainer(vocab_size=150, special_tokens=["<pad>", "</s>", "<unk>"],
+                                    unk_token="<unk>")
+  text = [umt5.VBRIDGE_POSITIVE, umt5.VBRIDGE_NEGATIVE, "a cat on a mat", "rain & fog"]
+  tok.train_from_iterator(text * 4, trainer)
+  tok.post_processor = processors.TemplateProcessing(
+      single="$A </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))])
+  fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
+                                 unk_token="<unk>")
+  fast.save_pretrained(folder)
+  return fast
+
+
+def _hf_to_wan(state):
+  """Hand-written inverse of the key map (Wan's T5Encoder names), for the .pth fixture."""
+  out = {}
+  names = {"layer.0.layer_norm": "norm1", "layer.0.SelfAttention.q": "attn.q",
+           "layer.0.SelfAttention.k": "attn.k", "layer.0.SelfAttention.v": "attn.v",
+           "layer.0.SelfAttention.o": "attn.o",
+           "layer.0.SelfAttention.relative_attention_bias": "pos_embedding.embedding",
+           "layer.1.layer_norm": "norm2", "layer.1.DenseReluDense.wi_0": "ffn.gate.0",
+           "layer.1.DenseReluDense.wi_1": "ffn.fc1", "layer.1.DenseReluDense.wo": "ffn.fc2"}
+  for k, v in state.items():
+    if k == "shared.weight":
+      out["token_embedding.weight"] = v
+    elif k == "encoder.final_layer_norm.weight":
+      out["norm.weight"] = v
+    elif m := re.match(r"encoder\.block\.(\d+)\.(.+)\.weight$", k):
+      out[f"blocks.{m.group(1)}.{names[m.group(2)]}.weight"] = v
+  return out
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+  from transformers import UMT5Config, UMT5EncoderModel
+
+  root = tmp_path_factory.mktemp("umt5")
+  tok = _tokenizer(root / "tokenizer")
+  torch.manual_seed(0)
+  cfg = UMT5Config(vocab_size=len(tok), d_model=16, d_kv=4, d_ff=24, num_layers=2, num_heads=4,
+                   relative_attention_num_buckets=8, relative_attention_max_distance=128,
+                   feed_forward_proj="gated-gelu", dropout_rate=0.0, is_encoder_decoder=False)
+  model = UMT5EncoderModel(cfg).eval()
+  with torch.no_grad():  # norms away from 1 so that a swapped norm would show
+    for name, p in model.named_parameters():
+      if "layer_norm" in name:
+        p.uniform_(0.5, 1.5)
+  model.save_pretrained(root / "text_encoder")
+  wan = root / "wan"
+  (wan / "google").mkdir(parents=True)
+  tok.save_pretrained(wan / "google" / "umt5-xxl")
+  sd = {k: v.clone() for k, v in model.state_dict().items()}
+  torch.save(_hf_to_wan(sd), wan / umt5.WAN_PTH_NAME)
+  return root, model, tok
+
+
+def _direct(model, tok, text):
+  """Unpadded forward of the cleaned text: what the real tokens' states must equal."""
+  ids = tok(umt5.clean_prompt(text), return_tensors="pt").input_ids
+  assert ids[0, -1].item() == tok.eos_token_id
+  with torch.no_grad():
+    return model(input_ids=ids).last_hidden_state[0].numpy()
+
+
+def test_key_map_covers_every_tensor(tiny):
+  _, model, _ = tiny
+  wan = _hf_to_wan(model.state_dict())
+  hf = {umt5.wan_to_hf_key(k) for k in wan}
+  assert None not in hf
+  assert hf == set(model.state_dict()) - {"encoder.embed_tokens.weight"}
+  assert umt5.wan_to_hf_key("blocks.0.attn.x.weight") is None
+
+
+def test_diffusers_layout(tiny, tmp_path):
+  root, model, tok = tiny
+  out = tmp_path / "prompts.npz"
+  assert _cli()(["--text-encoder", str(root), "--out", str(out)]) == 0
+  data = np.load(out)
+  assert set(data.files) == {"positive", "negative"}
+  for key, text in (("positive", umt5.VBRIDGE_POSITIVE), ("negative", umt5.VBRIDGE_NEGATIVE)):
+    ref = _direct(model, tok, text)
+    assert data[key].dtype == np.float32 and data[key].shape == ref.shape
+    np.testing.assert_allclose(data[key], ref, atol=1e-5, rtol=0)
+  assert data["positive"].shape[0] != data["negative"].shape[0]
+  # Custom prompts, given a text_encoder/ folder directly.
+  assert _cli()(["--text-encoder", str(root / "text_encoder"), "--out", str(out),
+                 "--prompt", "a  cat &amp; a mat", "--negative", "rain"]) == 0
+  data = np.load(out)
+  np.testing.assert_allclose(data["positive"], _direct(model, tok, "a cat & a mat"), atol=1e-5)
+
+
+def test_wan_layout_matches(tiny, tmp_path):
+  root, model, tok = tiny
+  out = tmp_path / "wan.npz"
+  assert _cli()(["--text-encoder", str(root / "wan"), "--out", str(out)]) == 0
+  data = np.load(out)
+  np.testing.assert_allclose(data["positive"], _direct(model, tok, umt5.VBRIDGE_POSITIVE), atol=1e-5)
+  np.testing.assert_allclose(data["negative"], _direct(model, tok, umt5.VBRIDGE_NEGATIVE), atol=1e-5)
+
+
+def test_errors(tiny, tmp_path, capsys):
+  root, model, _ = tiny
+  bad = tmp_path / "bad"
+  bad.mkdir()
+  sd = _hf_to_wan(model.state_dict())
+  del sd["blocks.1.ffn.fc1.weight"]
+  sd["blocks.0.extra.weight"] = torch.zeros(2)
+  torch.save(sd, bad / "enc.pth")
+  rc = _cli()(["--text-encoder", str(bad / "enc.pth"), "--tokenizer", str(root / "tokenizer"),
+               "--out", str(tmp_path / "x.npz")])
+  err = capsys.readouterr().err
+  assert rc == 1 and "blocks.0.extra.weight" in err and "wi_1" in err and len(err.splitlines()) == 1
+  assert not (tmp_path / "x.npz").exists()
+  rc = _cli()(["--text-encoder", str(tmp_path / "nope"), "--out", str(tmp_path / "x.npz")])
+  assert rc == 1 and "no such file" in capsys.readouterr().err
+  rc = _cli()(["--text-encoder", str(bad / "enc.pth"), "--out", str(tmp_path / "x.npz")])
+  assert rc == 1 and "pass --tokenizer" in capsys.readouterr().err
