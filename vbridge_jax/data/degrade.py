@@ -5,7 +5,7 @@ returns a uint8 RGB image of the same size; the same generator state gives the s
 output. `degrade(image, category, rng)` applies a category's chain of operations.
 
 Parameter ranges (drawn uniformly unless noted). Spatial sizes are given for a 512-pixel
-short side and scale linearly with the image's short side (`_scale`):
+short side and scale linearly with the image's short side, but not below half (`_scale`):
 
 - `gaussian_blur`: sigma 0.8 .. 3.0 px.
 - `motion_blur`: a line kernel, length 5 .. 21 px, angle 0 .. 180 degrees.
@@ -19,13 +19,14 @@ short side and scale linearly with the image's short side (`_scale`):
   beta 0.8 .. 2.5, airlight A 0.75 .. 0.95 (slightly tinted per channel).
 - `rain`: streaks; seed density 0.002 .. 0.008 per pixel, length 10 .. 35 px, angle
   -25 .. 25 degrees from vertical, brightness 0.5 .. 0.9.
-- `raindrop`: 10 .. 40 drops of radius 4 .. 18 px; inside a drop the scene is blurred,
+- `raindrop`: 15 .. 50 drops of radius 6 .. 24 px; inside a drop the scene is blurred,
   shifted by up to a radius and brightened by 0 .. 15%, with soft edges.
 - `lowlight`: exposure 0.08 .. 0.3, gamma 1.3 .. 2.2 (applied as x ** gamma, darkening),
   then sensor noise (the `signal_noise` model with a 0.001 .. 0.006, b 0.005 .. 0.02).
   `lowlight_dark` is the same without the noise (for chains that add noise later).
-- `rescale` (RealCE-like): bicubic down by x2 or x4 (chosen with equal odds) and bicubic
-  back up to the input size.
+- `rescale` (RealCE-like): optical softness (Gaussian sigma 0 .. 0.3 x factor px), then
+  down by x2 or x4 (equal odds) with a bicubic, bilinear or box filter, and bicubic back
+  up to the input size.
 
 A category's chain: its scene effects first (haze, rain, raindrop), then blur, low light,
 noise, JPEG last, the order in which a camera forms the image. `Blur` draws one of the
@@ -71,7 +72,7 @@ def _to_uint8(x: np.ndarray) -> np.ndarray:
 
 def _scale(image: np.ndarray) -> float:
   """Spatial sizes are given for a 512-pixel short side."""
-  return max(min(image.shape[:2]) / 512.0, 0.125)
+  return max(min(image.shape[:2]) / 512.0, 0.5)
 
 
 def _convolve(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
@@ -194,8 +195,8 @@ def raindrop(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
   blurred = ndimage.gaussian_filter(x, sigma=(3 * s, 3 * s, 0))
   out = x.copy()
   yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-  for _ in range(int(rng.integers(10, 41))):
-    r = rng.uniform(4, 18) * s
+  for _ in range(int(rng.integers(15, 51))):
+    r = rng.uniform(6, 24) * s
     cy, cx = rng.uniform(0, h), rng.uniform(0, w)
     ry, rx = r * rng.uniform(0.7, 1.0), r
     y0, y1 = int(max(cy - ry - 2, 0)), int(min(cy + ry + 3, h))
@@ -226,8 +227,11 @@ def lowlight(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def rescale(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
   h, w = _check(image).shape[:2]
   factor = 2 if rng.integers(2) == 0 else 4
-  im = Image.fromarray(image)
-  small = im.resize((max(w // factor, 1), max(h // factor, 1)), Image.BICUBIC)
+  sigma = rng.uniform(0, 0.3 * factor)
+  soft = ndimage.gaussian_filter(_to_float(image), sigma=(sigma, sigma, 0))
+  im = Image.fromarray(_to_uint8(soft))
+  down = (Image.BICUBIC, Image.BILINEAR, Image.BOX)[int(rng.integers(3))]
+  small = im.resize((max(w // factor, 1), max(h // factor, 1)), down)
   return np.asarray(small.resize((w, h), Image.BICUBIC), dtype=np.uint8).copy()
 
 

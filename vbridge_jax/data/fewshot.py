@@ -103,8 +103,18 @@ def build(out: str | os.PathLike, *, clean: str | os.PathLike | None = None,
   if progress:
     from tqdm import tqdm
     bar = tqdm(total=len(todo), desc="fewshot pairs", unit="pair")
+  try:
+    _write(out, todo, sources, clean is not None, size, seed, per_category, bar)
+  finally:
+    if bar is not None:
+      bar.close()
+  return len(todo)
+
+
+def _write(out: Path, todo, sources, from_folder: bool, size: int, seed: int,
+           per_category: int, bar) -> None:
   cache: dict[int, np.ndarray] = {}
-  for n, (category, i) in enumerate(todo):
+  for category, i in todo:
     cat_index = CATEGORIES.index(category)
     rng = np.random.default_rng([seed, cat_index, i])
     n_pair = cat_index * per_category + i  # each wrap shifts by one: photos mix
@@ -112,7 +122,7 @@ def build(out: str | os.PathLike, *, clean: str | os.PathLike | None = None,
     if k not in cache:
       name, src = sources[k]
       cache[k] = src if isinstance(src, np.ndarray) else read_rgb(src)
-      if clean is not None and len(cache) > 4:  # keep memory small for big folders
+      if from_folder and len(cache) > 4:  # keep memory small for big folders
         cache.pop(next(iter(cache)))
     gt = random_crop(cache[k], size, rng)
     lq = degrade(gt, category, rng)
@@ -122,9 +132,6 @@ def build(out: str | os.PathLike, *, clean: str | os.PathLike | None = None,
       Image.fromarray(img).save(d / f"{i:04d}.png", compress_level=1)
     if bar is not None:
       bar.update(1)
-  if bar is not None:
-    bar.close()
-  return len(todo)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -47,6 +47,10 @@ class Pair:
   gt: str
 
 
+def _one_line(e: BaseException) -> str:
+  return " ".join(str(e).split())
+
+
 def category_name(folder: str) -> str:
   """`01Blur` -> `Blur`; a name that is only digits is kept."""
   stripped = re.sub(r"^\d+", "", folder)
@@ -74,7 +78,7 @@ def open_image(src: str | os.PathLike | bytes, name: str | None = None) -> Image
   except FileNotFoundError as e:
     raise DataError(f"missing image: {label}") from e
   except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-    raise DataError(f"corrupt or truncated image: {label} ({e})") from e
+    raise DataError(f"corrupt or truncated image: {label} ({_one_line(e)})") from e
   if im.mode != "RGB":
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
       arr = np.asarray(im, dtype=np.float32)
@@ -96,7 +100,7 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
   except FileNotFoundError as e:
     raise DataError(f"missing image: {path}") from e
   except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-    raise DataError(f"corrupt or unreadable image: {path} ({e})") from e
+    raise DataError(f"corrupt or unreadable image: {path} ({_one_line(e)})") from e
 
 
 def _images_by_stem(folder: Path) -> dict[str, Path]:
