@@ -150,6 +150,29 @@ class TorchPickleSource(TensorSource):
     return t.float().numpy() if t.is_floating_point() else t.numpy()
 
 
+class DictSource(TensorSource):
+  """An in-memory state dict (numpy arrays or torch tensors), e.g. a live PyTorch model's."""
+
+  def __init__(self, tensors: Mapping[str, Any], name: str = "<state dict>"):
+    self.name = name
+    self._t = dict(tensors)
+
+  def keys(self) -> list[str]:
+    return list(self._t)
+
+  def __contains__(self, key: str) -> bool:
+    return key in self._t
+
+  def shape(self, key: str) -> tuple[int, ...]:
+    return tuple(self._t[key].shape)
+
+  def get(self, key: str) -> np.ndarray:
+    t = self._t[key]
+    if hasattr(t, "detach"):  # a torch tensor
+      t = t.detach().float().numpy() if t.is_floating_point() else t.detach().numpy()
+    return _as_float32(np.asarray(t))
+
+
 def _as_float32(arr: np.ndarray) -> np.ndarray:
   if arr.dtype.kind == "f" or arr.dtype == ml_dtypes.bfloat16:
     return arr.astype(np.float32)

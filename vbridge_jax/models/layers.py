@@ -1,0 +1,240 @@
+"""Building blocks shared by the Wan2.2 ports: dense layers with logical axes, norms, RoPE,
+attention (XLA, cuDNN, TPU splash), and activation sharding constraints.
+
+Parameters carry logical axis names (`out_sharding` metadata); activations are constrained
+with `constrain(x, names)`. Both resolve through the logical-axis rules that the caller
+sets with `nnx.logical_axis_rules(rules)` and the mesh set with `jax.set_mesh`; no mesh axis
+name appears in model code.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from flax.core import spmd as core_spmd
+from jax.sharding import PartitionSpec
+
+Names = Sequence[str | None]
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+# Every logical axis name the models use. Rules map a name to a mesh axis (or None); a name
+# the rules leave out is replicated.
+LOGICAL_AXES = (
+    # activations
+    "batch", "length", "text_length", "kv",
+    # parameters and activations
+    "embed", "heads", "mlp",
+    # parameters only
+    "layers", "mod", "mod_embed", "freq", "text_embed", "patch_in", "patch_out",
+)
+
+
+def logical_to_spec(names: Names, rules) -> PartitionSpec:
+  """Resolves logical names with `rules` ((logical, mesh axis or None) pairs).
+
+  A mesh axis already used by an earlier dimension of the same tensor is not used again.
+  """
+  table = dict(rules)
+  used: set[str] = set()
+  out = []
+  for n in names:
+    axes = table.get(n) if n is not None else None
+    flat = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    if any(a in used for a in flat):
+      axes = None
+    else:
+      used.update(flat)
+    out.append(axes)
+  return PartitionSpec(*out)
+
+
+def logical_specs(tree, rules):
+  """PartitionSpecs for every `nnx.Variable` in `tree` (an nnx State or module)."""
+  def spec(v):
+    names = v.get_metadata().get("out_sharding") or ()
+    return v.replace(logical_to_spec(names, rules))
+  return jax.tree.map(spec, tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def constrain(x: jax.Array, names: Names) -> jax.Array:
+  """A sharding constraint by logical names; a no-op without rules or without a mesh.
+
+  The rules are flax's current ones (`with nnx.logical_axis_rules(rules):`), the mesh the
+  current one (`with jax.set_mesh(mesh):`); the models are written for meshes whose axes are
+  `AxisType.Auto` (the compiler propagates shardings between the constraints).
+  """
+  rules = core_spmd.get_logical_axis_rules()
+  if not rules:
+    return x
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh is None or mesh.empty:
+    return x
+  spec = logical_to_spec(names, rules)
+  if mesh.are_all_axes_explicit:
+    return jax.sharding.reshard(x, spec)
+  return jax.lax.with_sharding_constraint(x, spec)
+
+
+def param(rngs: nnx.Rngs, init, shape: Sequence[int], names: Names, dtype) -> nnx.Param:
+  """A parameter annotated with logical axis names.
+
+  Sharding is not applied at creation (`eager_sharding=False`): callers that want sharded
+  parameters create the model under `jax.jit` with `out_shardings` from
+  `nnx.get_partition_spec` resolved by their rules.
+  """
+  return nnx.Param(init(rngs.params(), tuple(shape), dtype), out_sharding=tuple(names),
+                   eager_sharding=False)
+
+
+class Dense(nnx.Module):
+  """y = x @ kernel + bias, computed in `dtype` (float32 accumulation for bfloat16 inputs)."""
+
+  def __init__(self, din: int, dout: int, names: Names, *, rngs: nnx.Rngs,
+               param_dtype=jnp.float32, dtype=jnp.float32, use_bias: bool = True):
+    self.kernel = param(rngs, nnx.initializers.xavier_uniform(), (din, dout), names, param_dtype)
+    self.bias = param(rngs, nnx.initializers.zeros_init(), (dout,), names[-1:], param_dtype) if use_bias else None
+    self.dtype = dtype
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype),
+                preferred_element_type=jnp.float32)
+    if self.bias is not None:
+      y = y + self.bias[...].astype(jnp.float32)
+    return y.astype(self.dtype)
+
+
+def layer_norm(x: jax.Array, eps: float) -> jax.Array:
+  """Parameter-free LayerNorm in float32 (biased variance, as torch)."""
+  x = x.astype(jnp.float32)
+  mean = jnp.mean(x, axis=-1, keepdims=True)
+  var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+  return (x - mean) * jax.lax.rsqrt(var + eps)
+
+
+class LayerNorm(nnx.Module):
+  """Affine LayerNorm, computed in float32."""
+
+  def __init__(self, dim: int, eps: float, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+    self.scale = param(rngs, nnx.initializers.ones_init(), (dim,), ("embed",), param_dtype)
+    self.bias = param(rngs, nnx.initializers.zeros_init(), (dim,), ("embed",), param_dtype)
+    self.eps = eps
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return layer_norm(x, self.eps) * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+
+
+class RMSNorm(nnx.Module):
+  """RMSNorm over the last axis with a learned scale, computed in float32."""
+
+  def __init__(self, dim: int, eps: float, *, rngs: nnx.Rngs, param_dtype=jnp.float32,
+               names: Names = ("embed",)):
+    self.scale = param(rngs, nnx.initializers.ones_init(), (dim,), names, param_dtype)
+    self.eps = eps
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = x.astype(jnp.float32)
+    x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.eps)
+    return x * self.scale[...].astype(jnp.float32)
+
+
+# -------------------------------------------------------------------------------------------
+# 3D rotary position embedding
+# -------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=32)
+def rope_tables(grid: tuple[int, int, int], split: tuple[int, int, int], theta: float,
+                max_len: int) -> tuple[np.ndarray, np.ndarray]:
+  """cos and sin tables `(F*H*W, head_dim/2)` for a token grid, one per rotated pair.
+
+  Each of t/h/w owns `split[i]` channels of the head (`split[i]/2` frequencies); angles are
+  computed in float64, as the reference, and rounded to float32 once.
+  """
+  if max(grid) > max_len:
+    raise ValueError(f"token grid {grid} exceeds rope_max_seq_len={max_len}")
+  parts = []
+  for axis, (n, d) in enumerate(zip(grid, split)):
+    inv_freq = 1.0 / theta ** (np.arange(0, d, 2, dtype=np.float64)[: d // 2] / d)
+    ang = np.outer(np.arange(n, dtype=np.float64), inv_freq)  # (n, d/2)
+    shape = [1, 1, 1, d // 2]
+    shape[axis] = n
+    parts.append(np.broadcast_to(ang.reshape(shape), grid + (d // 2,)))
+  ang = np.concatenate(parts, axis=-1).reshape(-1, sum(split) // 2)
+  return np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  """Rotates interleaved pairs (x[2i], x[2i+1]) of `x (B, L, H, D)` in float32."""
+  dtype = x.dtype
+  x = x.astype(jnp.float32).reshape(x.shape[:-1] + (-1, 2))
+  x1, x2 = x[..., 0], x[..., 1]
+  c, s = cos[None, :, None, :], sin[None, :, None, :]
+  out = jnp.stack([x1 * c - x2 * s, x1 * s + x2 * c], axis=-1)
+  return out.reshape(out.shape[:-2] + (-1,)).astype(dtype)
+
+
+# -------------------------------------------------------------------------------------------
+# Attention
+# -------------------------------------------------------------------------------------------
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, impl: str = "xla",
+              splash_block: int = 512) -> jax.Array:
+  """Unmasked multi-head attention; `q (B, Lq, H, D)`, `k, v (B, Lk, H, D)` -> `(B, Lq, H, D)`."""
+  if impl == "xla":
+    return _xla_attention(q, k, v)
+  if impl == "cudnn":
+    return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+  if impl == "splash":
+    return splash_attention(q, k, v, block=splash_block)
+  raise ValueError(f"attention implementation {impl!r} is not one of xla, cudnn, splash")
+
+
+def _xla_attention(q, k, v):
+  scale = 1.0 / np.sqrt(q.shape[-1])
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+  probs = jax.nn.softmax(logits, axis=-1)
+  return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v,
+                    preferred_element_type=jnp.float32).astype(q.dtype)
+
+
+def _round_up(n: int, m: int) -> int:
+  return -(-n // m) * m
+
+
+def splash_attention(q, k, v, *, block: int = 512, interpret: bool | None = None):
+  """The Pallas TPU splash kernel, inputs padded to block multiples with the padding masked.
+
+  Padded keys get segment id 0 and every query segment id 1, so no query sees a padded key
+  (padded query rows are computed against the real keys and dropped). Off TPU the kernel
+  runs in Pallas interpret mode (slow; for tests only).
+  """
+  from jax.experimental.pallas.ops.tpu.splash_attention import (  # pylint: disable=import-outside-toplevel
+      splash_attention_kernel as sk, splash_attention_mask as sm)
+
+  if interpret is None:
+    interpret = jax.default_backend() != "tpu"
+  _, lq, h, d = q.shape
+  lk = k.shape[1]
+  bq = min(block, _round_up(lq, 128))
+  bk = min(block, _round_up(lk, 128))
+  lq_p, lk_p = _round_up(lq, bq), _round_up(lk, bk)
+  q = jnp.pad(q * (1.0 / np.sqrt(d)).astype(q.dtype), ((0, 0), (0, lq_p - lq), (0, 0), (0, 0)))
+  k = jnp.pad(k, ((0, 0), (0, lk_p - lk), (0, 0), (0, 0)))
+  v = jnp.pad(v, ((0, 0), (0, lk_p - lk), (0, 0), (0, 0)))
+  seg = sk.SegmentIds(q=jnp.ones((lq_p,), jnp.int32), kv=(jnp.arange(lk_p) < lk).astype(jnp.int32))
+  mask = sm.MultiHeadMask([sm.FullMask((lq_p, lk_p)) for _ in range(h)])
+  sizes = sk.BlockSizes(block_q=bq, block_kv=bk, block_kv_compute=bk, block_q_dkv=bq,
+                        block_kv_dkv=bk, block_kv_dkv_compute=bk, block_q_dq=bq, block_kv_dq=bk)
+  kernel = sk.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1,
+                              interpret=interpret)
+  to_heads = lambda x: jnp.swapaxes(x, 0, 1)  # (L, H, D) -> (H, L, D)
+  out = jax.vmap(lambda q1, k1, v1: kernel(to_heads(q1), to_heads(k1), to_heads(v1), segment_ids=seg))(q, k, v)
+  return jnp.swapaxes(out, 1, 2)[:, :lq].astype(q.dtype)

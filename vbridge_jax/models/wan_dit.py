@@ -1,0 +1,249 @@
+"""The Wan2.2 DiT (TI2V-5B and its smaller siblings) in Flax NNX.
+
+`WanDiT(config, rngs=...)(x, t, context)`: `x (B, F, H, W, C)` channels-last latents, `t`
+`(B,)` or per token `(B, L)` in [0, 1000] (L = F/pt * H/ph * W/pw, tokens ordered f, h, w),
+`context (B, L_text, text_dim)` zero-padded to `config.text_len` here. Returns the velocity,
+`(B, F, H, W, C)`, in float32.
+
+Numerics follow the reference: the residual stream, AdaLN modulation
+(`scale_shift_table + time embedding`), norms and the time embedding run in float32;
+`config.dtype` applies inside matmuls and attention only. The blocks' parameters are
+stacked on a leading 'layers' axis; `config.scan_layers` runs them under `lax.scan` (one
+compiled block) or unrolled, with the same parameters either way.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from vbridge_jax.models.configs import DiTConfig
+from vbridge_jax.models.layers import (DTYPES, Dense, LayerNorm, RMSNorm, apply_rope, attention,
+                                       constrain, layer_norm, param, rope_tables)
+
+_REMAT = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def timestep_embedding(t: jax.Array, dim: int) -> jax.Array:
+  """Sinusoidal embedding of `t (...)` -> `(..., dim)` in float32, cosine half first."""
+  half = dim // 2
+  freqs = jnp.exp(-math.log(10000.0) * jnp.arange(half, dtype=jnp.float32) / half)
+  ang = t.astype(jnp.float32)[..., None] * freqs
+  return jnp.concatenate([jnp.cos(ang), jnp.sin(ang)], axis=-1)
+
+
+class Attention(nnx.Module):
+  """Self- or cross-attention with RMSNorm over the full width on q and k."""
+
+  def __init__(self, cfg: DiTConfig, *, rngs: nnx.Rngs):
+    pd, dt = DTYPES[cfg.param_dtype], DTYPES[cfg.dtype]
+    dense = lambda names: Dense(cfg.dim, cfg.dim, names, rngs=rngs, param_dtype=pd, dtype=dt)
+    self.to_q = dense(("embed", "heads"))
+    self.to_k = dense(("embed", "heads"))
+    self.to_v = dense(("embed", "heads"))
+    self.to_out = dense(("heads", "embed"))
+    self.norm_q = RMSNorm(cfg.dim, cfg.eps, rngs=rngs, param_dtype=pd, names=("heads",))
+    self.norm_k = RMSNorm(cfg.dim, cfg.eps, rngs=rngs, param_dtype=pd, names=("heads",))
+    self.num_heads = cfg.num_heads
+    self.impl = cfg.attention
+    self.splash_block = cfg.splash_block
+    self.dtype = dt
+
+  def __call__(self, x: jax.Array, ctx: jax.Array | None = None, rope=None) -> jax.Array:
+    kv_in = x if ctx is None else ctx
+    split = lambda y: y.reshape(y.shape[:2] + (self.num_heads, -1))
+    q = split(self.norm_q(self.to_q(x)))
+    k = split(self.norm_k(self.to_k(kv_in)))
+    v = split(self.to_v(kv_in))
+    if rope is not None:
+      q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+    kv_len = "length" if ctx is None else "text_length"
+    q = constrain(q.astype(self.dtype), ("batch", "length", "heads", "kv"))
+    k = constrain(k.astype(self.dtype), ("batch", kv_len, "heads", "kv"))
+    v = constrain(v.astype(self.dtype), ("batch", kv_len, "heads", "kv"))
+    out = attention(q, k, v, self.impl, self.splash_block)
+    out = out.reshape(out.shape[:2] + (-1,))
+    return self.to_out(out)
+
+
+class FeedForward(nnx.Module):
+  def __init__(self, cfg: DiTConfig, *, rngs: nnx.Rngs):
+    pd, dt = DTYPES[cfg.param_dtype], DTYPES[cfg.dtype]
+    self.fc1 = Dense(cfg.dim, cfg.ffn_dim, ("embed", "mlp"), rngs=rngs, param_dtype=pd, dtype=dt)
+    self.fc2 = Dense(cfg.ffn_dim, cfg.dim, ("mlp", "embed"), rngs=rngs, param_dtype=pd, dtype=dt)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    h = jax.nn.gelu(self.fc1(x), approximate=True)
+    h = constrain(h, ("batch", "length", "mlp"))
+    return self.fc2(h)
+
+
+class WanBlock(nnx.Module):
+  """Self-attention (AdaLN, RoPE), cross-attention (affine LayerNorm), FFN (AdaLN)."""
+
+  def __init__(self, cfg: DiTConfig, *, rngs: nnx.Rngs):
+    pd = DTYPES[cfg.param_dtype]
+    self.attn1 = Attention(cfg, rngs=rngs)
+    self.attn2 = Attention(cfg, rngs=rngs)
+    self.norm2 = LayerNorm(cfg.dim, cfg.eps, rngs=rngs, param_dtype=pd)
+    self.ffn = FeedForward(cfg, rngs=rngs)
+    init = nnx.initializers.normal(stddev=cfg.dim ** -0.5)
+    self.scale_shift_table = param(rngs, init, (6, cfg.dim), ("mod", "embed"), pd)
+    self.eps = cfg.eps
+    self.dtype = DTYPES[cfg.dtype]
+
+  def __call__(self, x, ctx, e, rope):
+    """`x (B, L, D)` float32; `e (B, L or 1, 6, D)` float32 time projection."""
+    mod = self.scale_shift_table[...].astype(jnp.float32) + e
+    shift, scale, gate, c_shift, c_scale, c_gate = (mod[:, :, i] for i in range(6))
+    h = (layer_norm(x, self.eps) * (1 + scale) + shift).astype(self.dtype)
+    x = x + self.attn1(h, rope=rope).astype(jnp.float32) * gate
+    x = constrain(x, ("batch", "length", "embed"))
+    h = self.norm2(x).astype(self.dtype)
+    x = x + self.attn2(h, ctx).astype(jnp.float32)
+    x = constrain(x, ("batch", "length", "embed"))
+    h = (layer_norm(x, self.eps) * (1 + c_scale) + c_shift).astype(self.dtype)
+    x = x + self.ffn(h).astype(jnp.float32) * c_gate
+    return constrain(x, ("batch", "length", "embed"))
+
+
+class MLP2(nnx.Module):
+  """linear_1 -> activation -> linear_2 (time and text embedders)."""
+
+  def __init__(self, din: int, dim: int, names_in: str, act, *, rngs, param_dtype, dtype):
+    self.linear_1 = Dense(din, dim, (names_in, "mlp"), rngs=rngs, param_dtype=param_dtype, dtype=dtype)
+    self.linear_2 = Dense(dim, dim, ("mlp", "embed"), rngs=rngs, param_dtype=param_dtype, dtype=dtype)
+    self.act = act
+
+  def __call__(self, x):
+    return self.linear_2(self.act(self.linear_1(x)))
+
+
+class WanDiT(nnx.Module):
+  """Wan2.2 diffusion transformer; see the module docstring for the call convention."""
+
+  def __init__(self, config: DiTConfig, *, rngs: nnx.Rngs):
+    cfg = self.config = config
+    pd, dt = DTYPES[cfg.param_dtype], DTYPES[cfg.dtype]
+    patch = math.prod(cfg.patch_size)
+    self.patch_embedding = Dense(patch * cfg.in_channels, cfg.dim, ("patch_in", "embed"), rngs=rngs,
+                                 param_dtype=pd, dtype=dt)
+    # The time embedding stays in float32 whatever the compute dtype (it drives modulation).
+    self.time_embedder = MLP2(cfg.freq_dim, cfg.dim, "freq", nnx.silu, rngs=rngs, param_dtype=pd,
+                              dtype=jnp.float32)
+    self.time_proj = Dense(cfg.dim, 6 * cfg.dim, ("embed", "mod_embed"), rngs=rngs, param_dtype=pd,
+                           dtype=jnp.float32)
+    self.text_embedder = MLP2(cfg.text_dim, cfg.dim, "text_embed", lambda h: jax.nn.gelu(h, approximate=True),
+                              rngs=rngs, param_dtype=pd, dtype=dt)
+
+    @nnx.split_rngs(splits=cfg.num_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def make_blocks(r):
+      return WanBlock(cfg, rngs=r)
+
+    self.blocks = make_blocks(rngs)
+    self.proj_out = Dense(cfg.dim, patch * cfg.out_channels, ("embed", "patch_out"), rngs=rngs,
+                          param_dtype=pd, dtype=dt)
+    init = nnx.initializers.normal(stddev=cfg.dim ** -0.5)
+    self.scale_shift_table = param(rngs, init, (2, cfg.dim), ("mod", "embed"), pd)
+
+  # -- pieces ---------------------------------------------------------------------------------
+
+  def patchify(self, x: jax.Array) -> jax.Array:
+    b, f, h, w, c = x.shape
+    pt, ph, pw = self.config.patch_size
+    if f % pt or h % ph or w % pw:
+      raise ValueError(f"latent shape {x.shape[1:4]} is not a multiple of the patch {self.config.patch_size}")
+    x = x.reshape(b, f // pt, pt, h // ph, ph, w // pw, pw, c)
+    x = x.transpose(0, 1, 3, 5, 2, 4, 6, 7)
+    return x.reshape(b, (f // pt) * (h // ph) * (w // pw), pt * ph * pw * c)
+
+  def unpatchify(self, x: jax.Array, grid: tuple[int, int, int]) -> jax.Array:
+    b = x.shape[0]
+    pt, ph, pw = self.config.patch_size
+    f, h, w = grid
+    x = x.reshape(b, f, h, w, pt, ph, pw, -1)
+    x = x.transpose(0, 1, 4, 2, 5, 3, 6, 7)
+    return x.reshape(b, f * pt, h * ph, w * pw, -1)
+
+  def embed_time(self, t: jax.Array, num_tokens: int) -> tuple[jax.Array, jax.Array]:
+    """`t (B,)` or `(B, L)` -> `temb (B, L or 1, D)`, `e (B, L or 1, 6, D)`, float32."""
+    if t.ndim == 1:
+      t = t[:, None]
+    elif t.ndim != 2 or t.shape[1] != num_tokens:
+      raise ValueError(f"timesteps of shape {t.shape}: expected (B,) or (B, {num_tokens})")
+    temb = self.time_embedder(timestep_embedding(t, self.config.freq_dim))
+    e = self.time_proj(nnx.silu(temb))
+    return temb, e.reshape(e.shape[:-1] + (6, self.config.dim))
+
+  def embed_text(self, context: jax.Array) -> jax.Array:
+    cfg = self.config
+    n = context.shape[1]
+    if n > cfg.text_len:
+      raise ValueError(f"context has {n} tokens; the model takes at most text_len={cfg.text_len}")
+    if context.shape[-1] != cfg.text_dim:
+      raise ValueError(f"context width {context.shape[-1]} != text_dim={cfg.text_dim}")
+    context = jnp.pad(context, ((0, 0), (0, cfg.text_len - n), (0, 0)))
+    ctx = self.text_embedder(context.astype(DTYPES[cfg.dtype]))
+    return constrain(ctx, ("batch", "text_length", "embed"))
+
+  def run_blocks(self, x, ctx, e, rope):
+    cfg = self.config
+    graphdef, params = nnx.split(self.blocks)
+
+    def body(h, layer_params):
+      return nnx.merge(graphdef, layer_params)(h, ctx, e, rope), None
+
+    if cfg.remat != "none":
+      body = jax.checkpoint(body, policy=_REMAT[cfg.remat], prevent_cse=not cfg.scan_layers)
+    if cfg.scan_layers:
+      x, _ = jax.lax.scan(body, x, params)
+    else:
+      for i in range(cfg.num_layers):
+        x, _ = body(x, jax.tree.map(lambda a, i=i: a[i], params))
+    return x
+
+  # -- forward --------------------------------------------------------------------------------
+
+  def __call__(self, x: jax.Array, t: jax.Array, context: jax.Array) -> jax.Array:
+    cfg = self.config
+    if x.ndim != 5 or x.shape[-1] != cfg.in_channels:
+      raise ValueError(f"latents of shape {x.shape}: expected (B, F, H, W, {cfg.in_channels})")
+    pt, ph, pw = cfg.patch_size
+    grid = (x.shape[1] // pt, x.shape[2] // ph, x.shape[3] // pw)
+    tokens = self.patchify(x)
+    h = self.patch_embedding(tokens).astype(jnp.float32)
+    h = constrain(h, ("batch", "length", "embed"))
+    temb, e = self.embed_time(jnp.asarray(t), tokens.shape[1])
+    ctx = self.embed_text(jnp.asarray(context))
+    cos, sin = rope_tables(grid, cfg.rope_split, cfg.rope_theta, cfg.rope_max_seq_len)
+    h = self.run_blocks(h, ctx, e, (jnp.asarray(cos), jnp.asarray(sin)))
+    mod = self.scale_shift_table[...].astype(jnp.float32) + temb[:, :, None, :]
+    h = layer_norm(h, cfg.eps) * (1 + mod[:, :, 1]) + mod[:, :, 0]
+    out = self.proj_out(h.astype(DTYPES[cfg.dtype])).astype(jnp.float32)
+    return self.unpatchify(out, grid)
+
+
+def load_dit(path: str | Path, **overrides) -> WanDiT:
+  """Loads a converted DiT from `OUT` or `OUT/dit` (written by convert/wan_to_jax.py).
+
+  `overrides` set run-time switches (`dtype`, `param_dtype`, `scan_layers`, `remat`,
+  `attention`).
+  """
+  from vbridge_jax.checkpoints import io  # pylint: disable=import-outside-toplevel
+
+  folder = io.find_component(Path(path), "dit")
+  cfg = DiTConfig.from_dict(io.read_component_config(folder), **overrides)
+  abstract = nnx.eval_shape(lambda: WanDiT(cfg, rngs=nnx.Rngs(0)))
+  graphdef, state = nnx.split(abstract)
+  target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state.to_pure_dict())
+  params = io.restore_params(folder, target)
+  nnx.replace_by_pure_dict(state, params)
+  return nnx.merge(graphdef, state)
