@@ -16,6 +16,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from vbridge_jax.checkpoints.convert import Converter, Found
 from vbridge_jax.checkpoints.io import (CheckpointError, Rule, SafetensorsSource, apply_plan,
                                         safetensors_files)
@@ -171,7 +173,7 @@ def convert(found: Found, dtype: Any, progress=None) -> tuple[dict, dict]:
   if progress is None:
     progress = _tqdm_progress
   params = apply_plan(source, conversion_plan(cfg, found.layout), dtype, progress=progress)
-  return cfg.arch_dict(), params
+  return cfg.arch_dict() | {"param_dtype": np.dtype(dtype).name}, params
 
 
 def _tqdm_progress(items):

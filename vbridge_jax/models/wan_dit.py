@@ -243,7 +243,7 @@ def load_dit(path: str | Path, **overrides) -> WanDiT:
   cfg = DiTConfig.from_dict(io.read_component_config(folder), **overrides)
   abstract = nnx.eval_shape(lambda: WanDiT(cfg, rngs=nnx.Rngs(0)))
   graphdef, state = nnx.split(abstract)
-  target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state.to_pure_dict())
+  target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), nnx.to_pure_dict(state))
   params = io.restore_params(folder, target)
   nnx.replace_by_pure_dict(state, params)
   return nnx.merge(graphdef, state)
