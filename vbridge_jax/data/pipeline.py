@@ -368,6 +368,9 @@ def make_dataset(
   if not device_blend:
     it = it.map(HostClip(frames))
   if worker_count > 0:
+    from absl import flags
+    if not flags.FLAGS.is_parsed():  # grain reads absl flags; a library caller has none
+      flags.FLAGS.mark_as_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=worker_count, per_worker_buffer_size=worker_buffer_size))
   if sharding is not None:
