@@ -103,27 +103,41 @@ def test_cudnn_attention_matches_xla():
                              atol=2e-2)
 
 
+def _sharded_forward(dit, axes, rules, *args):
+  mesh = jax.make_mesh((2, 2, 2), axes, axis_types=(jax.sharding.AxisType.Auto,) * 3)
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+    graphdef, state = nnx.split(dit)
+    shardings = jax.tree.map(lambda s: jax.sharding.NamedSharding(mesh, s), logical_specs(state, rules))
+    state = jax.device_put(state, shardings)
+
+    @jax.jit
+    def fwd(state, *args):
+      return nnx.merge(graphdef, state)(*args)
+
+    return state, fwd(state, *args)
+
+
 def test_sharded_forward_matches(pair):
-  """Logical-axis rules resolve onto a 2x2x2 mesh; the sharded forward equals the plain one."""
+  """Logical-axis rules resolve onto a 2x2x2 mesh; the sharded forward equals the reference."""
   cfg, ref = pair
-  dit = jax_from_torch(ref, cfg)
   x, t, ctx = inputs(cfg, per_token=True)
   want = torch_forward(ref, x, t, ctx, cfg.text_len)
   rules = (("batch", "data"), ("embed", "fsdp"), ("heads", "tensor"), ("mlp", "tensor"))
-  mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 3)
-  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-    graphdef, state = nnx.split(dit)
-    specs = logical_specs(state, rules)
-    shardings = jax.tree.map(lambda s: jax.sharding.NamedSharding(mesh, s), specs)
-    state = jax.device_put(state, shardings)
-    kernel = state["blocks"]["ffn"]["fc1"]["kernel"][...]
-    assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+  state, got = _sharded_forward(jax_from_torch(ref, cfg), ("data", "fsdp", "tensor"), rules, x, t, ctx)
+  kernel = state["blocks"]["ffn"]["fc1"]["kernel"][...]
+  assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+  assert max_rel_err(got, want) <= TOL
 
-    @jax.jit
-    def fwd(state, x, t, ctx):
-      return nnx.merge(graphdef, state)(x, t, ctx)
 
-    got = fwd(state, x, t, ctx)
+def test_sharded_splash_sequence_parallel():
+  """Splash under shard_map: batch over data, tokens over context, heads over tensor."""
+  cfg = CONFIGS["a"]
+  ref = make_torch_dit(cfg, seed=3)
+  x, t, ctx = inputs(cfg, per_token=True)
+  want = torch_forward(ref, x, t, ctx, cfg.text_len)
+  rules = (("batch", "data"), ("length", "context"), ("heads", "tensor"), ("mlp", "tensor"))
+  dit = jax_from_torch(ref, cfg.replace(attention="splash", splash_block=128))
+  _, got = _sharded_forward(dit, ("data", "context", "tensor"), rules, x, t, ctx)
   assert max_rel_err(got, want) <= TOL
 
 

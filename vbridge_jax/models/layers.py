@@ -187,14 +187,32 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, impl: str = "xla",
               splash_block: int = 512) -> jax.Array:
-  """Unmasked multi-head attention; `q (B, Lq, H, D)`, `k, v (B, Lk, H, D)` -> `(B, Lq, H, D)`."""
+  """Unmasked multi-head attention; `q (B, Lq, H, D)`, `k, v (B, Lk, H, D)` -> `(B, Lq, H, D)`.
+
+  `xla` is plain dot-product attention that the compiler partitions like any op; `cudnn` is
+  `jax.nn.dot_product_attention`'s cuDNN kernel (GPU, bf16/fp16); `splash` the Pallas TPU
+  kernel, run per shard under `shard_map` when a mesh and rules are active: batch and heads
+  stay sharded, queries keep their `length` sharding (sequence parallelism over `context`),
+  keys and values are gathered along their length.
+  """
   if impl == "xla":
     return _xla_attention(q, k, v)
   if impl == "cudnn":
     return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
   if impl == "splash":
-    return splash_attention(q, k, v, block=splash_block)
+    return _per_shard(functools.partial(splash_attention, block=splash_block), q, k, v)
   raise ValueError(f"attention implementation {impl!r} is not one of xla, cudnn, splash")
+
+
+def _per_shard(fn, q, k, v):
+  rules = core_spmd.get_logical_axis_rules()
+  mesh = jax.sharding.get_abstract_mesh()
+  if not rules or mesh is None or mesh.empty:
+    return fn(q, k, v)
+  q_spec = logical_to_spec(("batch", "length", "heads", "kv"), rules)
+  kv_spec = logical_to_spec(("batch", None, "heads", "kv"), rules)
+  return jax.shard_map(fn, in_specs=(q_spec, kv_spec, kv_spec), out_specs=q_spec,
+                       check_vma=False)(q, k, v)
 
 
 def _xla_attention(q, k, v):
