@@ -26,6 +26,7 @@ authors' VideoX-Fun `cfg_skip_ratio`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import jax
@@ -178,20 +179,24 @@ def per_token_timesteps(t: jax.Array, latent_shape: tuple[int, ...],
   return t[:, None] * jnp.asarray(mask.reshape(-1))[None, :]
 
 
-def _pure(model: Any) -> tuple[Callable, Any]:
-  """(apply(params, x, t, context), params) for an nnx module or any plain callable."""
+def _pure(model: Any) -> tuple[tuple[str, Any], Any]:
+  """(static model definition, params): an nnx module's graphdef and state, or the callable."""
   try:
     from flax import nnx  # pylint: disable=import-outside-toplevel
   except ImportError:  # pragma: no cover
     nnx = None
   if nnx is not None and isinstance(model, nnx.Module):
     graphdef, state = nnx.split(model)
+    return ("nnx", graphdef), state
+  return ("fn", model), None
 
-    def apply(params, x, t, ctx):
-      return nnx.merge(graphdef, params)(x, t, ctx)
 
-    return apply, state
-  return (lambda params, x, t, ctx: model(x, t, ctx)), None
+def _apply(model_def: tuple[str, Any], params: Any, x, t, ctx):
+  kind, obj = model_def
+  if kind == "nnx":
+    from flax import nnx  # pylint: disable=import-outside-toplevel
+    return nnx.merge(obj, params)(x, t, ctx)
+  return obj(x, t, ctx)
 
 
 def _pad_context(a: jax.Array, length: int) -> jax.Array:
@@ -200,7 +205,7 @@ def _pad_context(a: jax.Array, length: int) -> jax.Array:
 
 
 class Sampler:
-  """Samples latents with a velocity model; the jitted loop is built once per sampler.
+  """Samples latents with a velocity model (the loop compiles once per model, config and shape).
 
   `sampler(noise, context, negative=None, first_frame=None)` returns the final latent;
   `trajectory=True` also returns every intermediate latent `(N, B, F, H, W, C)` (the sample
@@ -216,8 +221,7 @@ class Sampler:
       table = euler_coefficients(self.schedule.sigmas)
     self.coefficients = table.astype(np.float32)
     self.guided = guided_steps(config.steps, config.cfg_skip)
-    self._apply, self._params = _pure(model)
-    self._run = jax.jit(self._loop, static_argnames=("trajectory", "use_cfg"))
+    self._model_def, self._params = _pure(model)
 
   def __call__(self, noise: jax.Array, context: jax.Array, negative: jax.Array | None = None,
                first_frame: jax.Array | None = None, *, trajectory: bool = False):
@@ -237,10 +241,10 @@ class Sampler:
       if first_frame.shape[2:] != noise.shape[2:] or first_frame.shape[0] != b:
         raise ValueError(f"first_frame {first_frame.shape} does not match the latent {noise.shape}")
       first_frame = first_frame[:, :1]
-    final, traj = self._run(self._params, noise, context, negative, first_frame,
-                            jnp.asarray(self.coefficients), jnp.asarray(self.schedule.sigmas),
-                            jnp.asarray(self.schedule.timesteps), jnp.asarray(self.guided),
-                            trajectory=trajectory, use_cfg=use_cfg)
+    final, traj = _loop(self._model_def, self.config, self._params, noise, context, negative,
+                        first_frame, jnp.asarray(self.coefficients),
+                        jnp.asarray(self.schedule.sigmas), jnp.asarray(self.schedule.timesteps),
+                        jnp.asarray(self.guided), trajectory=trajectory, use_cfg=use_cfg)
     return (final, traj) if trajectory else final
 
   @staticmethod
@@ -252,45 +256,47 @@ class Sampler:
       ctx = jnp.broadcast_to(ctx, (b,) + ctx.shape[1:])
     return ctx
 
-  def _loop(self, params, noise, context, negative, first_frame, coeffs, sigmas, timesteps,
-            guided, *, trajectory: bool, use_cfg: bool):
-    cfg = self.config
-    b = noise.shape[0]
 
-    def impose(x):
-      if first_frame is None:
-        return x
-      return x.at[:, :1].set(first_frame)
+@functools.partial(jax.jit, static_argnames=("model_def", "cfg", "trajectory", "use_cfg"))
+def _loop(model_def, cfg: SamplerConfig, params, noise, context, negative, first_frame, coeffs,
+          sigmas, timesteps, guided, *, trajectory: bool, use_cfg: bool):
+  """The whole sampling loop: one `lax.scan` over steps (compiled once per model and shape)."""
+  b = noise.shape[0]
 
-    def velocity(x, t_scalar, guide):
-      t = jnp.full((b,), t_scalar, jnp.float32)
-      if first_frame is not None:
-        t = per_token_timesteps(t, x.shape, cfg.patch_size)
-      v_pos = self._apply(params, x, t, context).astype(jnp.float32)
-      if not use_cfg:
-        return v_pos
+  def impose(x):
+    if first_frame is None:
+      return x
+    return x.at[:, :1].set(first_frame)
 
-      def guided_v():
-        v_neg = self._apply(params, x, t, negative).astype(jnp.float32)
-        return v_neg + cfg.guidance * (v_pos - v_neg)
+  def velocity(x, t_scalar, guide):
+    t = jnp.full((b,), t_scalar, jnp.float32)
+    if first_frame is not None:
+      t = per_token_timesteps(t, x.shape, cfg.patch_size)
+    v_pos = _apply(model_def, params, x, t, context).astype(jnp.float32)
+    if not use_cfg:
+      return v_pos
 
-      return jax.lax.cond(guide, guided_v, lambda: v_pos)
+    def guided_v():
+      v_neg = _apply(model_def, params, x, t, negative).astype(jnp.float32)
+      return v_neg + cfg.guidance * (v_pos - v_neg)
 
-    def step(carry, xs):
-      x, x_prev_c, m_prev, m_prev2 = carry
-      c, sigma, t, guide = xs
-      v = velocity(x, t, guide)
-      m = x - sigma * v
-      x_c = c[0] * x + c[1] * x_prev_c + c[2] * m_prev + c[3] * m_prev2 + c[4] * m
-      x_next = c[5] * x_c + c[6] * m + c[7] * m_prev + c[8] * v
-      x_next = impose(x_next)
-      return (x_next, x_c, m, m_prev), (x_next if trajectory else None)
+    return jax.lax.cond(guide, guided_v, lambda: v_pos)
 
-    x0 = impose(noise)
-    zeros = jnp.zeros_like(x0)
-    (final, _, _, _), traj = jax.lax.scan(step, (x0, zeros, zeros, zeros),
-                                          (coeffs, sigmas[:-1], timesteps, guided))
-    return final, traj
+  def step(carry, xs):
+    x, x_prev_c, m_prev, m_prev2 = carry
+    c, sigma, t, guide = xs
+    v = velocity(x, t, guide)
+    m = x - sigma * v
+    x_c = c[0] * x + c[1] * x_prev_c + c[2] * m_prev + c[3] * m_prev2 + c[4] * m
+    x_next = c[5] * x_c + c[6] * m + c[7] * m_prev + c[8] * v
+    x_next = impose(x_next)
+    return (x_next, x_c, m, m_prev), (x_next if trajectory else None)
+
+  x0 = impose(noise)
+  zeros = jnp.zeros_like(x0)
+  (final, _, _, _), traj = jax.lax.scan(step, (x0, zeros, zeros, zeros),
+                                        (coeffs, sigmas[:-1], timesteps, guided))
+  return final, traj
 
 
 def sample(model: Any, noise: jax.Array, context: jax.Array, negative: jax.Array | None = None,
