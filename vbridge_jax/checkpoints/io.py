@@ -285,9 +285,7 @@ def write_component(out: Path, name: str, config: Mapping[str, Any], params: dic
   try:
     meta = {"component": name, "format": FORMAT_VERSION, "config": dict(config), "source": source}
     (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
-    with ocp.StandardCheckpointer() as ckptr:
-      ckptr.save(tmp / "params", params)
-      ckptr.wait_until_finished()
+    _save_params(tmp / "params", params)
     old = None
     if final.exists():
       old = out / f".{name}.old"
@@ -300,6 +298,33 @@ def write_component(out: Path, name: str, config: Mapping[str, Any], params: dic
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   return final
+
+
+def _save_params(path: Path, params: dict) -> None:
+  """Saves a nested dict of numpy arrays with orbax, holding about one copy in memory.
+
+  orbax copies numpy leaves whole before writing, but writes jax arrays under a byte
+  budget. So each leaf is moved to a CPU jax array in place (the dict is consumed: its
+  numpy arrays are released one by one), and the extra memory while writing is about the
+  largest tensor rather than a second copy of the model.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
+  cpu = jax.devices("cpu")[0]
+  budget_gb = max(0.25, max((a.nbytes for a in jax.tree.leaves(params)), default=0) / 1e9 * 1.01)
+
+  def to_device(node: dict) -> None:
+    for k in list(node):
+      if isinstance(node[k], dict):
+        to_device(node[k])
+      else:
+        node[k] = jax.device_put(node.pop(k), cpu)
+
+  to_device(params)
+  handler = ocp.PyTreeCheckpointHandler(save_concurrent_gb=budget_gb)
+  with ocp.Checkpointer(handler) as ckptr:
+    ckptr.save(path, args=ocp.args.PyTreeSave(params))
 
 
 def find_component(path: Path, name: str) -> Path:
