@@ -1,6 +1,7 @@
 """Flax NNX ports of the Wan2.2 models."""
 
-from vbridge_jax.models.configs import DiTConfig
+from vbridge_jax.models.configs import DiTConfig, VAEConfig
 from vbridge_jax.models.wan_dit import WanDiT, load_dit
+from vbridge_jax.models.wan_vae import WanVAE, load_vae
 
-__all__ = ["DiTConfig", "WanDiT", "load_dit"]
+__all__ = ["DiTConfig", "VAEConfig", "WanDiT", "WanVAE", "load_dit", "load_vae"]

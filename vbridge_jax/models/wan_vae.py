@@ -1,0 +1,288 @@
+"""The Wan2.2 VAE in Flax NNX (channels-last), as `diffusers.AutoencoderKLWan(is_residual=True)`.
+
+  vae = WanVAE(VAEConfig.wan22(), rngs=nnx.Rngs(0))    # or load_vae("OUT")
+  z = vae.encode(video)          # (B, 1+4k, H, W, 3) in [-1, 1] -> (B, 1+k, H/16, W/16, 48)
+  video = vae.decode(z)          # -> (B, 1+4k, H, W, 3), clipped to [-1, 1]
+  z_n = vae.normalize(z)         # (z - mean) / std, what the DiT sees
+
+Time runs in chunks as in the reference: the encoder sees the first frame alone, then 4
+frames at a time; the decoder one latent frame at a time. The first chunk is its own call,
+the remaining chunks are one `jax.lax.scan` whose carry is the list of causal-conv caches,
+so one chunk is compiled whatever the clip length.
+
+Large images: `encode(video, tile=256, overlap=64)` (pixels) and `decode(z, tile=16,
+overlap=4)` (latents) cut the picture into equal, overlapping tiles, run them one after
+the other through one compiled function, and blend neighbours linearly over the overlap;
+working memory is that of one tile. Called on concrete arrays, `encode`/`decode` run
+through `jax.jit`; inside a trace they are plain functions.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from vbridge_jax.models.configs import VAEConfig
+from vbridge_jax.models.vae_blocks import Caches, Conv, Decoder, Encoder, Runtime
+
+
+def patchify(x: jax.Array, p: int) -> jax.Array:
+  """(B, T, H, W, C) -> (B, T, H/p, W/p, C*p*p); channel = c*p*p + pw*p + ph (reference order)."""
+  if p == 1:
+    return x
+  b, t, h, w, c = x.shape
+  x = x.reshape(b, t, h // p, p, w // p, p, c).transpose(0, 1, 2, 4, 6, 5, 3)
+  return x.reshape(b, t, h // p, w // p, c * p * p)
+
+
+def unpatchify(x: jax.Array, p: int) -> jax.Array:
+  """The inverse of `patchify`."""
+  if p == 1:
+    return x
+  b, t, h, w, cp = x.shape
+  c = cp // (p * p)
+  x = x.reshape(b, t, h, w, c, p, p).transpose(0, 1, 2, 6, 3, 5, 4)
+  return x.reshape(b, t, h * p, w * p, c)
+
+
+class WanVAE(nnx.Module):
+  """The Wan2.2 VAE: `encode` (posterior mean), `decode`, `normalize`, `denormalize`."""
+
+  def __init__(self, config: VAEConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    rt = Runtime.of(config)
+    self.encoder = Encoder(config, rt, rngs=rngs)
+    self.quant_conv = Conv(2 * config.z_dim, 2 * config.z_dim, (1, 1, 1), rt, rngs=rngs)
+    self.post_quant_conv = Conv(config.z_dim, config.z_dim, (1, 1, 1), rt, rngs=rngs)
+    self.decoder = Decoder(config, rt, rngs=rngs)
+
+  # -- latent statistics -----------------------------------------------------------------------
+  def normalize(self, z: jax.Array) -> jax.Array:
+    mean = jnp.asarray(self.config.latents_mean, jnp.float32)
+    std = jnp.asarray(self.config.latents_std, jnp.float32)
+    return ((z.astype(jnp.float32) - mean) / std).astype(z.dtype)
+
+  def denormalize(self, z: jax.Array) -> jax.Array:
+    mean = jnp.asarray(self.config.latents_mean, jnp.float32)
+    std = jnp.asarray(self.config.latents_std, jnp.float32)
+    return (z.astype(jnp.float32) * std + mean).astype(z.dtype)
+
+  # -- untiled, traceable ----------------------------------------------------------------------
+  def _encode(self, video: jax.Array) -> jax.Array:
+    cfg = self.config
+    b, f, h, w, _ = video.shape
+    s, st = cfg.scale_factor_spatial, cfg.scale_factor_temporal
+    if (f - 1) % st or h % s or w % s:
+      raise ValueError(f"encode needs F = 1 + {st}k frames and H, W multiples of {s}; got {video.shape}")
+    x = patchify(video.astype(jnp.float32), cfg.patch_size)
+    caches = Caches(None)
+    out = self.encoder(x[:, :1], caches)
+    if f > 1:
+      k = (f - 1) // st
+      chunks = x[:, 1:].reshape((b, k, st) + x.shape[2:]).swapaxes(0, 1)
+
+      def body(carry, xc):
+        cs = Caches(carry)
+        y = self.encoder(xc, cs)
+        return cs.outgoing, y
+
+      _, rest = jax.lax.scan(body, caches.outgoing, chunks)  # (k, B, 1, h, w, 2z)
+      out = jnp.concatenate([out, rest.swapaxes(0, 1).reshape((b, k) + rest.shape[3:])], axis=1)
+    mean = _mean_half(self.quant_conv, out, cfg.z_dim)
+    return mean.astype(jnp.float32)
+
+  def _decode_raw(self, z: jax.Array) -> jax.Array:
+    """Decoded video before clipping (tiles are blended before the clip)."""
+    cfg = self.config
+    b, f = z.shape[:2]
+    x = self.post_quant_conv(z.astype(jnp.float32))
+    caches = Caches(None)
+    out = self.decoder(x[:, :1], caches)
+    if f > 1:
+      chunks = x[:, 1:].swapaxes(0, 1)[:, :, None]  # (F-1, B, 1, h, w, C)
+
+      def body(carry, xc):
+        cs = Caches(carry)
+        y = self.decoder(xc, cs)
+        return cs.outgoing, y
+
+      _, rest = jax.lax.scan(body, caches.outgoing, chunks)  # (F-1, B, 4, H, W, C)
+      out = jnp.concatenate([out, rest.swapaxes(0, 1).reshape((b, -1) + rest.shape[3:])], axis=1)
+    return unpatchify(out, cfg.patch_size).astype(jnp.float32)
+
+  def _decode(self, z: jax.Array) -> jax.Array:
+    return jnp.clip(self._decode_raw(z), -1.0, 1.0)
+
+  # -- public ----------------------------------------------------------------------------------
+  def encode(self, video: jax.Array, tile: int | None = None, overlap: int = 64) -> jax.Array:
+    """`video (B, 1+4k, H, W, 3)` in [-1, 1] -> posterior mean `(B, 1+k, H/16, W/16, z_dim)`.
+
+    `tile`/`overlap` (pixels, multiples of 16) turn on spatial tiling when the image is
+    larger than one tile.
+    """
+    s = self.config.scale_factor_spatial
+    if tile is not None and max(video.shape[2:4]) > tile:
+      _check_tiles(tile, overlap, s, "pixels")
+      return _tiled(self._jitted("_encode"), np.asarray(video, np.float32), tile, overlap, 1 / s)
+    if isinstance(video, jax.core.Tracer):
+      return self._encode(video)
+    return self._jitted("_encode")(video)
+
+  def decode(self, z: jax.Array, tile: int | None = None, overlap: int = 4) -> jax.Array:
+    """`z (B, 1+k, h, w, z_dim)` -> video `(B, 1+4k, 16h, 16w, 3)` clipped to [-1, 1].
+
+    `tile`/`overlap` (latents) turn on spatial tiling when the latent is larger than one tile.
+    """
+    s = self.config.scale_factor_spatial
+    if tile is not None and max(z.shape[2:4]) > tile:
+      _check_tiles(tile, overlap, 1, "latents")
+      out = _tiled(self._jitted("_decode_raw"), np.asarray(z, np.float32), tile, overlap, s)
+      return jnp.clip(out, -1.0, 1.0)
+    if isinstance(z, jax.core.Tracer):
+      return self._decode(z)
+    return self._jitted("_decode")(z)
+
+  def _jitted(self, method: str) -> Callable[[jax.Array], jax.Array]:
+    graphdef, state = nnx.split(self)
+    return lambda x: _run_jit(graphdef, method, state, x)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _run_jit(graphdef, method: str, state, x):
+  return getattr(nnx.merge(graphdef, state), method)(x)
+
+
+def _mean_half(conv: Conv, x: jax.Array, z_dim: int) -> jax.Array:
+  """The quant conv (1x1x1) applied for the mean channels only (`latent_dist.mode()`)."""
+  k = conv.kernel[...].reshape(conv.kernel.shape[-2:])[:, :z_dim].astype(jnp.float32)
+  b = conv.bias[...][:z_dim].astype(jnp.float32)
+  return jnp.einsum("...c,cz->...z", x.astype(jnp.float32), k, precision=conv.rt.precision) + b
+
+
+# ---------------------------------------------------------------------------------------------
+# Spatial tiling
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_tiles(tile: int, overlap: int, unit: int, what: str) -> None:
+  if tile % unit or overlap % unit:
+    raise ValueError(f"tile={tile} and overlap={overlap} ({what}) must be multiples of {unit}")
+  if not 0 <= overlap < tile:
+    raise ValueError(f"overlap={overlap} must be in [0, tile={tile})")
+
+
+def _starts(n: int, tile: int, overlap: int) -> list[int]:
+  """Tile starts along one axis; the last tile is moved back to end at `n` (equal tiles)."""
+  if n <= tile:
+    return [0]
+  out = list(range(0, n - tile, tile - overlap))
+  out.append(n - tile)
+  return sorted(set(out))
+
+
+def _ramp(size: int, ramp: int, lo: bool, hi: bool) -> np.ndarray:
+  """1 inside, rising linearly over `ramp` at a side that has a neighbour."""
+  w = np.ones(size, np.float32)
+  if ramp > 0:
+    r = (np.arange(ramp, dtype=np.float32) + 0.5) / ramp
+    if lo:
+      w[:ramp] = np.minimum(w[:ramp], r)
+    if hi:
+      w[size - ramp:] = np.minimum(w[size - ramp:], r[::-1])
+  return w
+
+
+def _tiled(fn: Callable[[jax.Array], jax.Array], x: np.ndarray, tile: int, overlap: int,
+           scale: float) -> jax.Array:
+  """Runs `fn` on equal overlapping spatial tiles of `x (B, T, H, W, C)`, one at a time.
+
+  `fn` maps a tile of size `tile` to one of size `tile * scale`; outputs are blended with
+  linear ramps over the (scaled) overlap and accumulated on the host.
+  """
+  _, _, h, w, _ = x.shape
+  th, tw = min(tile, h), min(tile, w)
+  ys, xs = _starts(h, th, overlap), _starts(w, tw, overlap)
+  ramp = int(round(overlap * scale))
+  acc = None
+  norm = None
+  for y0 in ys:
+    for x0 in xs:
+      out = np.asarray(fn(jnp.asarray(x[:, :, y0:y0 + th, x0:x0 + tw])))
+      oh, ow = out.shape[2:4]
+      oy, ox = int(round(y0 * scale)), int(round(x0 * scale))
+      if acc is None:
+        acc = np.zeros(out.shape[:2] + (int(round(h * scale)), int(round(w * scale))) + out.shape[4:], np.float32)
+        norm = np.zeros(acc.shape[2:4], np.float32)
+      wgt = np.outer(_ramp(oh, ramp, y0 > 0, y0 + th < h), _ramp(ow, ramp, x0 > 0, x0 + tw < w))
+      acc[:, :, oy:oy + oh, ox:ox + ow] += out * wgt[None, None, :, :, None]
+      norm[oy:oy + oh, ox:ox + ow] += wgt
+      del out
+  return jnp.asarray(acc / norm[None, None, :, :, None])
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading a converted checkpoint
+# ---------------------------------------------------------------------------------------------
+
+
+def abstract_params(model: nnx.Module) -> dict:
+  """The parameter tree as the converter writes it: nested dicts with string keys."""
+  _, state = nnx.split(model)
+  return _str_keys(state.to_pure_dict())
+
+
+def _str_keys(tree):
+  if isinstance(tree, dict):
+    return {str(k): _str_keys(v) for k, v in tree.items()}
+  return jax.ShapeDtypeStruct(tree.shape, tree.dtype)
+
+
+def _like(template, tree):
+  """`tree` (string keys) re-keyed like `template` (whose list indices are ints)."""
+  if isinstance(template, dict):
+    return {k: _like(v, tree[str(k)]) for k, v in template.items()}
+  return tree
+
+
+def set_params(model: WanVAE, params: dict) -> WanVAE:
+  """Puts a converter-style parameter tree (string keys) into `model`, in place."""
+  graphdef, state = nnx.split(model)
+  nnx.update(model, _filled(state, params))
+  return model
+
+
+def from_params(config: VAEConfig, params: dict) -> WanVAE:
+  """A `WanVAE` holding `params` (a converter-style tree), built without random init."""
+  abstract = nnx.eval_shape(lambda: WanVAE(config, rngs=nnx.Rngs(0)))
+  graphdef, state = nnx.split(abstract)
+  return nnx.merge(graphdef, _filled(state, params))
+
+
+def _filled(state, params: dict):
+  pure = state.to_pure_dict()
+  cast = jax.tree.map(lambda t, a: jnp.asarray(a, t.dtype), pure, _like(pure, params))
+  nnx.replace_by_pure_dict(state, cast)
+  return state
+
+
+def load_vae(path: str | Path, **overrides) -> WanVAE:
+  """Loads a converted VAE from `OUT` or `OUT/vae` (written by convert/wan_to_jax.py).
+
+  `overrides` set run-time switches (`dtype`, `param_dtype`, `precision`, `attn_block`).
+  """
+  from vbridge_jax.checkpoints import io  # pylint: disable=import-outside-toplevel
+
+  folder = io.find_component(Path(path), "vae")
+  cfg = VAEConfig.from_dict(io.read_component_config(folder), **overrides)
+  abstract = nnx.eval_shape(lambda: WanVAE(cfg, rngs=nnx.Rngs(0)))
+  graphdef, state = nnx.split(abstract)
+  pure = state.to_pure_dict()
+  params = io.restore_params(folder, _str_keys(pure))
+  nnx.replace_by_pure_dict(state, _like(pure, params))
+  return nnx.merge(graphdef, state)
