@@ -53,6 +53,8 @@ class DiTConfig:
     _check_choice("attention", self.attention, ATTENTION_IMPLS)
     _check_choice("dtype", self.dtype, DTYPES)
     _check_choice("param_dtype", self.param_dtype, DTYPES)
+    if self.attention == "cudnn" and self.dtype != "bfloat16":
+      raise ValueError("attention='cudnn' needs dtype='bfloat16' (cuDNN flash attention has no float32 kernel)")
     object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
 
   @property
