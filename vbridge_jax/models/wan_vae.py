@@ -186,40 +186,45 @@ def _starts(n: int, tile: int, overlap: int) -> list[int]:
   return sorted(set(out))
 
 
-def _ramp(size: int, ramp: int, lo: bool, hi: bool) -> np.ndarray:
-  """1 inside, rising linearly over `ramp` at a side that has a neighbour."""
-  w = np.ones(size, np.float32)
-  if ramp > 0:
-    r = (np.arange(ramp, dtype=np.float32) + 0.5) / ramp
-    if lo:
-      w[:ramp] = np.minimum(w[:ramp], r)
-    if hi:
-      w[size - ramp:] = np.minimum(w[size - ramp:], r[::-1])
-  return w
+def _ramps(starts: list[int], tile: int, scale: float) -> list[np.ndarray]:
+  """Per-tile weights along one axis (output units): 1 inside, linear over the actual overlap
+  with each neighbour, so that two overlapping tiles' weights sum to 1 there."""
+  size = int(round(tile * scale))
+  out = []
+  for i, s in enumerate(starts):
+    w = np.ones(size, np.float32)
+    if i > 0:
+      lo = int(round((starts[i - 1] + tile - s) * scale))
+      w[:lo] = np.minimum(w[:lo], (np.arange(lo, dtype=np.float32) + 0.5) / lo)
+    if i + 1 < len(starts):
+      hi = int(round((s + tile - starts[i + 1]) * scale))
+      w[size - hi:] = np.minimum(w[size - hi:], (np.arange(hi, dtype=np.float32)[::-1] + 0.5) / hi)
+    out.append(w)
+  return out
 
 
 def _tiled(fn: Callable[[jax.Array], jax.Array], x: np.ndarray, tile: int, overlap: int,
            scale: float) -> jax.Array:
   """Runs `fn` on equal overlapping spatial tiles of `x (B, T, H, W, C)`, one at a time.
 
-  `fn` maps a tile of size `tile` to one of size `tile * scale`; outputs are blended with
-  linear ramps over the (scaled) overlap and accumulated on the host.
+  `fn` maps a tile of size `tile` to one of size `tile * scale`; neighbouring outputs are
+  blended linearly over their overlap (at least `overlap`; the last tile along an axis is
+  moved back to end at the border, so it may overlap more) and accumulated on the host.
   """
   _, _, h, w, _ = x.shape
   th, tw = min(tile, h), min(tile, w)
   ys, xs = _starts(h, th, overlap), _starts(w, tw, overlap)
-  ramp = int(round(overlap * scale))
-  acc = None
-  norm = None
-  for y0 in ys:
-    for x0 in xs:
+  wy, wx = _ramps(ys, th, scale), _ramps(xs, tw, scale)
+  acc = norm = None
+  for i, y0 in enumerate(ys):
+    for j, x0 in enumerate(xs):
       out = np.asarray(fn(jnp.asarray(x[:, :, y0:y0 + th, x0:x0 + tw])))
       oh, ow = out.shape[2:4]
       oy, ox = int(round(y0 * scale)), int(round(x0 * scale))
       if acc is None:
         acc = np.zeros(out.shape[:2] + (int(round(h * scale)), int(round(w * scale))) + out.shape[4:], np.float32)
         norm = np.zeros(acc.shape[2:4], np.float32)
-      wgt = np.outer(_ramp(oh, ramp, y0 > 0, y0 + th < h), _ramp(ow, ramp, x0 > 0, x0 + tw < w))
+      wgt = np.outer(wy[i], wx[j])
       acc[:, :, oy:oy + oh, ox:ox + ow] += out * wgt[None, None, :, :, None]
       norm[oy:oy + oh, ox:ox + ow] += wgt
       del out
