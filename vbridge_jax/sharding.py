@@ -47,6 +47,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("patch_in", None),
     ("patch_out", None),
     ("mod", None),
+    ("mod_embed", "tensor"),
     ("norm", None),
 )
 
@@ -200,18 +201,50 @@ def shard_batch(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
 def maybe_initialize_distributed(cfg: Mapping[str, Any] | None = None) -> bool:
   """`jax.distributed.initialize` when the config or environment asks for it.
 
-  `cfg` may hold `enabled` (bool or None = from environment), `coordinator_address`,
-  `num_processes`, `process_id`. The environment asks when `JAX_COORDINATOR_ADDRESS` is
-  set. Returns whether initialisation ran. Must run before any other JAX call.
+  `cfg` may hold `enabled` (`auto`: when `JAX_COORDINATOR_ADDRESS` is set | `on` | `off`,
+  or a bool), `coordinator_address`, `num_processes`, `process_id` (empty / 0 / -1 leave
+  them to JAX's cluster auto-detection). Returns whether initialisation ran. Must run
+  before any other JAX call.
   """
   cfg = dict(cfg or {})
-  enabled = cfg.get("enabled")
-  if enabled is None:
+  enabled = cfg.get("enabled", "auto")
+  if enabled in (None, "auto"):
     enabled = bool(os.environ.get("JAX_COORDINATOR_ADDRESS"))
+  elif isinstance(enabled, str):
+    if enabled not in ("on", "off"):
+      raise ValueError(f"distributed.enabled={enabled!r} is not one of auto, on, off")
+    enabled = enabled == "on"
   if not enabled:
     return False
-  kwargs = {k: cfg[k] for k in ("coordinator_address", "num_processes", "process_id")
-            if cfg.get(k) is not None}
+  kwargs = {}
+  if cfg.get("coordinator_address"):
+    kwargs["coordinator_address"] = cfg["coordinator_address"]
+  if cfg.get("num_processes", 0) and int(cfg["num_processes"]) > 0:
+    kwargs["num_processes"] = int(cfg["num_processes"])
+  if cfg.get("process_id") is not None and int(cfg["process_id"]) >= 0:
+    kwargs["process_id"] = int(cfg["process_id"])
   jax.distributed.initialize(**kwargs)
   logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
   return True
+
+
+def activation_rules(rules: Rules) -> tuple[tuple[str, Any], ...]:
+  """One mesh target per logical name, for `nnx.logical_axis_rules` around tracing.
+
+  flax resolves names one by one (`from_sharding_rules`), so a name may not reuse the
+  batch axes ('embed' -> fsdp would collide with 'batch' -> (data, fsdp) in
+  `('batch', 'length', 'embed')`). Each non-batch name takes its first candidate that
+  avoids the batch axes; the first 'batch' rule wins. Every name gets an entry (None
+  replicates), so no logical name leaks through as a mesh axis.
+  """
+  batch = next((_axes(t) for n, t in rules if n == "batch"), ())
+  out: dict[str, Any] = {}
+  for name, target in rules:
+    if name in out:
+      continue
+    if name != "batch" and set(_axes(target)) & set(batch):
+      if not any(n == name and not set(_axes(t)) & set(batch) for n, t in rules):
+        out[name] = None
+      continue
+    out[name] = target
+  return tuple(out.items())

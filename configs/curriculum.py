@@ -1,0 +1,142 @@
+"""V-Bridge curriculum training: the Wan2.2-TI2V-5B fine-tune, 512 -> 720 -> 960 px.
+
+Variants (`--config=configs/curriculum.py:VARIANT`):
+
+- (none): the paper's setup (reference/vbridge_paper.md, Table 7): full fine-tune of
+  Wan2.2-TI2V-5B from a converted checkpoint, bf16 compute, AdamW lr 2e-5 (100 warm-up
+  steps), weight decay 3e-2, eps 1e-10, grad clip 0.05, seed 42, 9-frame clips, stages
+  512/720/960 with equal shares, one clip per device. Needs `init_from` (the output of
+  `convert/wan_to_jax.py`), `data.source` (paired folders or a prepared TFDS set) and
+  `prompts` (`convert/encode_prompts.py`); it fails fast naming what is missing.
+- `tiny`: tiny random DiT and VAE on the built-in demo set, stages 64 -> 96 -> 128 px;
+  runs end to end on a laptop CPU in a few minutes. The README's main command.
+- `lora`: the paper's setup with LoRA (rank 64) instead of a full fine-tune.
+
+Launch:
+
+    python -m vbridge_jax.train --config=configs/curriculum.py:tiny --workdir=/tmp/vbridge_tiny
+    python -m vbridge_jax.train --config=configs/curriculum.py --workdir=gs://bucket/run \
+        --config.init_from=/ckpt/wan22_ti2v_jax --config.data.source=/data/fewshot \
+        --config.prompts=/ckpt/prompts.npz --config.mesh.fsdp=-1
+
+Rerunning the same command in the same workdir resumes from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from vbridge_jax.sharding import DEFAULT_RULES
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 42
+  c.total_steps = 30_000
+  # Curriculum: "size[:share],..." (equal shares when omitted); the share of total_steps.
+  c.stages = "512,720,960"
+
+  c.model = ml_collections.ConfigDict()
+  c.model.dit = "ti2v_5b"  # preset for random init: ti2v_5b | tiny
+  c.model.vae = "wan22"  # preset for random init: wan22 | tiny
+  c.model.dtype = "bfloat16"  # compute dtype inside matmuls/attention
+  c.model.param_dtype = "float32"  # master weights
+  c.model.remat = "full"
+  c.model.scan_layers = True
+  c.model.attention = "xla"
+  c.model.vae_dtype = "bfloat16"
+  c.model.dit_overrides = ml_collections.ConfigDict()  # DiTConfig fields for a random DiT
+  c.model.vae_overrides = ml_collections.ConfigDict()  # VAEConfig fields for a random VAE
+  c.init_from = ""  # converted checkpoint folder (dit/ and vae/); required unless random_init
+  c.random_init = False
+  c.prompts = ""  # .npz with float32 `positive` (L, text_dim); empty: zeros (tiny only)
+
+  c.finetune = "full"  # full | lora
+  c.lora = ml_collections.ConfigDict()
+  c.lora.rank = 64
+  c.lora.alpha = 64.0
+  c.lora.targets = "q,k,v,o,ffn"
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 2e-5
+  c.optim.warmup_steps = 100
+  c.optim.weight_decay = 3e-2
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.eps = 1e-10
+  c.optim.clip_norm = 0.05
+
+  c.flow = ml_collections.ConfigDict()
+  c.flow.shift = 5.0  # training timestep shift (inferred; Wan's sampling shift is 5)
+  c.flow.sampling = "uniform"  # uniform | logit_normal
+  c.flow.weighting = "none"  # none | cosmap
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = ""  # paired folders, a TFDS version folder, or "demo"
+  c.data.data_dir = ""  # with a TFDS name in `source`
+  c.data.frames = 9
+  c.data.batch_size = 8  # global
+  c.data.balance = True
+  c.data.flips = True
+  c.data.allow_upscale = False
+  c.data.workers = 0
+  c.data.drift_outputs = ""  # drift-corrector mode (configs/drift.py)
+
+  c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, context=1, tensor=1))
+  c.num_devices = 0  # use the first N devices (0: all)
+  c.logical_axis_rules = [list(r) for r in DEFAULT_RULES]
+  # enabled: auto (when JAX_COORDINATOR_ADDRESS is set) | on | off; 0 / "" = unset.
+  c.distributed = ml_collections.ConfigDict(dict(enabled="auto", coordinator_address="",
+                                                 num_processes=0, process_id=-1))
+
+  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=500, keep=3, use_async=True))
+  c.log_every = 10
+  c.progress = True
+  # Sample grids every `every_steps` and at each stage end (0: stage ends only; -1: never).
+  c.samples = ml_collections.ConfigDict(dict(every_steps=2000, count=2, steps=20,
+                                             solver="unipc", shift=5.0, guidance=1.0))
+  c.stop_at_step = -1  # stop (with a checkpoint) at this step, as if preempted
+  c.debug_nan_at_step = -1  # tests: make the loss NaN at this step
+  return c
+
+
+def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  c.total_steps = 150
+  c.stages = "64,96,128"
+  c.model.dit = "tiny"
+  c.model.vae = "tiny"
+  c.model.dtype = "float32"  # bf16 matmuls are slow on CPUs
+  c.model.vae_dtype = "float32"
+  c.model.remat = "none"
+  c.random_init = True
+  c.optim.lr = 1e-3
+  c.optim.warmup_steps = 10
+  c.optim.clip_norm = 1.0
+  c.flow.shift = 1.0
+  c.data.source = "demo"
+  c.data.frames = 5
+  c.data.batch_size = 4
+  c.data.allow_upscale = True
+  c.checkpoint.every_steps = 25
+  c.checkpoint.keep = 2
+  c.log_every = 5
+  c.samples = ml_collections.ConfigDict(dict(every_steps=0, count=2, steps=8, solver="euler",
+                                             shift=1.0, guidance=1.0))
+  return c
+
+
+def lora(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  c.finetune = "lora"
+  c.optim.lr = 1e-4
+  return c
+
+
+VARIANTS = {"": lambda c: c, "tiny": tiny, "lora": lora}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = arg or ""
+  if arg not in VARIANTS:
+    raise ValueError(f"unknown variant {arg!r} of configs/curriculum.py; one of "
+                     f"{', '.join(repr(v) for v in VARIANTS)}")
+  return VARIANTS[arg](base_config())

@@ -1,0 +1,1 @@
+"""Training helpers: checkpointing, metrics, TensorBoard events."""

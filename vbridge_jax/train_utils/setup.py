@@ -1,0 +1,252 @@
+"""Builds what the trainer needs from a config: stages, models, optimizer, prompts, data.
+
+Kept apart from `trainer.py` (the loop) so that benchmarks and tests can build the same
+sharded state without running a schedule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from vbridge_jax import optim
+from vbridge_jax import sharding as sh
+from vbridge_jax.models import lora as lora_lib
+from vbridge_jax.models.configs import DiTConfig, VAEConfig
+from vbridge_jax.models.wan_dit import WanDiT, load_dit
+from vbridge_jax.models.wan_vae import WanVAE, load_vae
+
+FINETUNE = ("full", "lora")
+
+
+class ConfigError(ValueError):
+  """A bad or incomplete training config (one-line message)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  index: int
+  size: int
+  start: int  # first step (inclusive)
+  end: int  # last step (exclusive)
+
+
+def parse_stages(spec: str, total_steps: int) -> list[Stage]:
+  """`"512,720,960"` or `"512:1,720:2"` -> stages covering `[0, total_steps)` by share."""
+  if total_steps < 1:
+    raise ConfigError(f"total_steps must be >= 1, got {total_steps}")
+  sizes, shares = [], []
+  for part in str(spec).split(","):
+    part = part.strip()
+    if not part:
+      continue
+    size, _, share = part.partition(":")
+    try:
+      sizes.append(int(size))
+      shares.append(float(share) if share else 1.0)
+    except ValueError as e:
+      raise ConfigError(f"bad stage {part!r} in stages={spec!r} (want size[:share],...)") from e
+  if not sizes:
+    raise ConfigError(f"stages={spec!r} names no stage")
+  if any(s < 1 for s in sizes) or any(w <= 0 for w in shares):
+    raise ConfigError(f"stage sizes and shares must be positive: stages={spec!r}")
+  bounds = np.rint(np.cumsum(shares) / sum(shares) * total_steps).astype(int)
+  starts = [0] + list(bounds[:-1])
+  stages = [Stage(i, sizes[i], int(a), int(b)) for i, (a, b) in enumerate(zip(starts, bounds))]
+  if any(s.end <= s.start for s in stages):
+    raise ConfigError(f"total_steps={total_steps} is too small for stages={spec!r}")
+  return stages
+
+
+def stage_at(stages: list[Stage], step: int) -> Stage:
+  for s in stages:
+    if step < s.end:
+      return s
+  return stages[-1]
+
+
+# ------------------------------------------------------------------------------- models
+
+
+def _runtime(config) -> dict[str, Any]:
+  m = config.model
+  return dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat, scan_layers=m.scan_layers,
+              attention=m.attention)
+
+
+def dit_config(config) -> DiTConfig:
+  if config.init_from:
+    from vbridge_jax.checkpoints import io  # pylint: disable=import-outside-toplevel
+    folder = io.find_component(Path(config.init_from), "dit")
+    return DiTConfig.from_dict(io.read_component_config(folder), **_runtime(config))
+  presets = {"ti2v_5b": DiTConfig.ti2v_5b, "tiny": DiTConfig.tiny}
+  if config.model.dit not in presets:
+    raise ConfigError(f"model.dit={config.model.dit!r} is not one of {', '.join(presets)}")
+  overrides = dict(config.model.get("dit_overrides") or {})
+  return presets[config.model.dit](**(_runtime(config) | overrides))
+
+
+def vae_config(config) -> VAEConfig:
+  rt = dict(dtype=config.model.vae_dtype)
+  if config.init_from:
+    from vbridge_jax.checkpoints import io  # pylint: disable=import-outside-toplevel
+    folder = io.find_component(Path(config.init_from), "vae")
+    return VAEConfig.from_dict(io.read_component_config(folder), **rt)
+  presets = {"wan22": VAEConfig.wan22, "tiny": VAEConfig.tiny}
+  if config.model.vae not in presets:
+    raise ConfigError(f"model.vae={config.model.vae!r} is not one of {', '.join(presets)}")
+  overrides = dict(config.model.get("vae_overrides") or {})
+  return presets[config.model.vae](**(rt | overrides))
+
+
+def check_config(config) -> None:
+  """Fails fast, with one line, on a config that cannot run."""
+  if config.finetune not in FINETUNE:
+    raise ConfigError(f"finetune={config.finetune!r} is not one of {', '.join(FINETUNE)}")
+  if not config.init_from and not config.random_init:
+    raise ConfigError(
+        "config.init_from is empty: point it at a converted Wan2.2-TI2V-5B checkpoint "
+        "(python convert/wan_to_jax.py --src PATH --out DIR; --config.init_from=DIR), or "
+        "use --config=configs/curriculum.py:tiny for the random-weight demo")
+  if config.init_from and not Path(config.init_from).exists():
+    raise ConfigError(f"config.init_from={config.init_from!r} does not exist")
+  src = config.data.source
+  if not src:
+    raise ConfigError("config.data.source is empty: give paired folders "
+                      "(<category>/{LQ,GT}/<id>.<ext>), a prepared TFDS set, or 'demo'")
+  if src != "demo" and not config.data.data_dir and not Path(src).exists():
+    raise ConfigError(f"config.data.source={src!r} does not exist")
+  if config.get("drift", False) and not config.data.drift_outputs:
+    raise ConfigError("config.data.drift_outputs is empty: restore the training set with the "
+                      "base model first (python -m vbridge_jax.restore ...)")
+  if config.prompts and not Path(config.prompts).is_file():
+    raise ConfigError(f"config.prompts={config.prompts!r} is not a file "
+                      "(make one with convert/encode_prompts.py)")
+  if not config.prompts and not config.random_init:
+    raise ConfigError("config.prompts is empty: the fine-tune needs the umT5 prompt "
+                      "embeddings (python convert/encode_prompts.py --out FILE.npz)")
+
+
+def build_state(config, mesh, rules) -> tuple[WanDiT, nnx.Optimizer, WanVAE, Any]:
+  """The DiT (+ LoRA) and its optimizer, born sharded; the frozen VAE; the lr schedule."""
+  dcfg, vcfg = dit_config(config), vae_config(config)
+  tx, schedule = optim.make_optimizer(config.optim)
+  wrt = nnx.LoRAParam if config.finetune == "lora" else nnx.Param
+  seed = int(config.seed)
+
+  def build():
+    model = WanDiT(dcfg, rngs=nnx.Rngs(params=seed))
+    if config.finetune == "lora":
+      targets = [t.strip() for t in str(config.lora.targets).split(",") if t.strip()]
+      lora_lib.apply_lora(model, rank=int(config.lora.rank), alpha=float(config.lora.alpha),
+                          targets=targets, seed=seed + 1)
+    return model, nnx.Optimizer(model, tx, wrt=wrt)
+
+  model, opt = sh.create_sharded(build, mesh, rules)
+  if config.init_from:
+    _load_into(model, load_dit(config.init_from, **_runtime(config)))
+    vae = load_vae(config.init_from, dtype=config.model.vae_dtype)
+  else:
+    vae = random_vae(vcfg, seed + 2)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  graphdef, vstate = nnx.split(vae)
+  vae = nnx.merge(graphdef, jax.device_put(vstate, replicated))
+  return model, opt, vae, schedule
+
+
+def random_vae(vcfg: VAEConfig, seed: int) -> WanVAE:
+  """A random frozen VAE drawn on the host, with WanVAE's init distributions.
+
+  Conv kernels ~ N(0, 1 / fan_in), biases 0, norm scales 1. Drawing with numpy avoids
+  compiling one XLA initializer per convolution (minutes on a small CPU for a VAE that
+  is never trained).
+  """
+  abstract = nnx.eval_shape(lambda: WanVAE(vcfg, rngs=nnx.Rngs(0)))
+  graphdef, state = nnx.split(abstract)
+  rng = np.random.default_rng(seed)
+  updates = []
+  for path, var in nnx.to_flat_state(state):
+    shape, dtype = var.get_value().shape, var.get_value().dtype
+    name = str(path[-1])
+    if name == "kernel":
+      value = rng.standard_normal(shape, np.float32) / np.sqrt(np.prod(shape[:-1]))
+    elif name == "bias":
+      value = np.zeros(shape, np.float32)
+    else:
+      value = np.ones(shape, np.float32)
+    updates.append((path, var.replace(jnp.asarray(value, dtype))))
+  return nnx.merge(graphdef, nnx.from_flat_state(updates))
+
+
+def _load_into(target: nnx.Module, loaded: nnx.Module) -> None:
+  """Copies loaded base parameters into the sharded `target` (LoRA wrappers add `base`)."""
+  src = {tuple(str(k) for k in p): v for p, v in nnx.to_flat_state(nnx.state(loaded, nnx.Param))}
+  flat = nnx.to_flat_state(nnx.state(target, nnx.Not(nnx.LoRAParam)))
+  updates = []
+  for path, var in flat:
+    key = tuple(str(k) for k in path if k != "base")
+    if key not in src:
+      raise ConfigError(f"the checkpoint lacks parameter {'/'.join(key)}")
+    value = src[key].get_value()
+    cur = var.get_value()
+    if value.shape != cur.shape:
+      raise ConfigError(f"parameter {'/'.join(key)} has shape {value.shape}, the model {cur.shape}")
+    updates.append((path, var.replace(jax.device_put(value.astype(cur.dtype), cur.sharding))))
+  nnx.update(target, nnx.from_flat_state(updates))
+
+
+def load_context(config, dcfg: DiTConfig) -> np.ndarray:
+  """`(1, L, text_dim)` float32 positive-prompt embeddings (zeros without a file)."""
+  if not config.prompts:
+    return np.zeros((1, dcfg.text_len, dcfg.text_dim), np.float32)
+  with np.load(config.prompts) as f:
+    if "positive" not in f:
+      raise ConfigError(f"{config.prompts} has no 'positive' array")
+    pos = np.asarray(f["positive"], np.float32)
+  if pos.ndim != 2 or pos.shape[1] != dcfg.text_dim or pos.shape[0] > dcfg.text_len:
+    raise ConfigError(f"prompt embeddings {pos.shape} do not fit the DiT "
+                      f"(at most {dcfg.text_len} tokens of width {dcfg.text_dim})")
+  return pos[None]
+
+
+# --------------------------------------------------------------------------------- data
+
+
+def data_source(config, workdir: str) -> str:
+  """The data source path; 'demo' builds the built-in few-shot set into the workdir."""
+  if config.data.source != "demo":
+    return config.data.source
+  out = os.path.join(workdir, "demo_data")
+  done = os.path.join(out, ".complete")
+  if jax.process_index() == 0 and not os.path.exists(done):
+    from vbridge_jax.data import fewshot  # pylint: disable=import-outside-toplevel
+    fewshot.build(out, per_category=int(config.data.get("demo_per_category", 4)),
+                  seed=int(config.seed))
+    Path(done).touch()
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices("demo_data")
+  return out
+
+
+def make_iterator(config, source: str, stage: Stage, mesh) -> Any:
+  """A checkpointable grain iterator of global batches for one curriculum stage."""
+  from vbridge_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+
+  d = config.data
+  if d.batch_size % sh.batch_shards(mesh):
+    raise ConfigError(f"data.batch_size={d.batch_size} is not divisible by the "
+                      f"{sh.batch_shards(mesh)} data x fsdp shards of the mesh")
+  return pipeline.make_iterator(
+      source, size=stage.size, frames=int(d.frames), global_batch_size=int(d.batch_size),
+      seed=int(config.seed) + 1000 * stage.index, data_dir=d.data_dir or None,
+      sharding=sh.batch_sharding(mesh, 5), flips=bool(d.flips), balance=bool(d.balance),
+      drift_outputs=d.drift_outputs or None, allow_upscale=bool(d.allow_upscale),
+      worker_count=int(d.workers))

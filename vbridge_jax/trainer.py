@@ -1,0 +1,217 @@
+"""The V-Bridge curriculum trainer: `train_and_evaluate(config, workdir)`.
+
+A step: a batch of clips `(B, T, S, S, 3)` (frame 0 LQ, frame T-1 GT) -> frozen VAE encode
+-> normalised latents -> flow-matching TI2V inputs (frame 0 clean at t = 0) -> DiT ->
+masked MSE over frames >= 1 -> AdamW (+ clipping) on the trainable parameters (all of
+them, or the LoRA adapters). Model and optimizer state are created sharded over the
+`data, fsdp, context, tensor` mesh and the step is one jitted, donating function.
+
+The curriculum splits `total_steps` into stages by share; a stage change rebuilds the
+input pipeline at the new size and keeps model and optimizer state. Checkpoints (orbax,
+`workdir/checkpoints`) hold model, optimizer, step, stage and the data iterator; calling
+again with the same workdir resumes. Logs: a progress bar, `workdir/metrics.jsonl`,
+TensorBoard events in `workdir/tensorboard`, sample grids (LQ | output | GT) in
+`workdir/samples`. A non-finite loss or gradient norm stops the run with
+`NonFiniteLossError`; only checkpoints from before it exist.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from vbridge_jax import flow
+from vbridge_jax import sharding as sh
+from vbridge_jax.sampler import Sampler, SamplerConfig
+from vbridge_jax.train_utils import setup
+from vbridge_jax.train_utils.checkpointing import Checkpointer, iterator_state, set_iterator_state
+from vbridge_jax.train_utils.metrics import MetricsLogger, save_grid
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+  """The loss or gradient norm became NaN or inf; the run stopped."""
+
+
+def make_train_step(graphdef, vae_graphdef, config, *, patch_size, wrt, state_shardings,
+                    batch_sharding):
+  """The jitted step `(state, vae_state, clip, context, step) -> (state, metrics)`."""
+  f = config.flow
+  nan_at = int(config.get("debug_nan_at_step", -1))
+  base_key = jax.random.key(int(config.seed))
+
+  def step_fn(state, vae_state, clip, context, step):
+    model, opt = nnx.merge(graphdef, state)
+    vae = nnx.merge(vae_graphdef, vae_state)
+    x0 = jax.lax.stop_gradient(vae.normalize(vae.encode(clip)))
+    inp = flow.ti2v_training_inputs(x0, jax.random.fold_in(base_key, step), shift=f.shift,
+                                    kind=f.sampling, patch_size=patch_size, weighting=f.weighting)
+    ctx = jnp.broadcast_to(context, (clip.shape[0],) + context.shape[1:])
+
+    def loss_fn(m):
+      pred = m(inp["x_t"], inp["t"], ctx)
+      return flow.masked_mse(pred, inp["target"], inp["weight"])
+
+    loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, wrt))(model)
+    if nan_at >= 0:
+      loss = jnp.where(step == nan_at, jnp.nan, loss)
+    grad_norm = optax.tree.norm(grads)
+    opt.update(model, grads)
+    return nnx.state((model, opt)), {"loss": loss, "grad_norm": grad_norm}
+
+  return jax.jit(step_fn, donate_argnums=(0,),
+                 in_shardings=(state_shardings, None, batch_sharding, None, None),
+                 out_shardings=(state_shardings, None))
+
+
+def _context(config, dcfg, mesh) -> jax.Array:
+  ctx = setup.load_context(config, dcfg)
+  return jax.device_put(ctx, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+
+
+def write_samples(model, vae, clip: jax.Array, context: jax.Array, config, path: str) -> None:
+  """Restores the first clips' LQ frames with the current model; PNG rows LQ | out | GT."""
+  s = config.samples
+  n = min(int(s.count), clip.shape[0])
+  clip = jnp.asarray(jax.device_get(clip[:n]))
+  z = vae.normalize(vae.encode(clip))
+  noise = jax.random.normal(jax.random.key(int(config.seed) + 7), z.shape, jnp.float32)
+  scfg = SamplerConfig(solver=s.solver, steps=int(s.steps), shift=float(s.shift),
+                       guidance=1.0, schedule="diffusers",
+                       patch_size=tuple(model.config.patch_size))
+  out = Sampler(model, scfg)(noise, jax.device_get(context), first_frame=z[:, :1])
+  video = np.asarray(vae.decode(vae.denormalize(out)))
+  clip = np.asarray(clip)
+  save_grid(path, [[clip[i, 0], video[i, -1], clip[i, -1]] for i in range(n)])
+
+
+def _write_config(config, workdir: str) -> None:
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+
+def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
+  """Runs (or resumes) the curriculum in `workdir`; returns the last logged metrics."""
+  setup.check_config(config)
+  sh.maybe_initialize_distributed(config.get("distributed"))
+  os.makedirs(workdir, exist_ok=True)
+  _write_config(config, workdir)
+  stages = setup.parse_stages(config.stages, int(config.total_steps))
+  total = int(config.total_steps)
+
+  # ---------------------------------------------------------------- mesh and state
+  n_dev = int(config.get("num_devices", 0))
+  mesh = sh.create_mesh(dict(config.mesh), jax.devices()[:n_dev] if n_dev > 0 else None)
+  rules = sh.rules_from_config(config.logical_axis_rules)
+  act_rules = sh.activation_rules(rules)
+  model, opt, vae, schedule = setup.build_state(config, mesh, rules)
+  dcfg = model.config
+  wrt = nnx.LoRAParam if config.finetune == "lora" else nnx.Param
+  graphdef, state = nnx.split((model, opt))
+  vae_graphdef, vae_state = nnx.split(vae)
+  del model, opt
+  state_shardings = jax.tree.map(lambda x: x.sharding, state)
+  context = _context(config, dcfg, mesh)
+  n_train = sum(x.size for x in jax.tree.leaves(nnx.state(nnx.merge(graphdef, state)[0], wrt)))
+
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"),
+                      every_steps=int(config.checkpoint.every_steps),
+                      keep=int(config.checkpoint.keep), use_async=bool(config.checkpoint.use_async))
+  start, saved_data, saved_meta = 0, None, {}
+  latest = ckpt.latest_step()
+  if latest is not None:
+    state, saved_data, saved_meta = ckpt.restore(latest, state)
+    start = int(saved_meta["step"])
+    if saved_meta.get("stages") != str(config.stages) or saved_meta.get("total_steps") != total:
+      log.warning("resuming with a different schedule: checkpoint has stages=%s total=%s",
+                  saved_meta.get("stages"), saved_meta.get("total_steps"))
+
+  train_step = make_train_step(graphdef, vae_graphdef, config, patch_size=dcfg.patch_size,
+                               wrt=wrt, state_shardings=state_shardings,
+                               batch_sharding=sh.batch_sharding(mesh, 5))
+  source = setup.data_source(config, workdir)
+  logger = MetricsLogger(workdir, total, start, enabled=jax.process_index() == 0,
+                         progress=bool(config.progress))
+  logger.write(f"mesh {dict(mesh.shape)} on {mesh.size} devices; {n_train:,} trainable "
+               f"parameters ({config.finetune}); " +
+               (f"resumed at step {start}" if latest is not None else "starting at step 0"))
+  stop_at = int(config.get("stop_at_step", -1))
+  stop_at = total if stop_at < 0 else min(stop_at, total)
+  log_every = max(1, int(config.log_every))
+  sample_every = int(config.samples.every_steps)
+  pending: list[tuple[int, dict[str, jax.Array]]] = []
+  last_row: dict[str, Any] = {}
+  step = start
+
+  def flush(stage, do_log: bool) -> None:
+    """Fetches pending metrics; stops on a non-finite value; logs the mean."""
+    nonlocal last_row
+    if not pending:
+      return
+    fetched = jax.device_get([m for _, m in pending])
+    for (s, _), m in zip(pending, fetched):
+      bad = {k: float(v) for k, v in m.items() if not math.isfinite(float(v))}
+      if bad:
+        ckpt.wait()
+        good = ckpt.latest_step()
+        logger.close()
+        raise NonFiniteLossError(
+            f"non-finite {', '.join(f'{k}={v}' for k, v in bad.items())} at step {s + 1} "
+            f"(stage {stage.index}, {stage.size}px); stopped. Last good checkpoint: "
+            f"{'none' if good is None else f'step {good}'} in {ckpt.directory}")
+    pending.clear()
+    if do_log:
+      means = {k: float(np.mean([float(m[k]) for m in fetched])) for k in fetched[0]}
+      last_row = logger.log(step, means | {"lr": float(schedule(step - 1)), "stage": stage.index,
+                                           "size": stage.size})
+
+  try:
+    with jax.set_mesh(mesh):
+      while step < stop_at:
+        stage = setup.stage_at(stages, step)
+        iterator = setup.make_iterator(config, source, stage, mesh)
+        if saved_data is not None and saved_meta.get("stage") == stage.index:
+          set_iterator_state(iterator, saved_data)
+        saved_data = None
+        logger.write(f"stage {stage.index}: {stage.size}px, steps {stage.start}..{stage.end} "
+                     f"(from {step})")
+        end = min(stage.end, stop_at)
+        while step < end:
+          batch = next(iterator)
+          with nnx.logical_axis_rules(act_rules):
+            state, metrics = train_step(state, vae_state, batch["clip"], context,
+                                        jnp.asarray(step, jnp.int32))
+          pending.append((step, metrics))
+          step += 1
+          save_due = step % int(config.checkpoint.every_steps) == 0 or step == end
+          flush(stage, do_log=step % log_every == 0 or step == end) if (
+              save_due or step % log_every == 0) else None
+          if save_due:
+            meta = {"step": step, "stage": stage.index, "stage_size": stage.size,
+                    "stages": str(config.stages), "total_steps": total}
+            ckpt.save(step, state, iterator_state(iterator), meta, force=True)
+          if sample_every >= 0 and ((sample_every > 0 and step % sample_every == 0)
+                                    or step == stage.end):
+            if jax.process_count() == 1:
+              m, _ = nnx.merge(graphdef, state)
+              write_samples(m, nnx.merge(vae_graphdef, vae_state), batch["clip"], context,
+                            config, os.path.join(workdir, "samples", f"step_{step:07d}.png"))
+  finally:
+    ckpt.close()
+    logger.close()
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "final.json"), "w", encoding="utf-8") as f:
+      json.dump({"step": step, "last": last_row}, f)
+  return {"step": step, **last_row}
