@@ -150,3 +150,13 @@ def test_bad_shapes_are_refused(pair):
     model.encode(jnp.zeros((1, 4, 32, 32, 3)))
   with pytest.raises(ValueError, match="multiples of 16"):
     model.encode(jnp.zeros((1, 1, 40, 32, 3)))
+
+
+def test_query_blocked_attention_equals_full():
+  """Large frames run the mid-block attention in query blocks; the result is the same."""
+  from vbridge_jax.models.vae_blocks import AttentionBlock, Runtime  # pylint: disable=import-outside-toplevel
+  rt = Runtime.of(VAEConfig.tiny())
+  full = AttentionBlock(16, rt, block=4096, rngs=nnx.Rngs(1))
+  blocked = AttentionBlock(16, rt, block=5, rngs=nnx.Rngs(1))  # 42 tokens: 9 blocks, padded
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 1, 6, 7, 16)), jnp.float32)
+  np.testing.assert_allclose(blocked(x), full(x), rtol=1e-5, atol=1e-5)
