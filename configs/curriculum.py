@@ -108,6 +108,7 @@ def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.model.dtype = "float32"  # bf16 matmuls are slow on CPUs
   c.model.vae_dtype = "float32"
   c.model.remat = "none"
+  c.model.vae_overrides = ml_collections.ConfigDict(dict(num_res_blocks=1, precision="default"))
   c.random_init = True
   c.optim.lr = 1e-3
   c.optim.warmup_steps = 10

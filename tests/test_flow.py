@@ -79,3 +79,19 @@ def test_training_inputs_are_consistent():
   # Perfect prediction gives zero loss; predicting zeros gives E|eps - x0|^2 > 0.
   assert float(flow.masked_mse(out["target"], out["target"])) == 0.0
   assert float(flow.masked_mse(jnp.zeros_like(x0), out["target"])) > 0.5
+
+
+def test_optimizer_schedule_and_clipping():
+  from vbridge_jax import optim
+  sched = optim.learning_rate_schedule(2e-5, 100)
+  assert float(sched(0)) == 0.0 and abs(float(sched(50)) - 1e-5) < 1e-12
+  assert abs(float(sched(100)) - 2e-5) < 1e-12 and abs(float(sched(10_000)) - 2e-5) < 1e-12
+  # With eps = 1 Adam's first step is -g / (|g| + 1): it shows the clipped gradient.
+  tx, _ = optim.make_optimizer(dict(lr=1.0, warmup_steps=0, weight_decay=0.0, eps=1.0,
+                                    clip_norm=0.05))
+  params = {"w": jnp.zeros(3)}
+  grads = {"w": jnp.array([300.0, 400.0, 0.0])}
+  updates, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(updates["w"], [-0.03 / 1.03, -0.04 / 1.04, 0.0], rtol=1e-4)
+  with pytest.raises(ValueError, match="learning rate"):
+    optim.learning_rate_schedule(0.0, 10)

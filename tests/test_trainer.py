@@ -36,7 +36,7 @@ def demo(tmp_path_factory) -> str:
 def _config(demo: str, **kw):
   c = curriculum.get_config("tiny")
   c.data.source = demo
-  c.stages = "32,64"
+  c.stages = "32,32"  # a stage change (new pipeline) without a second compile
   c.total_steps = 4
   c.data.batch_size = 8
   c.data.balance = False
@@ -98,17 +98,15 @@ def test_resume_is_bit_identical_and_logs(demo, tmp_path):
   for x, y in zip(leaves_a, leaves_b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   assert _losses(split) == _losses(straight)
-  meta = json.loads((straight / "checkpoints" / "4" / "meta" / "metadata").read_text()) \
-      if (straight / "checkpoints" / "4" / "meta" / "metadata").exists() else None
   rows = [json.loads(l) for l in (straight / "metrics.jsonl").read_text().splitlines()]
-  assert [r["size"] for r in rows] == [32, 32, 64, 64] and all("grad_norm" in r for r in rows)
+  assert [r["stage"] for r in rows] == [0, 0, 1, 1]
+  assert all(k in r for r in rows for k in ("step", "loss", "grad_norm", "lr", "steps_per_sec"))
   events = list((straight / "tensorboard").iterdir())
   assert len(events) == 1 and len(tensorboard.read_records(str(events[0]))) == 5
-  del meta
 
 
 def test_nan_stops_and_keeps_last_good_checkpoint(demo, tmp_path):
-  cfg = _config(demo, debug_nan_at_step=2)
+  cfg = _config(demo, debug_nan_at_step=2, total_steps=3, stages="32")
   with pytest.raises(trainer.NonFiniteLossError, match=r"step 3 .*Last good checkpoint: step 2"):
     trainer.train_and_evaluate(cfg, str(tmp_path))
   steps = sorted(int(p) for p in os.listdir(tmp_path / "checkpoints") if p.isdigit())
