@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import os
-import time
 from typing import Any
 
 import jax
