@@ -10,8 +10,10 @@ Cases: one latent frame decoded to 1280x720 and to 3840x2160, untiled and tiled 
   (`compiled.memory_analysis()`), for the whole image (untiled) or one tile (tiled);
   obtained without weights or running anything.
 - with `--run`: the case's process builds the model with random fp32 weights (2.8 GB), decodes,
-  and the parent samples its resident set size; `peak RSS` is the largest sample, `time` the
-  decode's wall time (compilation included). A case that passes `--rss-limit` GB or
+  and the parent samples its resident set size every 0.1 s: `peak RSS` over the whole process,
+  `RSS before decode` once the weights are built, `peak RSS in decode` from then on (this
+  includes compiling the decode function); `decode s` is the decode's wall time (compilation
+  included). A case that passes `--rss-limit` GB or
   `--timeout` seconds is stopped and reported as such.
 """
 
@@ -90,7 +92,7 @@ def parent(args) -> None:
       env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
       proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
       ps = psutil.Process(proc.pid)
-      peak = base = 0
+      peak = base = during = 0
       status, t0 = "ok", time.time()
       lines = []
       import threading  # pylint: disable=import-outside-toplevel
@@ -104,6 +106,8 @@ def parent(args) -> None:
         peak = max(peak, rss)
         if not base and any(l.startswith("READY") for l in lines):
           base = rss
+        if base:
+          during = max(during, rss)
         if rss > args.rss_limit * 2**30:
           status = f"stopped: RSS > {args.rss_limit} GB"
         elif time.time() - t0 > args.timeout:
@@ -120,18 +124,18 @@ def parent(args) -> None:
           res = json.loads(l[7:])
       if status == "ok" and proc.returncode != 0:
         status = f"failed (exit {proc.returncode})"
-      rows.append((case, "tiled" if tiled else "untiled", res, peak, base, status))
+      rows.append((case, "tiled" if tiled else "untiled", res, peak, base, during, status))
       print(_row(*rows[-1], args.run), flush=True) if args.verbose else None
   print(_table(rows, args.run))
 
 
-def _row(case, mode, res, peak, base, status, run) -> str:
+def _row(case, mode, res, peak, base, during, status, run) -> str:
   f = lambda k, fmt: (fmt.format(res[k]) if k in res else "-")  # noqa: E731
   cells = [case, mode, str(res.get("tiles", "-")), f("temp_gb", "{:.2f}"), f("io_gb", "{:.2f}"),
            f("compile_s", "{:.0f}")]
   if run:
-    cells += [f"{peak / 2**30:.1f}" if peak else "-", f"{base / 2**30:.1f}" if base else "-",
-              f("run_s", "{:.0f}")]
+    gb = lambda v: f"{v / 2**30:.1f}" if v else "-"  # noqa: E731
+    cells += [gb(peak), gb(base), gb(during), f("run_s", "{:.0f}")]
   cells.append(status)
   return "| " + " | ".join(cells) + " |"
 
@@ -139,7 +143,7 @@ def _row(case, mode, res, peak, base, status, run) -> str:
 def _table(rows, run) -> str:
   head = ["output", "mode", "tiles", "XLA temp GB", "XLA args+out GB", "compile s"]
   if run:
-    head += ["peak RSS GB", "RSS before decode GB", "decode s"]
+    head += ["peak RSS GB", "RSS before decode GB", "peak RSS in decode GB", "decode s"]
   head.append("status")
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   return "\n".join(lines + [_row(*r, run) for r in rows])
