@@ -122,3 +122,10 @@ def test_device_table_and_mfu():
   assert flops.mfu(1e15, 2.0, 1e15, 1) == 0.5
   with pytest.raises(ValueError):
     flops.mfu(1.0, 0.0, 1e12)
+
+
+def test_throughput_fields():
+  step = flops.StepFlops(model=459e12, hardware=500e12, forward=153e12, tokens=2700)
+  got = flops.throughput(2.0, step, "TPU v5", 4)
+  assert got["tokens_per_sec"] == 5400 and got["mfu"] == pytest.approx(0.5)
+  assert flops.throughput(2.0, step, "cpu", 8) == {"tokens_per_sec": 5400}

@@ -214,3 +214,14 @@ def mfu(model_flops: float, seconds: float, peak_flops: float, num_devices: int 
   if seconds <= 0 or peak_flops <= 0 or num_devices < 1:
     raise ValueError("mfu needs positive seconds, peak and device count")
   return model_flops / (seconds * peak_flops * num_devices)
+
+
+def throughput(steps_per_sec: float, step: StepFlops, device_kind: str,
+               num_devices: int) -> dict[str, float]:
+  """Log fields for a training step rate: `tokens_per_sec` and, on a known device kind,
+  `mfu` (model FLOPs over the devices' peak bf16 rate); unknown devices get tokens/s only."""
+  out = {"tokens_per_sec": steps_per_sec * step.tokens}
+  spec = device_spec(device_kind)
+  if spec is not None and steps_per_sec > 0:
+    out["mfu"] = steps_per_sec * step.model / (spec.peak_bf16_flops * num_devices)
+  return out

@@ -227,6 +227,11 @@ def _round_up(n: int, m: int) -> int:
   return -(-n // m) * m
 
 
+# None: interpret the splash kernel off TPU. Ahead-of-time compilation for a TPU topology
+# from a CPU host (vbridge_jax.aot) sets False: the target is TPU, not the host's backend.
+SPLASH_INTERPRET: bool | None = None
+
+
 def splash_attention(q, k, v, *, block: int = 512, interpret: bool | None = None):
   """The Pallas TPU splash kernel, inputs padded to block multiples with the padding masked.
 
@@ -238,7 +243,7 @@ def splash_attention(q, k, v, *, block: int = 512, interpret: bool | None = None
       splash_attention_kernel as sk, splash_attention_mask as sm)
 
   if interpret is None:
-    interpret = jax.default_backend() != "tpu"
+    interpret = SPLASH_INTERPRET if SPLASH_INTERPRET is not None else jax.default_backend() != "tpu"
   _, lq, h, d = q.shape
   lk = k.shape[1]
   bq = min(block, _round_up(lq, 128))

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# One-GPU benchmark of the full Wan2.2-TI2V-5B config (random weights), <= 8 minutes:
+# measured bf16 matmul rate, restore of one 1280x704 image (5 frames, 50 steps, CFG),
+# one training step at 5 frames 704x1280 with LoRA and with a full fine-tune (the remat
+# that fits). Prints a table of step times, tokens/s, MFU and peak memory.
+#
+#   bash benchmarks/gpu_step.sh [OUT.jsonl]
+#
+# Each phase is its own process (own peak memory; an out-of-memory phase is recorded and
+# the next one still runs) under a time limit that keeps the whole run under 8 minutes.
+set -u
+cd "$(dirname "$0")/.."
+OUT="${1:-/tmp/gpu_step.jsonl}"
+: > "$OUT"
+export XLA_PYTHON_CLIENT_MEM_FRACTION=0.95
+export TF_CPP_MIN_LOG_LEVEL=2
+PY="${PYTHON:-python}"
+START=$(date +%s)
+phase() {  # phase NAME LIMIT_S ARGS...
+  local name=$1 limit=$2; shift 2
+  echo "--- $name (limit ${limit}s)"
+  timeout "$limit" "$PY" benchmarks/gpu_step.py --out="$OUT" "$@" \
+    || echo "{\"phase\": \"$name\", \"error\": \"exit $? (timeout ${limit}s or crash)\"}" >> "$OUT"
+}
+phase matmul 40 --phase=matmul
+phase restore 150 --phase=restore
+phase train-lora 120 --phase=train --finetune=lora
+phase train-full 150 --phase=train --finetune=full
+"$PY" benchmarks/gpu_step.py --phase=table --out="$OUT"
+echo "total $(( $(date +%s) - START ))s; rows in $OUT"
