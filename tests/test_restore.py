@@ -1,16 +1,18 @@
 """End to end: a tiny random Wan2.2 (diffusers layout) converted, a small tree restored, scored."""
 
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from vbridge_jax import evaluate, restore
 from vbridge_jax.restore import plan_size
 
 TEXT_DIM = 32
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_plan_size_is_the_authors_rule():
@@ -27,32 +29,29 @@ def test_plan_size_is_the_authors_rule():
   np.testing.assert_array_equal(restore.from_work(w, p), img)  # pad/crop round trip is exact
 
 
+def _tiny_repo():
+  """convert/tiny_repo.py, the README's tiny random model (diffusers layout)."""
+  spec = importlib.util.spec_from_file_location("tiny_repo", REPO / "convert" / "tiny_repo.py")
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-  """diffusers-layout tiny transformer + VAE, converted with convert/wan_to_jax.py's library."""
-  pytest.importorskip("vbridge_jax.models.wan_vae", reason="the VAE port is not in this checkout")
-  pytest.importorskip("vbridge_jax.checkpoints.vae", reason="the VAE converter is not in this checkout")
-  from diffusers import AutoencoderKLWan, WanTransformer3DModel
+  """diffusers-layout tiny transformer + VAE, converted with convert/wan_to_jax.py's library.
+
+  The drift corrector has the base model's architecture (as in the paper) and its own
+  weights, so both share one compiled sampling loop.
+  """
   from vbridge_jax.checkpoints import convert_path
 
+  tiny = _tiny_repo()
   root = tmp_path_factory.mktemp("e2e")
-  torch.manual_seed(0)
-  dit = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=32,
-                              in_channels=8, out_channels=8, text_dim=TEXT_DIM, freq_dim=32,
-                              ffn_dim=128, num_layers=2, rope_max_seq_len=1024)
-  dit.save_pretrained(root / "repo" / "transformer")
-  vae = AutoencoderKLWan(base_dim=8, decoder_base_dim=12, z_dim=8, dim_mult=[1, 2, 4, 4],
-                         num_res_blocks=1, temperal_downsample=[False, True, True],
-                         is_residual=True, in_channels=12, out_channels=12, patch_size=2,
-                         scale_factor_temporal=4, scale_factor_spatial=16,
-                         latents_mean=[0.1] * 8, latents_std=[1.5] * 8)
-  vae.save_pretrained(root / "repo" / "vae")
+  tiny.tiny_dit(0).save_pretrained(root / "repo" / "transformer")
+  tiny.tiny_vae(0).save_pretrained(root / "repo" / "vae")
   convert_path(root / "repo", root / "model", log=lambda _: None)
-  torch.manual_seed(1)
-  drift = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=32,
-                                in_channels=8, out_channels=8, text_dim=TEXT_DIM, freq_dim=32,
-                                ffn_dim=128, num_layers=1, rope_max_seq_len=1024)
-  drift.save_pretrained(root / "drift_repo" / "transformer")
+  tiny.tiny_dit(1).save_pretrained(root / "drift_repo" / "transformer")
   convert_path(root / "drift_repo", root / "drift", log=lambda _: None)
   rng = np.random.default_rng(0)
   np.savez(root / "prompts.npz", positive=rng.standard_normal((7, TEXT_DIM)).astype(np.float32),
@@ -61,60 +60,80 @@ def model_dir(tmp_path_factory):
 
 
 def _tree(root):
-  """A FoundIR-like tree with odd sizes and one corrupt file."""
+  """A FoundIR-like tree (`<category>/{LQ,GT}/<id>`) with odd sizes and one corrupt file."""
   rng = np.random.default_rng(3)
   # odd sizes, one working size (64x64) so that one compilation serves them all
   sizes = {"01Blur/LQ/a.png": (40, 50), "01Blur/LQ/b.jpg": (33, 64), "05Noise/LQ/c.png": (47, 35)}
   for rel, (h, w) in sizes.items():
-    gt = root / "GT" / rel.replace("/LQ/", "/GT/")
-    for f in (root / "LQ" / rel, gt):
+    gt = root / "tree" / rel.replace("/LQ/", "/GT/")
+    for f in (root / "tree" / rel, gt):
       f.parent.mkdir(parents=True, exist_ok=True)
     img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-    Image.fromarray(img).save(root / "LQ" / rel, quality=95)
+    Image.fromarray(img).save(root / "tree" / rel, quality=95)
     Image.fromarray(img).save(gt, quality=95)
-  (root / "LQ" / "05Noise" / "LQ" / "broken.png").write_bytes(b"not an image")
+  (root / "tree" / "05Noise" / "LQ" / "broken.png").write_bytes(b"not an image")
   return sizes
 
 
 def _args(model_dir, inp, out, *extra):
-  return ["--model", str(model_dir / "model"), "--prompts", str(model_dir / "prompts.npz"),
-          "--input", str(inp), "--output", str(out), "--steps", "2", "--dtype", "float32", *extra]
+  return ["--config", str(REPO / "configs" / "restore.py:tiny"), "--model", str(model_dir / "model"),
+          "--prompts", str(model_dir / "prompts.npz"), "--input", str(inp), "--output", str(out),
+          "--steps", "2", *extra]
+
+
+def _pngs(root):
+  return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*.png"))}
 
 
 @pytest.mark.slow
 def test_restore_tree_then_evaluate(model_dir, tmp_path, capsys):
   sizes = _tree(tmp_path)
+  inputs = {p: p.read_bytes() for p in sorted((tmp_path / "tree").rglob("*")) if p.is_file()}
+  assert len(restore.find_inputs(tmp_path / "tree")) == 4  # GT/ folders are not restored
   out = tmp_path / "out"
-  rc = restore.main(_args(model_dir, tmp_path / "LQ", out))
+  rc = restore.main(_args(model_dir, tmp_path / "tree", out))
   err = capsys.readouterr().err
   assert rc == 1 and "broken.png" in err  # reported by name, exit 1 at the end
   for rel, (h, w) in sizes.items():
     png = out / rel.replace(".jpg", ".png")
-    assert Image.open(png).size == (w, h), rel
+    assert Image.open(png).size == (w, h), rel  # odd sizes: padded to 64x64 and cropped back
   assert not (out / "05Noise" / "LQ" / "broken.png").exists()
-  first = {p: p.read_bytes() for p in sorted(out.rglob("*.png"))}
+  first = _pngs(out)
+  assert len(first) == len(sizes) and not list(out.rglob("GT"))
 
   # existing outputs are skipped; --overwrite with the same seed gives the same bytes
-  (tmp_path / "LQ" / "05Noise" / "LQ" / "broken.png").unlink()
-  assert restore.main(_args(model_dir, tmp_path / "LQ", out)) == 0
+  (tmp_path / "tree" / "05Noise" / "LQ" / "broken.png").unlink()
+  del inputs[tmp_path / "tree" / "05Noise" / "LQ" / "broken.png"]
+  assert restore.main(_args(model_dir, tmp_path / "tree", out)) == 0
   assert "0 to do" in capsys.readouterr().out
-  assert restore.main(_args(model_dir, tmp_path / "LQ", out, "--overwrite")) == 0
-  assert {p: p.read_bytes() for p in sorted(out.rglob("*.png"))} == first
-  # another seed, with the drift corrector after the base model: other bytes, same sizes
-  other = tmp_path / "other"
-  assert restore.main(_args(model_dir, tmp_path / "LQ", other, "--seed", "44", "--drift",
-                            str(model_dir / "drift"))) == 0
-  for p in first:
-    q = other / p.relative_to(out)
-    assert first[p] != q.read_bytes() and Image.open(q).size == Image.open(p).size
+  assert restore.main(_args(model_dir, tmp_path / "tree", out, "--overwrite")) == 0
+  assert _pngs(out) == first
+  # another seed: other bytes
+  other = _pngs_of_run(model_dir, tmp_path, "seed44", "--seed", "44")
+  assert other.keys() == first.keys() and all(other[k] != first[k] for k in first)
+  # the drift corrector after the base model (same seed): other bytes, same sizes
+  drifted = _pngs_of_run(model_dir, tmp_path, "drift", "--drift", str(model_dir / "drift"))
+  assert drifted.keys() == first.keys()
+  for k in first:
+    assert drifted[k] != first[k] and Image.open(tmp_path / "drift" / k).size == \
+        Image.open(out / k).size
+  # inputs never touched
+  assert {p: p.read_bytes() for p in inputs} == inputs
 
   # evaluate the restored tree against the GT tree (LQ/GT names and extensions ignored)
-  assert evaluate.main(["--pred", str(out), "--gt", str(tmp_path / "GT"), "--out",
+  assert evaluate.main(["--pred", str(out), "--gt", str(tmp_path / "tree"), "--out",
                         str(tmp_path / "scores")]) == 0
   res = json.loads((tmp_path / "scores" / "metrics.json").read_text())
   assert {(r["category"], r["name"]) for r in res["per_image"]} == {
       ("01Blur", "a"), ("01Blur", "b"), ("05Noise", "c")}
   assert set(res["per_category"]) == {"01Blur", "05Noise"}
+  assert all(np.isfinite(r["psnr_y"]) for r in res["per_image"])
+  assert (tmp_path / "scores" / "metrics.csv").exists() and (tmp_path / "scores" / "metrics.md").exists()
+
+
+def _pngs_of_run(model_dir, tmp_path, name, *extra):
+  assert restore.main(_args(model_dir, tmp_path / "tree", tmp_path / name, *extra)) == 0
+  return _pngs(tmp_path / name)
 
 
 def test_noise_is_per_image_and_seeded():
@@ -143,3 +162,22 @@ def test_restore_errors(model_dir, tmp_path, capsys):
   args[args.index("--prompts") + 1] = str(bad)
   assert restore.main(args) == 1
   assert "bad.npz" in capsys.readouterr().err
+
+
+def test_config_file(tmp_path, capsys):
+  cfg = str(REPO / "configs" / "restore.py")
+  need = ["--model", "m", "--prompts", "p.npz", "--input", "i"]
+  a = restore.parse_args(["--config", cfg, *need, "--output", "o"])
+  assert (a.steps, a.guidance, a.cfg_skip, a.seed, a.dtype, a.drift) == (50, 6.0, 0.15, 43, "bfloat16", None)
+  a = restore.parse_args(["--config", cfg + ":tiny", "--config.seed=7", "--config.overwrite", "true",
+                          "--config.output=o", "--steps", "3", *need])
+  assert (a.steps, a.seed, a.dtype, a.overwrite, a.output) == (3, 7, "float32", True, Path("o"))
+  assert restore.parse_args([*need, "--output", "o"]).steps == 50  # flags alone, as before
+  for bad, msg in (([cfg + ":big"], "unknown variant"), ([cfg, "--config.stepz=3"], "no option"),
+                   ([cfg, "--config.seed=x"], "not of type int"), ([cfg], "--output")):
+    with pytest.raises(SystemExit):
+      restore.parse_args(["--config", *bad, *need])
+    assert msg in capsys.readouterr().err
+  a = evaluate.parse_args(["--config", str(REPO / "configs" / "evaluate.py:foundir"), "--pred", "p",
+                           "--gt", "g", "--out", "o"])
+  assert a.protocol == "foundir"

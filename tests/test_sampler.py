@@ -164,3 +164,24 @@ def test_step_compiled_once():
   assert n == 2  # one trace of the conditional and one of the unconditional branch, for 6 steps
   smp(noise + 1, pos, neg, first)
   assert len(traces) == n
+
+
+def test_equal_models_share_one_compilation():
+  """Separately built DiTs of one config (as load_dit builds them) give the sampling loop one
+  static key, so they share its compilation (the DiT stores a lambda, a new object each time)."""
+  from flax import nnx
+  from vbridge_jax.models import DiTConfig, WanDiT
+
+  def build(cfg):
+    return nnx.eval_shape(lambda: WanDiT(cfg, rngs=nnx.Rngs(0)))
+
+  cfg = DiTConfig.tiny(num_layers=1, dtype="float32")
+  key_a, key_b = S._pure(build(cfg))[0], S._pure(build(cfg))[0]  # pylint: disable=protected-access
+  assert key_a == key_b and hash(key_a) == hash(key_b)  # what jax.jit compares static args by
+  key_c = S._pure(build(DiTConfig.tiny(num_layers=2, dtype="float32")))[0]  # pylint: disable=protected-access
+  assert key_c != key_a
+
+  def fn(scale):  # equal code and closure: one key; another closure value: another key
+    return lambda x: x * scale
+  same = S._SameFunction  # pylint: disable=protected-access
+  assert same(fn(2)) == same(fn(2)) and same(fn(2)) != same(fn(3)) and same(fn(2)) != same(lambda x: x * 2)

@@ -13,7 +13,8 @@ and `metrics.json`), never dropped silently; an unreadable image makes the exit 
 average_per_category, missing, unreadable`), `metrics.csv` (one row per image) and
 `metrics.md` (per-category table beside the paper's Table 1 V-Bridge figures, matched by
 category name). Table 1 averages V-Bridge per image and the baselines per category: both
-averages are reported. Metrics: `vbridge_jax.metrics`.
+averages are reported. Metrics: `vbridge_jax.metrics`. `--config configs/evaluate.py[:foundir]`
+gives the options from a config file; flags on the command line override it.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from vbridge_jax import metrics as M
+from vbridge_jax import cli_config, metrics as M
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -177,13 +178,20 @@ def write(result: dict[str, Any], out: Path) -> None:
   (out / "metrics.md").write_text(markdown(result))
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--pred", required=True, type=Path, help="restored images (a folder tree)")
-  parser.add_argument("--gt", required=True, type=Path, help="ground truth (a folder tree)")
+  parser.add_argument("--config", metavar="FILE[:VARIANT]",
+                      help="settings from configs/evaluate.py (flags override; --config.KEY=VALUE too)")
+  parser.add_argument("--pred", type=Path, help="restored images (a folder tree); required")
+  parser.add_argument("--gt", type=Path, help="ground truth (a folder tree); required")
   parser.add_argument("--protocol", default="vbridge", choices=list(M.PROTOCOLS))
-  parser.add_argument("--out", required=True, type=Path, help="folder for metrics.json/.csv/.md")
-  args = parser.parse_args(argv)
+  parser.add_argument("--out", type=Path, help="folder for metrics.json/.csv/.md; required")
+  return cli_config.parse(parser, sys.argv[1:] if argv is None else list(argv),
+                          required=["pred", "gt", "out"])
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = parse_args(argv)
   try:
     result = evaluate(args.pred, args.gt, args.protocol)
   except (FileNotFoundError, ValueError) as e:

@@ -13,10 +13,15 @@ reflect-padded (bottom/right) to a multiple of 32, larger ones resized to about 
 pixels (multiples of 32) and resized back at the end; the image in [-1, 1] is VAE-encoded
 as frame 0, `--frames` frames are sampled (UniPC, shift 5, guidance with the last
 `--cfg-skip` of the steps unguided), decoded, and the last frame is cropped back. With
-`--drift` the corrector runs the same way from that output. Noise is drawn per image from
-`--seed` and the image's relative path, so results do not depend on batching. Images of
-the same working size are batched and sharded over all local devices. A file that cannot
-be read is reported by name, the rest still run, and the exit status is then 1.
+`--drift` the corrector runs the same way from that output. In a folder, images under `GT/`
+folders are skipped (the ground truth of a paired `<category>/{LQ,GT}/<id>` tree). Noise is
+drawn per image from `--seed` and the image's relative path, so results do not depend on
+batching. Images of the same working size are batched and sharded over all local devices.
+A file that cannot be read is reported by name, the rest still run, and the exit status is
+then 1.
+
+`--config configs/restore.py[:tiny]` gives every option a value from a config file
+(ml_collections; see its docstring); flags on the command line override it.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from vbridge_jax import cli_config
 from vbridge_jax.sampler import Sampler, SamplerConfig
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -97,13 +103,18 @@ def load_prompts(path: Path, text_dim: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def find_inputs(path: Path) -> list[tuple[Path, Path]]:
-  """(file, path relative to the input root) for an image or every image under a folder."""
+  """(file, path relative to the input root) for an image or every image under a folder.
+
+  In a folder, images under a `GT` folder are left out: in a paired tree
+  (`<category>/{LQ,GT}/<id>`) they are the ground truth, not something to restore.
+  """
   if path.is_file():
     return [(path, Path(path.name))]
   if not path.is_dir():
     raise FileNotFoundError(f"{path}: no such file or folder")
   return [(f, f.relative_to(path)) for f in sorted(path.rglob("*"))
-          if f.is_file() and f.suffix.lower() in IMAGE_EXTS]
+          if f.is_file() and f.suffix.lower() in IMAGE_EXTS
+          and "GT" not in f.relative_to(path).parts[:-1]]
 
 
 def _replicate(model: Any, mesh: Mesh) -> Any:
@@ -136,7 +147,10 @@ class Restorer:
   def noise(self, names: list[str], shape: tuple[int, ...], stage: int) -> jax.Array:
     base = jax.random.key(self.seed)
     keys = [jax.random.fold_in(jax.random.fold_in(base, zlib.crc32(n.encode())), stage) for n in names]
-    return jnp.stack([jax.random.normal(k, shape, jnp.float32) for k in keys])
+    # Drawn flat and reshaped: the same numbers, and XLA:CPU compiles a rank-1 draw in about
+    # a second where a rank-4 one takes ten (jax 0.10).
+    size = int(np.prod(shape))
+    return jnp.stack([jax.random.normal(k, (size,), jnp.float32).reshape(shape) for k in keys])
 
   def run_stage(self, sampler: Sampler, work: np.ndarray, names: list[str], stage: int) -> np.ndarray:
     """work (B, H, W, 3) in [-1, 1] -> last frames (B, H, W, 3) in [-1, 1]."""
@@ -236,11 +250,13 @@ def run(args: argparse.Namespace) -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--model", required=True, type=Path, help="converted model (dit/ and vae/)")
+  p.add_argument("--config", metavar="FILE[:VARIANT]",
+                 help="settings from configs/restore.py (flags override; --config.KEY=VALUE too)")
+  p.add_argument("--model", type=Path, help="converted model (dit/ and vae/); required")
   p.add_argument("--drift", type=Path, default=None, help="converted drift-corrector DiT")
-  p.add_argument("--prompts", required=True, type=Path, help=".npz from convert/encode_prompts.py")
-  p.add_argument("--input", required=True, type=Path, help="an image or a folder tree")
-  p.add_argument("--output", required=True, type=Path, help="output folder (PNG, same tree)")
+  p.add_argument("--prompts", type=Path, help=".npz from convert/encode_prompts.py; required")
+  p.add_argument("--input", type=Path, help="an image or a folder tree; required")
+  p.add_argument("--output", type=Path, help="output folder (PNG, same tree); required")
   p.add_argument("--frames", type=int, default=5, help="video frames, 1 + 4k (default 5)")
   p.add_argument("--steps", type=int, default=50)
   p.add_argument("--guidance", type=float, default=6.0)
@@ -254,7 +270,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
                  help="DiT compute dtype (default bfloat16, as the authors)")
   p.add_argument("--overwrite", action="store_true", help="restore images whose output exists")
-  return p.parse_args(argv)
+  return cli_config.parse(p, sys.argv[1:] if argv is None else list(argv),
+                          required=["model", "prompts", "input", "output"])
 
 
 def main(argv: list[str] | None = None) -> int:
