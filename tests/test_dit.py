@@ -162,3 +162,11 @@ def test_bad_inputs_are_named():
     dit(x, np.zeros((2, 5), np.float32), ctx)
   with pytest.raises(ValueError, match="multiple of the patch"):
     dit(x[:, :, :3], t, ctx)
+
+
+def test_equal_configs_share_one_graphdef():
+  """Equal configs give equal graph definitions, so jitted callers compile once per config."""
+  cfg = CONFIGS["a"]
+  a = nnx.split(WanDiT(cfg, rngs=nnx.Rngs(0)))[0]
+  b = nnx.split(WanDiT(cfg, rngs=nnx.Rngs(1)))[0]
+  assert a == b and hash(a) == hash(b)

@@ -26,6 +26,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from vbridge_jax.models.layers import logical_specs, logical_to_spec, mesh_axes  # noqa: F401 (re-exported)
+
 MESH_AXES = ("data", "fsdp", "context", "tensor")
 BATCH_AXES = ("data", "fsdp")
 Rules = Sequence[tuple[str, Any]]
@@ -102,63 +104,16 @@ def rules_from_config(rules: Iterable[Sequence[Any]] | None) -> tuple[tuple[str,
   return tuple(out)
 
 
-def _axes(target: Any) -> tuple[str, ...]:
-  if target is None:
-    return ()
-  return tuple(target) if isinstance(target, tuple) else (target,)
-
-
-def logical_to_spec(names: Sequence[str | None], rules: Rules, *,
-                    shape: Sequence[int] | None = None, mesh: Mesh | None = None) -> PartitionSpec:
-  """Maps logical dimension names to a `PartitionSpec` (first free, dividing candidate).
-
-  Unknown names and `None` replicate. With `shape` and `mesh`, a candidate whose mesh
-  axes do not divide the dimension is skipped, and mesh axes of size 1 are dropped.
-  """
-  used: set[str] = set()
-  out: list[Any] = []
-  for i, name in enumerate(names):
-    chosen: tuple[str, ...] = ()
-    if name is not None:
-      for logical, target in rules:
-        if logical != name:
-          continue
-        axes = _axes(target)
-        if mesh is not None:
-          axes = tuple(a for a in axes if mesh.shape[a] > 1)
-        if used.intersection(axes):
-          continue
-        if shape is not None and mesh is not None and axes:
-          if shape[i] % math.prod(mesh.shape[a] for a in axes):
-            continue
-        chosen = axes
-        break
-    used.update(chosen)
-    out.append(None if not chosen else chosen[0] if len(chosen) == 1 else chosen)
-  while out and out[-1] is None:
-    out.pop()
-  return PartitionSpec(*out)
-
-
-def _logical_names(var: nnx.Variable) -> tuple[str | None, ...] | None:
-  meta = var.get_metadata()
-  names = meta.get("out_sharding") or meta.get("sharding_names") or meta.get("sharding")
-  return tuple(names) if names else None
-
-
 def state_shardings(abstract_state: Any, mesh: Mesh, rules: Rules) -> Any:
   """`NamedSharding`s for an (abstract) nnx state: logical names on each variable -> mesh."""
   def one(x):
     if isinstance(x, nnx.Variable):
-      shape = x.get_value().shape
-      names = _logical_names(x)
-      spec = PartitionSpec() if names is None else logical_to_spec(names, rules, shape=shape,
-                                                                    mesh=mesh)
-      return x.replace(NamedSharding(mesh, spec))
+      return x.replace(NamedSharding(mesh, x.get_value()))
     if hasattr(x, "shape"):
       return NamedSharding(mesh, PartitionSpec())
     return x
-  return jax.tree.map(one, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  specs = logical_specs(abstract_state, rules, mesh=mesh)
+  return jax.tree.map(one, specs, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def create_sharded(constructor: Callable[[], T], mesh: Mesh, rules: Rules) -> T:
@@ -237,13 +192,13 @@ def activation_rules(rules: Rules) -> tuple[tuple[str, Any], ...]:
   avoids the batch axes; the first 'batch' rule wins. Every name gets an entry (None
   replicates), so no logical name leaks through as a mesh axis.
   """
-  batch = next((_axes(t) for n, t in rules if n == "batch"), ())
+  batch = next((mesh_axes(t) for n, t in rules if n == "batch"), ())
   out: dict[str, Any] = {}
   for name, target in rules:
     if name in out:
       continue
-    if name != "batch" and set(_axes(target)) & set(batch):
-      if not any(n == name and not set(_axes(t)) & set(batch) for n, t in rules):
+    if name != "batch" and set(mesh_axes(target)) & set(batch):
+      if not any(n == name and not set(mesh_axes(t)) & set(batch) for n, t in rules):
         out[name] = None
       continue
     out[name] = target

@@ -10,6 +10,7 @@ name appears in model code.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Sequence
 
 import jax
@@ -36,30 +37,51 @@ LOGICAL_AXES = (
 )
 
 
-def logical_to_spec(names: Names, rules) -> PartitionSpec:
-  """Resolves logical names with `rules` ((logical, mesh axis or None) pairs).
+def mesh_axes(target) -> tuple[str, ...]:
+  if target is None:
+    return ()
+  return tuple(target) if isinstance(target, (tuple, list)) else (target,)
 
-  A mesh axis already used by an earlier dimension of the same tensor is not used again.
+
+def logical_to_spec(names: Names, rules, *, shape: Sequence[int] | None = None,
+                    mesh=None) -> PartitionSpec:
+  """Resolves logical names with ordered `rules`: `(logical, mesh axis | axes | None)` pairs.
+
+  A name may have several candidate rules; the first whose mesh axes are not yet used by an
+  earlier dimension of the same array (and, given `shape` and `mesh`, divide that
+  dimension) wins, as in flax linen and maxtext. Names without a rule, and `None`, are
+  replicated; with a `mesh`, axes of size 1 are dropped.
   """
-  table = dict(rules)
   used: set[str] = set()
-  out = []
-  for n in names:
-    axes = table.get(n) if n is not None else None
-    flat = (axes,) if isinstance(axes, str) else tuple(axes or ())
-    if any(a in used for a in flat):
-      axes = None
-    else:
-      used.update(flat)
-    out.append(axes)
+  out: list = []
+  for i, name in enumerate(names):
+    chosen: tuple[str, ...] = ()
+    for logical, target in (rules if name is not None else ()):
+      if logical != name:
+        continue
+      axes = mesh_axes(target)
+      if mesh is not None:
+        axes = tuple(a for a in axes if mesh.shape[a] > 1)
+      if used.intersection(axes):
+        continue
+      if shape is not None and mesh is not None and axes:
+        if shape[i] % math.prod(mesh.shape[a] for a in axes):
+          continue
+      chosen = axes
+      break
+    used.update(chosen)
+    out.append(None if not chosen else chosen[0] if len(chosen) == 1 else chosen)
+  while out and out[-1] is None:
+    out.pop()
   return PartitionSpec(*out)
 
 
-def logical_specs(tree, rules):
-  """PartitionSpecs for every `nnx.Variable` in `tree` (an nnx State or module)."""
+def logical_specs(tree, rules, mesh=None):
+  """A PartitionSpec for every `nnx.Variable` in `tree` (an nnx State or module), from the
+  logical names in its `out_sharding` metadata (shape-aware when `mesh` is given)."""
   def spec(v):
     names = v.get_metadata().get("out_sharding") or ()
-    return v.replace(logical_to_spec(names, rules))
+    return v.replace(logical_to_spec(names, rules, shape=v.shape, mesh=mesh))
   return jax.tree.map(spec, tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
@@ -76,7 +98,7 @@ def constrain(x: jax.Array, names: Names) -> jax.Array:
   mesh = jax.sharding.get_abstract_mesh()
   if mesh is None or mesh.empty:
     return x
-  spec = logical_to_spec(names, rules)
+  spec = logical_to_spec(names, rules, shape=x.shape, mesh=mesh)
   if mesh.are_all_axes_explicit:
     return jax.sharding.reshard(x, spec)
   return jax.lax.with_sharding_constraint(x, spec)
@@ -209,8 +231,8 @@ def _per_shard(fn, q, k, v):
   mesh = jax.sharding.get_abstract_mesh()
   if not rules or mesh is None or mesh.empty:
     return fn(q, k, v)
-  q_spec = logical_to_spec(("batch", "length", "heads", "kv"), rules)
-  kv_spec = logical_to_spec(("batch", None, "heads", "kv"), rules)
+  q_spec = logical_to_spec(("batch", "length", "heads", "kv"), rules, shape=q.shape, mesh=mesh)
+  kv_spec = logical_to_spec(("batch", None, "heads", "kv"), rules, shape=k.shape, mesh=mesh)
   return jax.shard_map(fn, in_specs=(q_spec, kv_spec, kv_spec), out_specs=q_spec,
                        check_vma=False)(q, k, v)
 

@@ -39,6 +39,11 @@ def timestep_embedding(t: jax.Array, dim: int) -> jax.Array:
   return jnp.concatenate([jnp.cos(ang), jnp.sin(ang)], axis=-1)
 
 
+def gelu_tanh(x: jax.Array) -> jax.Array:
+  """GELU, tanh approximation (a named function: graph definitions of equal models compare equal)."""
+  return jax.nn.gelu(x, approximate=True)
+
+
 class Attention(nnx.Module):
   """Self- or cross-attention with RMSNorm over the full width on q and k."""
 
@@ -80,7 +85,7 @@ class FeedForward(nnx.Module):
     self.fc2 = Dense(cfg.ffn_dim, cfg.dim, ("mlp", "embed"), rngs=rngs, param_dtype=pd, dtype=dt)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    h = jax.nn.gelu(self.fc1(x), approximate=True)
+    h = gelu_tanh(self.fc1(x))
     h = constrain(h, ("batch", "length", "mlp"))
     return self.fc2(h)
 
@@ -140,8 +145,8 @@ class WanDiT(nnx.Module):
                               dtype=jnp.float32)
     self.time_proj = Dense(cfg.dim, 6 * cfg.dim, ("embed", "mod_embed"), rngs=rngs, param_dtype=pd,
                            dtype=jnp.float32)
-    self.text_embedder = MLP2(cfg.text_dim, cfg.dim, "text_embed", lambda h: jax.nn.gelu(h, approximate=True),
-                              rngs=rngs, param_dtype=pd, dtype=dt)
+    self.text_embedder = MLP2(cfg.text_dim, cfg.dim, "text_embed", gelu_tanh, rngs=rngs, param_dtype=pd,
+                              dtype=dt)
 
     @nnx.split_rngs(splits=cfg.num_layers)
     @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
