@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import types
 from typing import Any, Callable
 
 import jax
@@ -188,44 +187,8 @@ def _pure(model: Any) -> tuple[tuple[str, Any], Any]:
     nnx = None
   if nnx is not None and isinstance(model, nnx.Module):
     graphdef, state = nnx.split(model)
-    return ("nnx", _canonical(graphdef)), state
+    return ("nnx", graphdef), state
   return ("fn", model), None
-
-
-class _SameFunction:
-  """A plain function compared by what it computes: code, globals, defaults, closure values.
-
-  Two instances of a module that stores a lambda (an activation, say) hold distinct but
-  equivalent function objects, which would make their graphdefs, and so the jit cache keys,
-  differ; this compares them as equal.
-  """
-
-  def __init__(self, fn: types.FunctionType):
-    cells = tuple(c.cell_contents for c in fn.__closure__ or ())
-    kwdefaults = tuple(sorted((fn.__kwdefaults__ or {}).items()))
-    self.key = (fn.__code__, id(fn.__globals__), fn.__defaults__, kwdefaults, cells)
-
-  def __eq__(self, other: object) -> bool:
-    return isinstance(other, _SameFunction) and self.key == other.key
-
-  def __hash__(self) -> int:
-    return hash(self.key)
-
-
-_GRAPHDEFS: dict[Any, Any] = {}
-
-
-def _canonical(graphdef: Any) -> Any:
-  """The first-seen graphdef equivalent to this one, so that equal models share one compilation."""
-  attrs = []
-  for name, attr in graphdef.attributes:
-    value = getattr(attr, "value", None)
-    attrs.append((name, _SameFunction(value)) if isinstance(value, types.FunctionType) else (name, attr))
-  key = (tuple(graphdef.nodes), tuple(attrs), graphdef.num_leaves)
-  try:
-    return _GRAPHDEFS.setdefault(key, graphdef)
-  except TypeError:  # something unhashable inside: no sharing
-    return graphdef
 
 
 def _apply(model_def: tuple[str, Any], params: Any, x, t, ctx):
