@@ -127,6 +127,11 @@ def test_drift_mode_uses_model_outputs(tmp_path):
   np.testing.assert_array_equal(_pixels(b["clip"][:, 0]), 7.0)
   with pytest.raises(DataError, match="no model output"):
     pipeline.make_dataset(tree, size=16, drift_outputs=tmp_path / "missing", **KW)
+  # restore's output of a paired tree: <category folder>/LQ/<id>.png, the folder numbered
+  for i in range(2):
+    save(tmp_path / "restored" / "07A" / "LQ" / f"{i:03d}.png", np.full((16, 16, 3), 9, np.uint8))
+  b = _take(pipeline.make_dataset(tree, size=16, drift_outputs=tmp_path / "restored", **KW), 1)[0]
+  np.testing.assert_array_equal(_pixels(b["clip"][:, 0]), 9.0)
 
 
 def test_tfds_source_and_global_category_ids(tmp_path):

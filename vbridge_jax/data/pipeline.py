@@ -157,14 +157,19 @@ class Records:
     return self._keys
 
   def _drift_paths(self, root: Path) -> dict[tuple[str, str], str]:
-    from vbridge_jax.data.files import IMAGE_EXTS
+    """Model outputs by pair: `<root>/<category>/<id>.*`, or as restore writes a paired tree,
+    `<root>/<category folder>/LQ/<id>.*` (the folder may keep its number, `01Blur`)."""
+    from vbridge_jax.data.files import IMAGE_EXTS, category_name
+    folders: dict[str, list[Path]] = {}
+    for d in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+      folders.setdefault(category_name(d.name), []).append(d)
     out = {}
     for cat, id_ in self.keys():
-      hits = [p for p in sorted((root / cat).glob(f"{id_}.*"))
-              if p.suffix.lower() in IMAGE_EXTS] if (root / cat).is_dir() else []
+      hits = [p for d in folders.get(cat, []) for sub in (d, d / "LQ") if sub.is_dir()
+              for p in sorted(sub.glob(f"{id_}.*")) if p.suffix.lower() in IMAGE_EXTS]
       if not hits:
-        raise DataError(f"drift mode: no model output {root}/{cat}/{id_}.* for pair "
-                        f"{cat}/{id_}")
+        raise DataError(f"drift mode: no model output {root}/{cat}/{id_}.* (or {cat}/LQ/{id_}.*) "
+                        f"for pair {cat}/{id_}")
       out[(cat, id_)] = str(hits[0])
     return out
 
