@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from vbridge_jax.checkpoints.convert import Converter, Found
-from vbridge_jax.checkpoints.io import (CheckpointError, Rule, SafetensorsSource, TensorSource,
+from vbridge_jax.checkpoints.io import (CheckpointError, DictSource, Rule, SafetensorsSource, TensorSource,
                                         TorchPickleSource, apply_plan, safetensors_files)
 from vbridge_jax.models.configs import VAEConfig
 
@@ -210,33 +210,10 @@ def convert(found: Found, dtype: Any) -> tuple[dict, dict]:
   return cfg.arch_dict(), params
 
 
-class _DictSource(TensorSource):
-  """An in-memory state dict (numpy arrays or torch tensors)."""
-
-  def __init__(self, tensors: dict[str, Any], name: str):
-    self.name = name
-    self._t = dict(tensors)
-
-  def keys(self) -> list[str]:
-    return list(self._t)
-
-  def __contains__(self, key: str) -> bool:
-    return key in self._t
-
-  def shape(self, key: str) -> tuple[int, ...]:
-    return tuple(self._t[key].shape)
-
-  def get(self, key: str) -> np.ndarray:
-    t = self._t[key]
-    if hasattr(t, "detach"):  # a torch tensor
-      t = t.detach().float().numpy()
-    return np.asarray(t, np.float32)
-
-
 def convert_state_dict(state_dict: dict[str, Any], cfg: VAEConfig, layout: str = "diffusers",
                        dtype: Any = np.float32) -> dict:
   """Params from an in-memory state dict (numpy arrays or torch tensors), e.g. in tests."""
-  return apply_plan(_DictSource(state_dict, "<state dict>"), plan(cfg, layout), dtype)
+  return apply_plan(DictSource(state_dict), plan(cfg, layout), dtype)
 
 
 CONVERTER = Converter("vae", find, convert)
