@@ -81,6 +81,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.allow_upscale = False
   c.data.workers = 0
   c.data.drift_outputs = ""  # drift-corrector mode (configs/drift.py)
+  # Encode each stage's batches once with the frozen VAE and train on the stored latents
+  # (`batches` per stage, cycled; 0 = one per step). Off: encode every batch in the step.
+  # `dir` (default workdir/latent_cache) may be shared by runs (files are keyed by content).
+  c.latent_cache = ml_collections.ConfigDict(dict(enabled=False, batches=0, dir=""))
 
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, context=1, tensor=1))
   c.num_devices = 0  # use the first N devices (0: all)

@@ -4,7 +4,9 @@ A step: a batch of clips `(B, T, S, S, 3)` (frame 0 LQ, frame T-1 GT) -> frozen 
 -> normalised latents -> flow-matching TI2V inputs (frame 0 clean at t = 0) -> DiT ->
 masked MSE over frames >= 1 -> AdamW (+ clipping) on the trainable parameters (all of
 them, or the LoRA adapters). Model and optimizer state are created sharded over the
-`data, fsdp, context, tensor` mesh and the step is one jitted, donating function.
+`data, fsdp, context, tensor` mesh and the step is one jitted, donating function. With
+`config.latent_cache.enabled` the VAE encodes each stage's batches once up front
+(`train_utils/latents.py`) and the step trains on the cached latents.
 
 The curriculum splits `total_steps` into stages by share; a stage change rebuilds the
 input pipeline at the new size and keeps model and optimizer state. Checkpoints (orbax,
@@ -32,7 +34,7 @@ from flax import nnx
 from vbridge_jax import flow
 from vbridge_jax import sharding as sh
 from vbridge_jax.sampler import Sampler, SamplerConfig
-from vbridge_jax.train_utils import setup
+from vbridge_jax.train_utils import latents, setup
 from vbridge_jax.train_utils.checkpointing import Checkpointer, iterator_state, set_iterator_state
 from vbridge_jax.train_utils.metrics import MetricsLogger, save_grid
 
@@ -45,32 +47,40 @@ class NonFiniteLossError(RuntimeError):
 
 def make_train_step(graphdef, vae_graphdef, config, *, patch_size, wrt, state_shardings,
                     batch_sharding):
-  """The jitted step `(state, vae_state, clip, context, step) -> (state, metrics)`."""
+  """The jitted step `(state, vae_state, x, context, step, nan_at) -> (state, metrics)`.
+
+  `x` is a batch of clips `(B, T, S, S, 3)` encoded in the step by the frozen VAE, or with
+  `config.latent_cache.enabled` the cached normalised latents `(B, F, h, w, C)` (then
+  `vae_state` is unused). `nan_at` (int32; -1 = never) makes the loss NaN at that step, a
+  test hook that is an argument so that it does not change the compiled program.
+  """
   f = config.flow
-  nan_at = int(config.get("debug_nan_at_step", -1))
+  cached = bool(config.latent_cache.enabled)
   base_key = jax.random.key(int(config.seed))
 
-  def step_fn(state, vae_state, clip, context, step):
+  def step_fn(state, vae_state, x, context, step, nan_at):
     model, opt = nnx.merge(graphdef, state)
-    vae = nnx.merge(vae_graphdef, vae_state)
-    x0 = jax.lax.stop_gradient(vae.normalize(vae.encode(clip)))
+    if cached:
+      x0 = x
+    else:
+      vae = nnx.merge(vae_graphdef, vae_state)
+      x0 = jax.lax.stop_gradient(vae.normalize(vae.encode(x)))
     inp = flow.ti2v_training_inputs(x0, jax.random.fold_in(base_key, step), shift=f.shift,
                                     kind=f.sampling, patch_size=patch_size, weighting=f.weighting)
-    ctx = jnp.broadcast_to(context, (clip.shape[0],) + context.shape[1:])
+    ctx = jnp.broadcast_to(context, (x.shape[0],) + context.shape[1:])
 
     def loss_fn(m):
       pred = m(inp["x_t"], inp["t"], ctx)
       return flow.masked_mse(pred, inp["target"], inp["weight"])
 
     loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, wrt))(model)
-    if nan_at >= 0:
-      loss = jnp.where(step == nan_at, jnp.nan, loss)
+    loss = jnp.where(step == nan_at, jnp.nan, loss)
     grad_norm = optax.tree.norm(grads)
     opt.update(model, grads)
     return nnx.state((model, opt)), {"loss": loss, "grad_norm": grad_norm}
 
   return jax.jit(step_fn, donate_argnums=(0,),
-                 in_shardings=(state_shardings, None, batch_sharding, None, None),
+                 in_shardings=(state_shardings, None, batch_sharding, None, None, None),
                  out_shardings=(state_shardings, None))
 
 
@@ -79,20 +89,44 @@ def _context(config, dcfg, mesh) -> jax.Array:
   return jax.device_put(ctx, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
 
-def write_samples(model, vae, clip: jax.Array, context: jax.Array, config, path: str) -> None:
-  """Restores the first clips' LQ frames with the current model; PNG rows LQ | out | GT."""
+def write_samples(model, vae, lq: np.ndarray, gt: np.ndarray, z: jax.Array, context: jax.Array,
+                  config, path: str) -> None:
+  """Restores the LQ frames with the current model; PNG rows LQ | output | GT.
+
+  lq, gt: `(n, S, S, 3)` frames in [-1, 1]; z: `(n, F, h, w, C)` normalised latents of
+  their clips (frame 0 conditions the sampler).
+  """
   s = config.samples
-  n = min(int(s.count), clip.shape[0])
-  clip = jnp.asarray(jax.device_get(clip[:n]))
-  z = vae.normalize(vae.encode(clip))
+  z = jnp.asarray(jax.device_get(z))
   noise = jax.random.normal(jax.random.key(int(config.seed) + 7), z.shape, jnp.float32)
   scfg = SamplerConfig(solver=s.solver, steps=int(s.steps), shift=float(s.shift),
                        guidance=1.0, schedule="diffusers",
                        patch_size=tuple(model.config.patch_size))
   out = Sampler(model, scfg)(noise, jax.device_get(context), first_frame=z[:, :1])
   video = np.asarray(vae.decode(vae.denormalize(out)))
-  clip = np.asarray(clip)
-  save_grid(path, [[clip[i, 0], video[i, -1], clip[i, -1]] for i in range(n)])
+  save_grid(path, [[lq[i], video[i, -1], gt[i]] for i in range(len(lq))])
+
+
+def _sample_inputs(vae, batch, iterator, n: int) -> tuple[np.ndarray, np.ndarray, jax.Array]:
+  """(lq, gt, latents) of the first `n` rows: the live batch, or the latent cache's batch 0."""
+  if isinstance(iterator, latents.LatentIterator):
+    n = min(n, len(iterator.lq))
+    return iterator.lq[:n], iterator.gt[:n], iterator.z[0][:n]
+  clip = np.asarray(jax.device_get(batch["clip"][:n]))
+  return clip[:, 0], clip[:, -1], vae.normalize(vae.encode(jnp.asarray(clip)))
+
+
+def _stage_iterator(config, source: str, stage, mesh, workdir: str, encoder, vae_state) -> Any:
+  """The stage's grain iterator of clips, or a `LatentIterator` over its cached latents."""
+  if encoder is None:
+    return setup.make_iterator(config, source, stage, mesh)
+  key = latents.cache_key(config, stage, json.loads(setup.vae_config(config).to_json()))
+  path = os.path.join(latents.cache_dir(config, workdir),
+                      f"stage{stage.index}_{stage.size}px_{key}.npz")
+  if not os.path.exists(path):
+    latents.build(config, stage, setup.make_iterator(config, source, stage, mesh), encoder,
+                  vae_state, path, num_samples=int(config.samples.count))
+  return latents.LatentIterator(path, mesh)
 
 
 def _write_config(config, workdir: str) -> None:
@@ -140,6 +174,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   train_step = make_train_step(graphdef, vae_graphdef, config, patch_size=dcfg.patch_size,
                                wrt=wrt, state_shardings=state_shardings,
                                batch_sharding=sh.batch_sharding(mesh, 5))
+  cached = bool(config.latent_cache.enabled)
+  encoder = latents.make_encoder(vae_graphdef, mesh) if cached else None
+  nan_at = jnp.asarray(int(config.get("debug_nan_at_step", -1)), jnp.int32)
   source = setup.data_source(config, workdir)
   logger = MetricsLogger(workdir, total, start, enabled=jax.process_index() == 0,
                          progress=bool(config.progress))
@@ -180,9 +217,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     with jax.set_mesh(mesh):
       while step < stop_at:
         stage = setup.stage_at(stages, step)
-        iterator = setup.make_iterator(config, source, stage, mesh)
+        iterator = _stage_iterator(config, source, stage, mesh, workdir, encoder, vae_state)
         if saved_data is not None and saved_meta.get("stage") == stage.index:
-          set_iterator_state(iterator, saved_data)
+          if saved_meta.get("latent_cache", False) == cached:
+            set_iterator_state(iterator, saved_data)
+          else:
+            log.warning("latent_cache changed since the checkpoint: the stage's data restarts")
         saved_data = None
         logger.write(f"stage {stage.index}: {stage.size}px, steps {stage.start}..{stage.end} "
                      f"(from {step})")
@@ -190,8 +230,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         while step < end:
           batch = next(iterator)
           with nnx.logical_axis_rules(act_rules):
-            state, metrics = train_step(state, vae_state, batch["clip"], context,
-                                        jnp.asarray(step, jnp.int32))
+            state, metrics = train_step(state, vae_state, batch["latents" if cached else "clip"],
+                                        context, jnp.asarray(step, jnp.int32), nan_at)
           pending.append((step, metrics))
           step += 1
           save_due = step % int(config.checkpoint.every_steps) == 0 or step == end
@@ -199,14 +239,16 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
               save_due or step % log_every == 0) else None
           if save_due:
             meta = {"step": step, "stage": stage.index, "stage_size": stage.size,
-                    "stages": str(config.stages), "total_steps": total}
+                    "stages": str(config.stages), "total_steps": total, "latent_cache": cached}
             ckpt.save(step, state, iterator_state(iterator), meta, force=True)
           if sample_every >= 0 and ((sample_every > 0 and step % sample_every == 0)
                                     or step == stage.end):
             if jax.process_count() == 1:
               m, _ = nnx.merge(graphdef, state)
-              write_samples(m, nnx.merge(vae_graphdef, vae_state), batch["clip"], context,
-                            config, os.path.join(workdir, "samples", f"step_{step:07d}.png"))
+              vae = nnx.merge(vae_graphdef, vae_state)
+              lq, gt, z = _sample_inputs(vae, batch, iterator, int(config.samples.count))
+              write_samples(m, vae, lq, gt, z, context, config,
+                            os.path.join(workdir, "samples", f"step_{step:07d}.png"))
   finally:
     ckpt.close()
     logger.close()

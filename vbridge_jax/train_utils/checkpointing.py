@@ -11,7 +11,8 @@ One `CheckpointManager` in `workdir/checkpoints` with three items per step:
   saved), `stage_size` and the stage plan.
 
 Orbax writes each step to a temporary folder and renames it when complete, so a run
-killed during a save resumes from the last complete checkpoint.
+killed during a save resumes from the last complete checkpoint; the manager deletes such
+unfinished folders when it opens.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class Checkpointer:
       raise ValueError(f"checkpoint every_steps must be >= 1, got {every_steps}")
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=every_steps, max_to_keep=keep if keep > 0 else None,
-        enable_async_checkpointing=use_async, create=True)
+        enable_async_checkpointing=use_async, create=True, cleanup_tmp_directories=True)
     self.directory = os.path.abspath(directory)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("state", "data", "meta"))
