@@ -98,17 +98,23 @@ def test_global_arrays_for_a_sharding_match_host_batches(tmp_path):
     np.testing.assert_array_equal(np.asarray(d["category"]), h["category"])
 
 
-def test_process_shards_are_disjoint(tmp_path):
+def test_process_shards_are_disjoint_blocks_of_the_global_batch(tmp_path):
+  """Process p reads rows [2p, 2p+2) of each global batch of 4: the processes' rows, put
+  together, are the one-process batches row for row, whatever the process count."""
   import grain
   tree = make_tree(tmp_path / "t", {"A": 4, "B": 4}, h=16, w=16)
+  kw = {**KW, "global_batch_size": 4, "frames": 5}
   seen = []
   for index in range(2):
     opts = grain.sharding.ShardOptions(shard_index=index, shard_count=2)
-    ds = pipeline.make_dataset(tree, size=16, shard_options=opts, num_epochs=1,
-                               **{**KW, "global_batch_size": 4, "frames": 5})
-    seen.append([_pixels(b["clip"][i, -1]).tobytes() for b in ds for i in range(2)])
-  assert len(seen[0]) == len(seen[1]) == 4
-  assert not set(seen[0]) & set(seen[1])
+    ds = pipeline.make_dataset(tree, size=16, shard_options=opts, num_epochs=1, **kw)
+    seen.append([b["clip"] for b in ds])
+  assert len(seen[0]) == len(seen[1]) == 2
+  rows = [_pixels(c[i, -1]).tobytes() for p in seen for c in p for i in range(2)]
+  assert len(set(rows)) == 8
+  single = list(pipeline.make_dataset(tree, size=16, num_epochs=1, **kw))
+  for b, whole in enumerate(single):
+    np.testing.assert_array_equal(np.concatenate([seen[0][b], seen[1][b]]), whole["clip"])
 
 
 def test_balanced_rounds_hold_every_category(tmp_path):

@@ -363,7 +363,9 @@ def make_dataset(
     ds = grain.MapDataset.source(records).shuffle(seed=seed).repeat(num_epochs)
   ds = ds.random_map(CropPair(size, flips=flips, allow_upscale=allow_upscale,
                               skip_bad=skip_bad), seed=seed + 1)
-  ds = ds[shard.shard_index::shard.shard_count]
+  if shard.shard_count > 1:  # each process: its contiguous rows of every global batch
+    rows = _ProcessRows(ds, global_batch_size, local_batch, shard.shard_index)
+    ds = grain.MapDataset.range(len(ds) // global_batch_size * local_batch).map(rows)
   if skip_bad:
     ds = ds.filter(_not_none)
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
@@ -381,6 +383,19 @@ def make_dataset(
   if sharding is not None:
     it = it.map(ToGlobal(sharding, frames))
   return it
+
+
+class _ProcessRows:
+  """Local record j of process p is row `p * local + j % local` of global batch `j // local`,
+  so the global batch assembled from all processes is, row for row, the one a single
+  process would read (and does not depend on the number of processes)."""
+
+  def __init__(self, ds: grain.MapDataset, global_batch: int, local_batch: int, index: int):
+    self.ds, self.global_batch, self.local_batch, self.index = ds, global_batch, local_batch, index
+
+  def __call__(self, j: int) -> Any:
+    b, q = divmod(int(j), self.local_batch)
+    return self.ds[b * self.global_batch + self.index * self.local_batch + q]
 
 
 def _not_none(x: Any) -> bool:
