@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import curriculum
+from configs import curriculum, drift
 from vbridge_jax import trainer
 from vbridge_jax.train_utils import tensorboard
 
@@ -48,8 +48,8 @@ def latent_dir(tmp_path_factory) -> str:
   return str(tmp_path_factory.mktemp("latents"))
 
 
-def _config(demo: str, latent_dir: str, **kw):
-  c = curriculum.get_config("tiny")
+def _config(demo: str, latent_dir: str, base=None, **kw):
+  c = base or curriculum.get_config("tiny")
   c.data.source = demo
   c.stages = "32,32"  # a stage change (new pipeline) without a second compile
   c.total_steps = 4
@@ -159,3 +159,24 @@ def test_nan_stops_and_in_step_encoding_matches_the_cache(demo, latent_dir, mesh
     assert np.all(np.isfinite(np.asarray(leaf)))
   np.testing.assert_allclose(_losses(tmp_path), mesh_losses["one"], rtol=0, atol=1e-5)
   assert not (tmp_path / "latent_cache").exists()
+
+
+def test_drift_corrector_tiny_end_to_end(demo, latent_dir, tmp_path):
+  """configs/drift.py:tiny on (base-model output, GT) pairs: the outputs stand in for the
+  LQ frame; the run shares the curriculum's compiled step (same shapes)."""
+  from PIL import Image
+  outputs = tmp_path / "outputs"
+  for lq in sorted(Path(demo).glob("*/LQ/*.png")):
+    gt = lq.parent.parent / "GT" / lq.name
+    mix = (np.asarray(Image.open(lq), np.float32) + np.asarray(Image.open(gt), np.float32)) / 2
+    out = outputs / lq.parent.parent.name / "LQ" / lq.name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(mix.astype(np.uint8)).save(out)
+  cfg = _config(demo, latent_dir, base=drift.get_config("tiny"), total_steps=2, stages="32")
+  cfg.data.drift_outputs = str(outputs)
+  assert cfg.drift and cfg.data.frames == 5
+  before = set(os.listdir(latent_dir))
+  out = trainer.train_and_evaluate(cfg, str(tmp_path / "run"))
+  assert out["step"] == 2 and len(_losses(tmp_path / "run")) == 2
+  assert all(np.isfinite(_losses(tmp_path / "run")))
+  assert len(set(os.listdir(latent_dir)) - before) == 1  # its own cache: other LQ frames

@@ -13,6 +13,15 @@ from vbridge_jax.models.configs import DiTConfig
 from vbridge_jax.models.wan_dit import WanDiT
 
 
+@pytest.fixture(autouse=True)
+def _low_compile_effort():
+  """Compile time dominates these tiny programs; XLA need not optimise them hard."""
+  old = jax.config.jax_exec_time_optimization_effort
+  jax.config.update("jax_exec_time_optimization_effort", -1.0)
+  yield
+  jax.config.update("jax_exec_time_optimization_effort", old)
+
+
 def _inputs():
   x = jax.random.normal(jax.random.key(1), (2, 2, 4, 4, 8))
   return x, jnp.array([500.0, 100.0]), jax.random.normal(jax.random.key(2), (2, 4, 32))
