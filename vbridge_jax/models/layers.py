@@ -238,11 +238,13 @@ def _per_shard(fn, q, k, v):
 
 
 def _xla_attention(q, k, v):
+  """Softmax attention in float32, computed head-major (faster on XLA:CPU, same result)."""
+  q, k, v = (jnp.swapaxes(a, 1, 2) for a in (q, k, v))  # (B, H, L, D)
   scale = 1.0 / np.sqrt(q.shape[-1])
-  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+  logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
   probs = jax.nn.softmax(logits, axis=-1)
-  return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v,
-                    preferred_element_type=jnp.float32).astype(q.dtype)
+  out = jnp.einsum("bhqk,bhkd->bhqd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
+  return jnp.swapaxes(out, 1, 2).astype(q.dtype)
 
 
 def _round_up(n: int, m: int) -> int:
