@@ -99,6 +99,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Sample grids every `every_steps` and at each stage end (0: stage ends only; -1: never).
   c.samples = ml_collections.ConfigDict(dict(every_steps=2000, count=2, steps=20,
                                              solver="unipc", shift=5.0, guidance=1.0))
+  # XLA options for the train step and VAE-encode compiles, e.g. the tests'
+  # {"xla_backend_optimization_level": 0} (tiny programs: compile time dominates).
+  c.compiler_options = ml_collections.ConfigDict()
   c.stop_at_step = -1  # stop (with a checkpoint) at this step, as if preempted
   c.debug_nan_at_step = -1  # tests: make the loss NaN at this step
   return c

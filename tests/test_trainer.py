@@ -63,6 +63,7 @@ def _config(demo: str, latent_dir: str, base=None, **kw):
   c.model.vae_overrides.num_res_blocks = 1
   c.latent_cache.enabled = True
   c.latent_cache.dir = latent_dir
+  c.compiler_options = dict(xla_backend_optimization_level=0)
   for k, v in kw.items():
     node = c
     *path, last = k.split(".")

@@ -81,7 +81,14 @@ def make_train_step(graphdef, vae_graphdef, config, *, patch_size, wrt, state_sh
 
   return jax.jit(step_fn, donate_argnums=(0,),
                  in_shardings=(state_shardings, None, batch_sharding, None, None, None),
-                 out_shardings=(state_shardings, None))
+                 out_shardings=(state_shardings, None),
+                 compiler_options=compiler_options(config))
+
+
+def compiler_options(config) -> dict[str, Any] | None:
+  """XLA options for the step and encoder compiles (`config.compiler_options`), or None."""
+  opts = config.get("compiler_options")
+  return dict(opts) if opts else None
 
 
 def _context(config, dcfg, mesh) -> jax.Array:
@@ -175,7 +182,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                                wrt=wrt, state_shardings=state_shardings,
                                batch_sharding=sh.batch_sharding(mesh, 5))
   cached = bool(config.latent_cache.enabled)
-  encoder = latents.make_encoder(vae_graphdef, mesh) if cached else None
+  encoder = latents.make_encoder(vae_graphdef, mesh, compiler_options(config)) if cached else None
   nan_at = jnp.asarray(int(config.get("debug_nan_at_step", -1)), jnp.int32)
   source = setup.data_source(config, workdir)
   logger = MetricsLogger(workdir, total, start, enabled=jax.process_index() == 0,

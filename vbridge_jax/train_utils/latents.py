@@ -49,7 +49,7 @@ def cache_dir(config, workdir: str) -> str:
   return str(config.latent_cache.dir) or os.path.join(workdir, "latent_cache")
 
 
-def make_encoder(vae_graphdef, mesh):
+def make_encoder(vae_graphdef, mesh, compiler_options: dict[str, Any] | None = None):
   """A jitted `(vae_state, clip) -> normalised latents`, batch-sharded like the clip."""
   spec = sh.batch_sharding(mesh, 5)
 
@@ -57,7 +57,8 @@ def make_encoder(vae_graphdef, mesh):
     vae = nnx.merge(vae_graphdef, vae_state)
     return vae.normalize(vae.encode(clip)).astype(jax.numpy.float32)
 
-  return jax.jit(encode, in_shardings=(None, spec), out_shardings=spec)
+  return jax.jit(encode, in_shardings=(None, spec), out_shardings=spec,
+                 compiler_options=compiler_options)
 
 
 def _gather(x: jax.Array) -> np.ndarray:
