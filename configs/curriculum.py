@@ -5,7 +5,8 @@ Variants (`--config=configs/curriculum.py:VARIANT`):
 - (none): the paper's setup (reference/vbridge_paper.md, Table 7): full fine-tune of
   Wan2.2-TI2V-5B from a converted checkpoint, bf16 compute, AdamW lr 2e-5 (100 warm-up
   steps), weight decay 3e-2, eps 1e-10, grad clip 0.05, seed 42, 9-frame clips, stages
-  512/720/960 with equal shares, one clip per device. Needs `init_from` (the output of
+  512/720/960 with equal shares (the short side resized to the stage size, then a square
+  crop of the largest multiple of 32 pixels: 512, 704, 960), one clip per device. Needs `init_from` (the output of
   `convert/wan_to_jax.py`), `data.source` (paired folders or a prepared TFDS set) and
   `prompts` (`convert/encode_prompts.py`); it fails fast naming what is missing.
 - `tiny`: tiny random DiT and VAE on the built-in demo set, stages 64 -> 96 -> 128 px;

@@ -211,15 +211,18 @@ class BalancedRecords:
 
 
 class CropPair(grain.transforms.RandomMap):
-  """Decodes a pair, resizes the short side to `size`, same random crop, optional flip.
+  """Decodes a pair, resizes the short side to `size`, same random `crop` x `crop` window
+  (default `size`), optional flip.
 
-  Returns {"lq", "gt": uint8 (size, size, 3), "category": int32}, or None for a bad pair
+  Returns {"lq", "gt": uint8 (crop, crop, 3), "category": int32}, or None for a bad pair
   when `skip_bad` (a warning names it; the pipeline drops Nones).
   """
 
-  def __init__(self, size: int, *, flips: bool = True, allow_upscale: bool = False,
-               skip_bad: bool = False):
-    self.size, self.flips = size, flips
+  def __init__(self, size: int, *, crop: int | None = None, flips: bool = True,
+               allow_upscale: bool = False, skip_bad: bool = False):
+    self.size, self.crop, self.flips = size, crop or size, flips
+    if self.crop > size:
+      raise ValueError(f"crop {self.crop} is larger than the resized short side {size}")
     self.allow_upscale, self.skip_bad = allow_upscale, skip_bad
     self.skipped = 0
 
@@ -248,15 +251,16 @@ class CropPair(grain.transforms.RandomMap):
                       f"{gt_name} (set allow_upscale to enlarge small images)")
     scale = s / min(w, h)
     rw, rh = max(s, round(w * scale)), max(s, round(h * scale))
-    x0, y0 = int(rng.integers(0, rw - s + 1)), int(rng.integers(0, rh - s + 1))
+    c = self.crop
+    x0, y0 = int(rng.integers(0, rw - c + 1)), int(rng.integers(0, rh - c + 1))
     flip = self.flips and bool(rng.integers(2))
     out = []
     for im in (lq, gt):
       if rw == w and rh == h:
-        im = im.crop((x0, y0, x0 + s, y0 + s))
+        im = im.crop((x0, y0, x0 + c, y0 + c))
       else:
-        box = (x0 * w / rw, y0 * h / rh, (x0 + s) * w / rw, (y0 + s) * h / rh)
-        im = im.resize((s, s), Image.BICUBIC, box=box)
+        box = (x0 * w / rw, y0 * h / rh, (x0 + c) * w / rw, (y0 + c) * h / rh)
+        im = im.resize((c, c), Image.BICUBIC, box=box)
       a = np.asarray(im, dtype=np.uint8)
       out.append(np.ascontiguousarray(a[:, ::-1]) if flip else a)
     return {"lq": out[0], "gt": out[1], "category": np.int32(record["category"])}
@@ -308,7 +312,7 @@ class ToGlobal(grain.transforms.Map):
 
 def make_dataset(
     source: str | os.PathLike | Sequence[str | os.PathLike], *,
-    size: int, frames: int, global_batch_size: int, seed: int,
+    size: int, frames: int, global_batch_size: int, seed: int, crop: int | None = None,
     data_dir: str | os.PathLike | None = None, split: str | None = None,
     sharding: jax.sharding.Sharding | None = None,
     flips: bool = True, balance: bool = False,
@@ -325,6 +329,8 @@ def make_dataset(
       version folder, or with `data_dir` a TFDS name (`foundir`, `realce:1.0.0`); or a
       list of these, concatenated (global category ids, see `files.category_ids`).
     size: stage size S (short side resized to S, then an S x S crop).
+    crop: a smaller square crop after that resize (e.g. the largest multiple of 32 <= S,
+      which the VAE and the DiT's patch need); default S.
     frames: clip length T = 4k + 1; frame 0 = LQ, frame T-1 = GT.
     global_batch_size: batch over all processes; each process yields its
       `global_batch_size / process_count` rows (global arrays when `sharding` is given).
@@ -361,7 +367,7 @@ def make_dataset(
     ds = grain.MapDataset.source(BalancedRecords(records, seed))
   else:
     ds = grain.MapDataset.source(records).shuffle(seed=seed).repeat(num_epochs)
-  ds = ds.random_map(CropPair(size, flips=flips, allow_upscale=allow_upscale,
+  ds = ds.random_map(CropPair(size, crop=crop, flips=flips, allow_upscale=allow_upscale,
                               skip_bad=skip_bad), seed=seed + 1)
   if shard.shard_count > 1:  # each process: its contiguous rows of every global batch
     rows = _ProcessRows(ds, global_batch_size, local_batch, shard.shard_index)

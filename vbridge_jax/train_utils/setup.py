@@ -57,6 +57,8 @@ def parse_stages(spec: str, total_steps: int) -> list[Stage]:
     raise ConfigError(f"stages={spec!r} names no stage")
   if any(s < 1 for s in sizes) or any(w <= 0 for w in shares):
     raise ConfigError(f"stage sizes and shares must be positive: stages={spec!r}")
+  for s in sizes:
+    crop_size(s)  # fails fast on a stage too small for the model
   bounds = np.rint(np.cumsum(shares) / sum(shares) * total_steps).astype(int)
   starts = [0] + list(bounds[:-1])
   stages = [Stage(i, sizes[i], int(a), int(b)) for i, (a, b) in enumerate(zip(starts, bounds))]
@@ -236,6 +238,19 @@ def data_source(config, workdir: str) -> str:
   return out
 
 
+# The VAE downsamples 16x and the DiT patches latents 2x2: clips are multiples of 32 pixels.
+PIXEL_MULTIPLE = 32
+
+
+def crop_size(size: int) -> int:
+  """The square crop of a stage: its size rounded down to a multiple of 32 (720 -> 704; the
+  short side is still resized to the stage size, as the paper's stages state)."""
+  crop = size // PIXEL_MULTIPLE * PIXEL_MULTIPLE
+  if crop < PIXEL_MULTIPLE:
+    raise ConfigError(f"stage size {size} is below {PIXEL_MULTIPLE} pixels")
+  return crop
+
+
 def make_iterator(config, source: str, stage: Stage, mesh) -> Any:
   """A checkpointable grain iterator of global batches for one curriculum stage."""
   from vbridge_jax.data import pipeline  # pylint: disable=import-outside-toplevel
@@ -245,7 +260,8 @@ def make_iterator(config, source: str, stage: Stage, mesh) -> Any:
     raise ConfigError(f"data.batch_size={d.batch_size} is not divisible by the "
                       f"{sh.batch_shards(mesh)} data x fsdp shards of the mesh")
   return pipeline.make_iterator(
-      source, size=stage.size, frames=int(d.frames), global_batch_size=int(d.batch_size),
+      source, size=stage.size, crop=crop_size(stage.size), frames=int(d.frames),
+      global_batch_size=int(d.batch_size),
       seed=int(config.seed) + 1000 * stage.index, data_dir=d.data_dir or None,
       sharding=sh.batch_sharding(mesh, 5), flips=bool(d.flips), balance=bool(d.balance),
       drift_outputs=d.drift_outputs or None, allow_upscale=bool(d.allow_upscale),
