@@ -32,6 +32,7 @@ import optax
 from flax import nnx
 
 from vbridge_jax import flow
+from vbridge_jax import flops
 from vbridge_jax import sharding as sh
 from vbridge_jax.sampler import Sampler, SamplerConfig
 from vbridge_jax.train_utils import latents, setup
@@ -142,6 +143,17 @@ def _write_config(config, workdir: str) -> None:
       f.write(config.to_json_best_effort(indent=2))
 
 
+def _rate_fields(config, dcfg, crop: int):
+  """steps/s -> {tokens_per_sec, mfu} for a stage's clips (MFU on known device kinds only)."""
+  frames = 1 + (int(config.data.frames) - 1) // 4  # latent frames
+  tokens = frames * (crop // 16 // dcfg.patch_size[1]) * (crop // 16 // dcfg.patch_size[2])
+  step = flops.train_step_flops(dcfg, tokens, int(config.data.batch_size), finetune=config.finetune,
+                                lora_rank=int(config.lora.rank),
+                                lora_targets=str(config.lora.targets).split(","))
+  kind, n = jax.devices()[0].device_kind, jax.device_count()
+  return lambda sps: flops.throughput(sps, step, kind, n)
+
+
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   """Runs (or resumes) the curriculum in `workdir`; returns the last logged metrics."""
   setup.check_config(config)
@@ -233,6 +245,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         saved_data = None
         logger.write(f"stage {stage.index}: {stage.size}px, steps {stage.start}..{stage.end} "
                      f"(from {step})")
+        logger.rate_fields = _rate_fields(config, dcfg, setup.crop_size(stage.size))
         end = min(stage.end, stop_at)
         while step < end:
           batch = next(iterator)

@@ -10,7 +10,7 @@ import json
 import math
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
@@ -25,6 +25,8 @@ class MetricsLogger:
                progress: bool = True):
     self.enabled = enabled
     self.total = total_steps
+    # steps/s -> extra log fields; the trainer sets it per stage (flops.throughput).
+    self.rate_fields: Callable[[float], dict[str, float]] | None = None
     self._t0 = time.time()
     self._s0 = start_step
     self._last_t, self._last_s = self._t0, start_step
@@ -54,6 +56,8 @@ class MetricsLogger:
     sps, eta = self.rates(step)
     row = {"step": int(step)} | {k: _py(v) for k, v in metrics.items()}
     row |= {"steps_per_sec": round(sps, 4), "eta_sec": round(eta, 1) if math.isfinite(eta) else None}
+    if self.rate_fields is not None:  # tokens/s and MFU for the current stage
+      row |= {k: round(v, 4) for k, v in self.rate_fields(sps).items()}
     if not self.enabled:
       return row
     self._jsonl.write(json.dumps(row) + "\n")
