@@ -71,9 +71,10 @@ def test_parity_remat_under_grad(pair, remat):
 
 
 def test_parity_larger_grid(pair):
-  """Another non-square latent grid, 5 frames, batch 1, full-length text."""
+  """Another non-square latent grid, 5 frames, batch 1, full-length text; the xla attention
+  in query blocks of 4 rows (15 tokens: 4 blocks, the last one padded)."""
   cfg, ref = pair
-  dit = jax_from_torch(ref, cfg)
+  dit = jax_from_torch(ref, cfg.replace(xla_attention_block=4))
   _check(cfg, ref, dit, True, batch=1, frames=5, height=6, width=2, text=cfg.text_len)
 
 
@@ -86,6 +87,15 @@ def test_splash_attention_matches_xla():
   want = attention(q, k, v, "xla")
   got = attention(q, k, v, "splash", splash_block=128)
   np.testing.assert_allclose(got, want, atol=2e-5 * float(jnp.max(jnp.abs(want))))
+
+
+def test_blocked_xla_attention_matches_unblocked():
+  rng = np.random.default_rng(1)
+  q = jnp.asarray(rng.standard_normal((2, 300, 3, 16)), jnp.float32)
+  k = jnp.asarray(rng.standard_normal((2, 70, 3, 16)), jnp.float32)
+  want = attention(q, k, k, "xla", xla_block=0)
+  for block in (64, 128, 512):
+    np.testing.assert_allclose(attention(q, k, k, "xla", xla_block=block), want, atol=1e-6)
 
 
 def test_parity_splash_model():

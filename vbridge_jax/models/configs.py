@@ -45,6 +45,7 @@ class DiTConfig:
   remat: str = "none"  # none | full | save_dots
   attention: str = "xla"  # xla | cudnn | splash
   splash_block: int = 512  # splash kernel block size (TPU)
+  xla_attention_block: int = 128  # query rows per block of the xla attention (0: unblocked)
 
   def __post_init__(self):
     if self.dim % self.num_heads:

@@ -59,6 +59,7 @@ class Attention(nnx.Module):
     self.num_heads = cfg.num_heads
     self.impl = cfg.attention
     self.splash_block = cfg.splash_block
+    self.xla_block = cfg.xla_attention_block
     self.dtype = dt
 
   def __call__(self, x: jax.Array, ctx: jax.Array | None = None, rope=None) -> jax.Array:
@@ -73,7 +74,7 @@ class Attention(nnx.Module):
     q = constrain(q.astype(self.dtype), ("batch", "length", "heads", "kv"))
     k = constrain(k.astype(self.dtype), ("batch", kv_len, "heads", "kv"))
     v = constrain(v.astype(self.dtype), ("batch", kv_len, "heads", "kv"))
-    out = attention(q, k, v, self.impl, self.splash_block)
+    out = attention(q, k, v, self.impl, self.splash_block, self.xla_block)
     out = out.reshape(out.shape[:2] + (-1,))
     return self.to_out(out)
 
