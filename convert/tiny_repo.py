@@ -42,8 +42,9 @@ def tiny_vae(seed: int = 0) -> Any:
                           latents_mean=[0.1] * 8, latents_std=[1.5] * 8)
 
 
-def tiny_tokenizer(folder: Path) -> Any:
-  """A Unigram tokenizer trained offline on the V-Bridge prompts, with T5's trailing </s>."""
+def tiny_tokenizer(folder: Path, extra: list[str] | None = None) -> Any:
+  """A Unigram tokenizer trained offline on the V-Bridge prompts (and `extra` sentences),
+  with T5's trailing </s>."""
   # pylint: disable=import-outside-toplevel
   from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
   from transformers import PreTrainedTokenizerFast
@@ -54,7 +55,7 @@ def tiny_tokenizer(folder: Path) -> Any:
   tok.decoder = decoders.Metaspace()
   trainer = trainers.UnigramTrainer(vocab_size=150, special_tokens=["<pad>", "</s>", "<unk>"],
                                     unk_token="<unk>")
-  tok.train_from_iterator([umt5.VBRIDGE_POSITIVE, umt5.VBRIDGE_NEGATIVE] * 4, trainer)
+  tok.train_from_iterator([umt5.VBRIDGE_POSITIVE, umt5.VBRIDGE_NEGATIVE, *(extra or [])] * 4, trainer)
   tok.post_processor = processors.TemplateProcessing(
       single="$A </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))])
   fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",

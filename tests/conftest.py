@@ -11,6 +11,7 @@ for _flag in ("--xla_force_host_platform_device_count=8", "--xla_backend_optimiz
 os.environ["XLA_FLAGS"] = _flags.strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import importlib.util  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -35,3 +36,21 @@ def _torch_threads():
   except ImportError:
     return
   torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+
+def load_script(name: str):
+  """A command-line script of `convert/` (not a package) as a module, e.g. `tiny_repo`."""
+  spec = importlib.util.spec_from_file_location(name, REPO / "convert" / f"{name}.py")
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+@pytest.fixture
+def low_compile_effort():
+  """Compile time dominates tiny programs; XLA need not optimise them hard."""
+  import jax
+  old = jax.config.jax_exec_time_optimization_effort
+  jax.config.update("jax_exec_time_optimization_effort", -1.0)
+  yield
+  jax.config.update("jax_exec_time_optimization_effort", old)

@@ -8,8 +8,6 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
-import pytest
-from PIL import Image
 
 from tests.test_data_helpers import make_tree, save, smooth_image
 from vbridge_jax.data import prepare

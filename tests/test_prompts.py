@@ -1,42 +1,23 @@
 """convert/encode_prompts.py on a tiny random umT5, in the diffusers and the original Wan layouts."""
 
-import importlib.util
 import re
 
 import numpy as np
 import pytest
 import torch
 
+from tests.conftest import load_script
 from vbridge_jax.checkpoints import umt5
-
-REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
 
 
 def _cli():
-  spec = importlib.util.spec_from_file_location("encode_prompts", REPO / "convert" / "encode_prompts.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.main
+  return load_script("encode_prompts").main
 
 
 def _tokenizer(folder):
-  """A tiny Unigram tokenizer trained offline on the prompts, with T5's trailing </s>."""
-  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-  from transformers import PreTrainedTokenizerFast
-
-  tok = Tokenizer(models.Unigram())
-  tok.pre_tokenizer = pre_tokenizers.Metaspace()
-  tok.decoder = decoders.Metaspace()
-  trainer = trainers.UnigramTrainer(vocab_size=150, special_tokens=["<pad>", "</s>", "<unk>"],
-                                    unk_token="<unk>")
-  text = [umt5.VBRIDGE_POSITIVE, umt5.VBRIDGE_NEGATIVE, "a cat on a mat", "rain & fog"]
-  tok.train_from_iterator(text * 4, trainer)
-  tok.post_processor = processors.TemplateProcessing(
-      single="$A </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))])
-  fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
-                                 unk_token="<unk>")
-  fast.save_pretrained(folder)
-  return fast
+  """The tiny Unigram tokenizer of convert/tiny_repo.py, trained on the prompts and two more
+  sentences."""
+  return load_script("tiny_repo").tiny_tokenizer(folder, extra=["a cat on a mat", "rain & fog"])
 
 
 def _hf_to_wan(state):

@@ -1,6 +1,5 @@
 """End to end: a tiny random Wan2.2 (diffusers layout) converted, a small tree restored, scored."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -8,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import load_script
 from vbridge_jax import evaluate, restore
 from vbridge_jax.restore import plan_size
 
@@ -31,10 +31,7 @@ def test_plan_size_is_the_authors_rule():
 
 def _tiny_repo():
   """convert/tiny_repo.py, the README's tiny random model (diffusers layout)."""
-  spec = importlib.util.spec_from_file_location("tiny_repo", REPO / "convert" / "tiny_repo.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
+  return load_script("tiny_repo")
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """Mesh construction, logical-axis resolution and directly-sharded state creation."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax

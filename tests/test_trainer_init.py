@@ -1,6 +1,5 @@
 """`config.init_from`: training starts from a converted diffusers checkpoint, sharded."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,28 +9,18 @@ import pytest
 from flax import nnx
 
 from configs import curriculum
+from tests.conftest import load_script
 from vbridge_jax import sharding as sh
 from vbridge_jax import trainer
 from vbridge_jax.models.wan_dit import load_dit
 from vbridge_jax.train_utils import setup
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(autouse=True)
-def _low_compile_effort():
-  """Compile time dominates these tiny programs; XLA need not optimise them hard."""
-  old = jax.config.jax_exec_time_optimization_effort
-  jax.config.update("jax_exec_time_optimization_effort", -1.0)
-  yield
-  jax.config.update("jax_exec_time_optimization_effort", old)
+pytestmark = pytest.mark.usefixtures("low_compile_effort")
 
 
 def _tiny_repo():
-  spec = importlib.util.spec_from_file_location("tiny_repo", REPO / "convert" / "tiny_repo.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
+  """convert/tiny_repo.py, the README's tiny random model (diffusers layout)."""
+  return load_script("tiny_repo")
 
 
 def test_init_from_converted_checkpoint_sharded(tmp_path):

@@ -13,13 +13,7 @@ from vbridge_jax.models.configs import DiTConfig
 from vbridge_jax.models.wan_dit import WanDiT
 
 
-@pytest.fixture(autouse=True)
-def _low_compile_effort():
-  """Compile time dominates these tiny programs; XLA need not optimise them hard."""
-  old = jax.config.jax_exec_time_optimization_effort
-  jax.config.update("jax_exec_time_optimization_effort", -1.0)
-  yield
-  jax.config.update("jax_exec_time_optimization_effort", old)
+pytestmark = pytest.mark.usefixtures("low_compile_effort")
 
 
 def _inputs():

@@ -276,8 +276,6 @@ def _short(keys: list[str], n: int = 4) -> str:
 def write_component(out: Path, name: str, config: Mapping[str, Any], params: dict,
                     source: str = "") -> Path:
   """Writes `out/<name>/` atomically; an existing component is replaced only on success."""
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-
   out = Path(out).resolve()
   out.mkdir(parents=True, exist_ok=True)
   final = out / name
