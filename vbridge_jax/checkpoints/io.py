@@ -116,40 +116,6 @@ def _read_safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
   return header, offset
 
 
-class TorchPickleSource(TensorSource):
-  """A `.pth`/`.pt` state dict, opened only with torch's `weights_only=True` loader."""
-
-  def __init__(self, path: Path):
-    self.name = str(path)
-    try:
-      import torch  # pylint: disable=import-outside-toplevel
-    except ImportError:
-      raise CheckpointError(f"{path}: reading .pth needs torch (pip install 'vbridge_jax[convert]')") from None
-    try:
-      sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # torch raises many types for a bad pickle
-      raise CheckpointError(f"{path}: cannot load with torch.load(weights_only=True): {str(e).splitlines()[0]}") from None
-    for wrap in ("state_dict", "model", "module"):
-      if isinstance(sd, dict) and set(sd) == {wrap}:
-        sd = sd[wrap]
-    if not isinstance(sd, Mapping):
-      raise CheckpointError(f"{path}: holds a {type(sd).__name__}, not a state dict")
-    self._sd = {k: v for k, v in sd.items() if hasattr(v, "shape")}
-
-  def keys(self) -> list[str]:
-    return list(self._sd)
-
-  def __contains__(self, key: str) -> bool:
-    return key in self._sd
-
-  def shape(self, key: str) -> tuple[int, ...]:
-    return tuple(self._sd[key].shape)
-
-  def get(self, key: str) -> np.ndarray:
-    t = self._sd[key]
-    return t.float().numpy() if t.is_floating_point() else t.numpy()
-
-
 class DictSource(TensorSource):
   """An in-memory state dict (numpy arrays or torch tensors), e.g. a live PyTorch model's."""
 
@@ -171,6 +137,26 @@ class DictSource(TensorSource):
     if hasattr(t, "detach"):  # a torch tensor
       t = t.detach().float().numpy() if t.is_floating_point() else t.detach().numpy()
     return _as_float32(np.asarray(t))
+
+
+class TorchPickleSource(DictSource):
+  """A `.pth`/`.pt` state dict, opened only with torch's `weights_only=True` loader."""
+
+  def __init__(self, path: Path):
+    try:
+      import torch  # pylint: disable=import-outside-toplevel
+    except ImportError:
+      raise CheckpointError(f"{path}: reading .pth needs torch (pip install 'vbridge_jax[convert]')") from None
+    try:
+      sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # torch raises many types for a bad pickle
+      raise CheckpointError(f"{path}: cannot load with torch.load(weights_only=True): {str(e).splitlines()[0]}") from None
+    for wrap in ("state_dict", "model", "module"):
+      if isinstance(sd, dict) and set(sd) == {wrap}:
+        sd = sd[wrap]
+    if not isinstance(sd, Mapping):
+      raise CheckpointError(f"{path}: holds a {type(sd).__name__}, not a state dict")
+    super().__init__({k: v for k, v in sd.items() if hasattr(v, "shape")}, name=str(path))
 
 
 def _as_float32(arr: np.ndarray) -> np.ndarray:

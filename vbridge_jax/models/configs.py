@@ -21,6 +21,14 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     raise ValueError(f"{name}={value!r} is not one of {', '.join(choices)}")
 
 
+def _from_dict(cls, d: dict[str, Any], overrides: dict[str, Any]):
+  """`cls(**d, **overrides)`, naming any key that is not a field of `cls`."""
+  unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+  if unknown:
+    raise ValueError(f"unknown {cls.__name__} keys: {', '.join(unknown)}")
+  return cls(**(dict(d) | overrides))
+
+
 @dataclasses.dataclass(frozen=True)
 class DiTConfig:
   """The Wan2.2 DiT. Architecture fields first, then run-time switches."""
@@ -97,11 +105,7 @@ class DiTConfig:
 
   @classmethod
   def from_dict(cls, d: dict[str, Any], **kw: Any) -> "DiTConfig":
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-      raise ValueError(f"unknown DiTConfig keys: {', '.join(unknown)}")
-    return cls(**(dict(d) | kw))
+    return _from_dict(cls, d, kw)
 
   @classmethod
   def from_diffusers(cls, d: dict[str, Any], **kw: Any) -> "DiTConfig":
@@ -248,11 +252,7 @@ class VAEConfig:
 
   @classmethod
   def from_dict(cls, d: dict[str, Any], **kw: Any) -> "VAEConfig":
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-      raise ValueError(f"unknown VAEConfig keys: {', '.join(unknown)}")
-    return cls(**(dict(d) | kw))
+    return _from_dict(cls, d, kw)
 
   @classmethod
   def from_diffusers(cls, d: dict[str, Any], **kw: Any) -> "VAEConfig":
