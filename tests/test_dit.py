@@ -9,7 +9,7 @@ from flax import nnx
 from tests.dit_reference import (inputs, jax_from_torch, make_torch_dit, max_rel_err,
                                  torch_forward)
 from vbridge_jax.models import DiTConfig, WanDiT
-from vbridge_jax.models.layers import attention, logical_specs
+from vbridge_jax.models.layers import LOGICAL_AXES, attention, logical_specs
 
 TOL = 1e-4
 
@@ -180,3 +180,10 @@ def test_equal_configs_share_one_graphdef():
   a = nnx.split(WanDiT(cfg, rngs=nnx.Rngs(0)))[0]
   b = nnx.split(WanDiT(cfg, rngs=nnx.Rngs(1)))[0]
   assert a == b and hash(a) == hash(b)
+
+
+def test_every_parameter_has_known_logical_names():
+  state = nnx.state(nnx.eval_shape(lambda: WanDiT(CONFIGS["a"], rngs=nnx.Rngs(0))))
+  for v in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, nnx.Variable)):
+    names = v.get_metadata()["out_sharding"]
+    assert len(names) == len(v.shape) and set(names) <= set(LOGICAL_AXES), names

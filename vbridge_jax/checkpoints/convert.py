@@ -70,8 +70,6 @@ def convert_path(src: Path, out: Path, dtype: str = "float32",
     raise CheckpointError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
   found = find_components(src)
   out = Path(out).resolve()
-  if out == Path(src).resolve() or Path(src).resolve() in out.parents:
-    pass  # writing inside the source folder is fine: nothing there is overwritten
   out.mkdir(parents=True, exist_ok=True)
   staging = Path(tempfile.mkdtemp(prefix=".convert.", dir=out))
   by_name = {c.name: c for c in converters()}
