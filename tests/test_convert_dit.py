@@ -182,3 +182,32 @@ def test_nothing_to_convert(tmp_path):
     convert_path(tmp_path / "empty", tmp_path / "out", log=lambda _: None)
   with pytest.raises(CheckpointError, match="no converted 'dit' component"):
     load_dit(tmp_path / "empty")
+
+
+def test_restore_params_sharded_and_named_mismatches(tmp_path):
+  """`restore_params` reads straight into shardings and names any parameter that differs."""
+  from vbridge_jax.checkpoints import io
+  rng = np.random.default_rng(0)
+  params = {"blocks": {"w": rng.standard_normal((8, 6)).astype(np.float32)},
+            "bias": rng.standard_normal(4).astype(np.float32)}
+  want = {"blocks": {"w": params["blocks"]["w"].copy()}, "bias": params["bias"].copy()}
+  io.write_component(tmp_path, "dit", {}, params)
+  folder = tmp_path / "dit"
+
+  mesh = jax.make_mesh((4, 2), ("fsdp", "tensor"), devices=jax.devices()[:8])
+  sharded = jax.NamedSharding(mesh, jax.P("fsdp", "tensor"))
+  abstract = {"blocks": {"w": jax.ShapeDtypeStruct((8, 6), jax.numpy.bfloat16, sharding=sharded)},
+              "bias": jax.ShapeDtypeStruct((4,), np.float32)}
+  got = io.restore_params(folder, abstract)
+  assert got["blocks"]["w"].sharding == sharded and got["blocks"]["w"].dtype == jax.numpy.bfloat16
+  np.testing.assert_array_equal(np.asarray(got["blocks"]["w"], np.float32),
+                                want["blocks"]["w"].astype(jax.numpy.bfloat16).astype(np.float32))
+  np.testing.assert_array_equal(np.asarray(got["bias"]), want["bias"])
+
+  cases = [({"blocks": abstract["blocks"]}, r"holds parameter\(s\) 'bias' the model does not have"),
+           (abstract | {"extra": abstract["bias"]}, r"lacks parameter\(s\) 'extra' of the model"),
+           (abstract | {"bias": jax.ShapeDtypeStruct((5,), np.float32)},
+            r"parameter bias has shape \(4,\), the model \(5,\)")]
+  for tree, pattern in cases:
+    with pytest.raises(CheckpointError, match=pattern):
+      io.restore_params(folder, tree)

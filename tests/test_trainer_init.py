@@ -67,6 +67,19 @@ def test_init_from_converted_checkpoint_sharded(tmp_path):
   assert vae.config.latents_std[0] == 1.5  # the converted VAE, not a random one
   del model, vae
 
+  # LoRA: the wrapped base layers hold the converted weights, sharded likewise.
+  c.finetune = "lora"
+  model, _, _, _ = setup.build_state(c, mesh, sh.rules_from_config(c.logical_axis_rules))
+  got = {tuple(str(k) for k in p if k != "base"): v.get_value()
+         for p, v in nnx.to_flat_state(nnx.state(model, nnx.Not(nnx.LoRAParam)))}
+  assert len(got) == len(ref) and sum("base" in map(str, p) for p, _ in
+                                      nnx.to_flat_state(nnx.state(model, nnx.Param))) > 0
+  for path, var in ref:
+    key = tuple(str(k) for k in path)
+    np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(var.get_value()), err_msg=key)
+  c.finetune = "full"
+  del model
+
   out = trainer.train_and_evaluate(c, str(tmp_path / "run"))
   assert out["step"] == 2
   rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

@@ -24,12 +24,13 @@ def main(argv: list[str]) -> int:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax is chatty at INFO
   from vbridge_jax import trainer  # pylint: disable=import-outside-toplevel
+  from vbridge_jax.checkpoints.io import CheckpointError  # pylint: disable=import-outside-toplevel
   from vbridge_jax.data.files import DataError  # pylint: disable=import-outside-toplevel
   from vbridge_jax.train_utils.setup import ConfigError  # pylint: disable=import-outside-toplevel
 
   try:
     result = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (ConfigError, DataError, trainer.NonFiniteLossError) as e:
+  except (ConfigError, CheckpointError, DataError, trainer.NonFiniteLossError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   print(f"done: step {result['step']}, loss {result.get('loss')}")

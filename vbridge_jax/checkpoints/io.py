@@ -335,14 +335,40 @@ def read_component_config(folder: Path) -> dict[str, Any]:
 
 
 def restore_params(folder: Path, abstract: Any) -> Any:
-  """Restores `folder/params` into the structure, dtypes and shardings of `abstract`."""
+  """Restores `folder/params` into the structure, dtypes and shardings of `abstract`.
+
+  `abstract` is a nested dict of arrays or `jax.ShapeDtypeStruct`s. With shardings on
+  them, each process reads only the slices its devices hold (the full tensors are never
+  gathered on one host); values are cast to the abstract dtypes. Before anything is read,
+  the stored names and shapes are checked against `abstract`, and a mismatch is reported
+  by parameter name.
+  """
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
 
+  path = Path(folder).resolve() / "params"
   with ocp.StandardCheckpointer() as ckptr:
     try:
-      return ckptr.restore(Path(folder).resolve() / "params", abstract)
+      stored = ckptr.metadata(path).item_metadata.tree
+    except (ValueError, KeyError, FileNotFoundError, OSError) as e:
+      raise CheckpointError(f"{path}: cannot read the stored parameters: "
+                            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    _check_tree(path, stored, abstract)
+    try:
+      return ckptr.restore(path, abstract)
     except (ValueError, KeyError, FileNotFoundError) as e:
-      raise CheckpointError(f"{folder}/params: does not match the model: {str(e).splitlines()[0]}") from None
+      raise CheckpointError(f"{path}: does not match the model: {str(e).splitlines()[0]}") from None
+
+
+def _check_tree(path: Path, stored: Mapping, abstract: Mapping) -> None:
+  have = {"/".join(k): tuple(v.shape) for k, v in flatten(stored)}
+  want = {"/".join(k): tuple(v.shape) for k, v in flatten(abstract)}
+  if missing := sorted(want.keys() - have.keys()):
+    raise CheckpointError(f"{path}: lacks parameter(s) {_short(missing)} of the model")
+  if unexpected := sorted(have.keys() - want.keys()):
+    raise CheckpointError(f"{path}: holds parameter(s) {_short(unexpected)} the model does not have")
+  for k in sorted(want):
+    if have[k] != want[k]:
+      raise CheckpointError(f"{path}: parameter {k} has shape {have[k]}, the model {want[k]}")
 
 
 def flatten(tree: Mapping, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:

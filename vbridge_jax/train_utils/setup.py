@@ -20,7 +20,7 @@ from vbridge_jax import optim
 from vbridge_jax import sharding as sh
 from vbridge_jax.models import lora as lora_lib
 from vbridge_jax.models.configs import DiTConfig, VAEConfig
-from vbridge_jax.models.wan_dit import WanDiT, load_dit
+from vbridge_jax.models.wan_dit import WanDiT
 from vbridge_jax.models.wan_vae import WanVAE, load_vae
 
 FINETUNE = ("full", "lora")
@@ -153,7 +153,7 @@ def build_state(config, mesh, rules) -> tuple[WanDiT, nnx.Optimizer, WanVAE, Any
 
   model, opt = sh.create_sharded(build, mesh, rules)
   if config.init_from:
-    _load_into(model, load_dit(config.init_from, **_runtime(config)))
+    _restore_into(model, config.init_from)
     vae = load_vae(config.init_from, dtype=config.model.vae_dtype)
   else:
     vae = random_vae(vcfg, seed + 2)
@@ -187,21 +187,28 @@ def random_vae(vcfg: VAEConfig, seed: int) -> WanVAE:
   return nnx.merge(graphdef, nnx.from_flat_state(updates))
 
 
-def _load_into(target: nnx.Module, loaded: nnx.Module) -> None:
-  """Copies loaded base parameters into the sharded `target` (LoRA wrappers add `base`)."""
-  src = {tuple(str(k) for k in p): v for p, v in nnx.to_flat_state(nnx.state(loaded, nnx.Param))}
+def _restore_into(target: nnx.Module, init_from: str) -> None:
+  """Reads the converted DiT's parameters straight into `target`'s shardings.
+
+  Each process reads from storage only the slices its devices hold, so the 5B model is
+  never assembled on one host. LoRA wrappers add a `base` level to the paths; the adapters
+  keep their own initialisation.
+  """
+  from vbridge_jax.checkpoints import io  # pylint: disable=import-outside-toplevel
+
+  folder = io.find_component(Path(init_from), "dit")
   flat = nnx.to_flat_state(nnx.state(target, nnx.Not(nnx.LoRAParam)))
-  updates = []
-  for path, var in flat:
-    key = tuple(str(k) for k in path if k != "base")
-    if key not in src:
-      raise ConfigError(f"the checkpoint lacks parameter {'/'.join(key)}")
-    value = src[key].get_value()
-    cur = var.get_value()
-    if value.shape != cur.shape:
-      raise ConfigError(f"parameter {'/'.join(key)} has shape {value.shape}, the model {cur.shape}")
-    updates.append((path, var.replace(jax.device_put(value.astype(cur.dtype), cur.sharding))))
-  nnx.update(target, nnx.from_flat_state(updates))
+  keys = [tuple(str(k) for k in path if k != "base") for path, _ in flat]
+  abstract: dict[str, Any] = {}
+  for key, (_, var) in zip(keys, flat):
+    node = abstract
+    for k in key[:-1]:
+      node = node.setdefault(k, {})
+    v = var.get_value()
+    node[key[-1]] = jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=v.sharding)
+  loaded = dict(io.flatten(io.restore_params(folder, abstract)))
+  nnx.update(target, nnx.from_flat_state(
+      [(path, var.replace(loaded[key])) for key, (path, var) in zip(keys, flat)]))
 
 
 def load_context(config, dcfg: DiTConfig) -> np.ndarray:
