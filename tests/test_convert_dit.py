@@ -184,15 +184,20 @@ def test_nothing_to_convert(tmp_path):
     load_dit(tmp_path / "empty")
 
 
-def test_restore_params_sharded_and_named_mismatches(tmp_path):
+def test_restore_params_sharded_and_named_mismatches(tmp_path, monkeypatch):
   """`restore_params` reads straight into shardings and names any parameter that differs."""
+  import orbax.checkpoint as ocp
   from vbridge_jax.checkpoints import io
+  monkeypatch.setattr(io, "CHUNK_BYTES", 64)  # 16 float32s: the stored tensor is chunked
   rng = np.random.default_rng(0)
   params = {"blocks": {"w": rng.standard_normal((8, 6)).astype(np.float32)},
             "bias": rng.standard_normal(4).astype(np.float32)}
   want = {"blocks": {"w": params["blocks"]["w"].copy()}, "bias": params["bias"].copy()}
   io.write_component(tmp_path, "dit", {}, params)
   folder = tmp_path / "dit"
+  with ocp.StandardCheckpointer() as ck:
+    stored = ck.metadata(folder / "params").item_metadata.tree
+  assert math.prod(stored["blocks"]["w"].storage.chunk_shape) <= 16
 
   mesh = jax.make_mesh((4, 2), ("fsdp", "tensor"), devices=jax.devices()[:8])
   sharded = jax.NamedSharding(mesh, jax.P("fsdp", "tensor"))

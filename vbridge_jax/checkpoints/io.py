@@ -22,6 +22,9 @@ import ml_dtypes
 import numpy as np
 
 FORMAT_VERSION = 1
+# Stored chunks of converted parameters are at most this large, so that a process restoring
+# into a sharded layout reads about its own slices rather than whole stacked tensors.
+CHUNK_BYTES = 64 << 20
 
 
 class CheckpointError(ValueError):
@@ -307,8 +310,9 @@ def _save_params(path: Path, params: dict) -> None:
 
   to_device(params)
   handler = ocp.PyTreeCheckpointHandler(save_concurrent_gb=budget_gb)
+  save_args = jax.tree.map(lambda _: ocp.SaveArgs(chunk_byte_size=CHUNK_BYTES), params)
   with ocp.Checkpointer(handler) as ckptr:
-    ckptr.save(path, args=ocp.args.PyTreeSave(params))
+    ckptr.save(path, args=ocp.args.PyTreeSave(params, save_args=save_args))
 
 
 def find_component(path: Path, name: str) -> Path:
