@@ -139,6 +139,20 @@ def test_sharded_forward_matches(pair):
   assert max_rel_err(got, want) <= TOL
 
 
+def test_time_modulation_is_sharded_by_batch():
+  """Per-token timesteps give a (B, L, 6, D) modulation; it follows the batch (and token)
+  sharding instead of being computed whole on every device."""
+  cfg = CONFIGS["a"]
+  dit = WanDiT(cfg, rngs=nnx.Rngs(0))
+  mesh = jax.make_mesh((4, 2), ("data", "context"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  rules = (("batch", "data"), ("length", "context"))
+  t = jnp.linspace(0.0, 999.0, 4 * 16).reshape(4, 16)
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+    temb, e = nnx.jit(lambda m, t: m.embed_time(t, 16))(dit, t)
+  assert e.shape == (4, 16, 6, cfg.dim)
+  assert e.sharding.spec[:2] == ("data", "context") and temb.sharding.spec[:2] == ("data", "context")
+
+
 def test_sharded_splash_sequence_parallel():
   """Splash under shard_map: batch over data, tokens over context, heads over tensor."""
   cfg = CONFIGS["a"]

@@ -185,9 +185,14 @@ class WanDiT(nnx.Module):
       t = t[:, None]
     elif t.ndim != 2 or t.shape[1] != num_tokens:
       raise ValueError(f"timesteps of shape {t.shape}: expected (B,) or (B, {num_tokens})")
-    temb = self.time_embedder(timestep_embedding(t, self.config.freq_dim))
+    # Sharded by batch (and tokens) like the stream they modulate: with per-token timesteps
+    # `e` is (B, L, 6, D), which, left to propagation, XLA may compute whole on every chip.
+    t = constrain(t, ("batch", "length"))
+    temb = constrain(self.time_embedder(timestep_embedding(t, self.config.freq_dim)),
+                     ("batch", "length", "embed"))
     e = self.time_proj(nnx.silu(temb))
-    return temb, e.reshape(e.shape[:-1] + (6, self.config.dim))
+    return temb, constrain(e.reshape(e.shape[:-1] + (6, self.config.dim)),
+                           ("batch", "length", "mod", "embed"))
 
   def embed_text(self, context: jax.Array) -> jax.Array:
     cfg = self.config
@@ -197,6 +202,7 @@ class WanDiT(nnx.Module):
     if context.shape[-1] != cfg.text_dim:
       raise ValueError(f"context width {context.shape[-1]} != text_dim={cfg.text_dim}")
     context = jnp.pad(context, ((0, 0), (0, cfg.text_len - n), (0, 0)))
+    context = constrain(context, ("batch", "text_length", "text_embed"))  # often a broadcast
     ctx = self.text_embedder(context.astype(DTYPES[cfg.dtype]))
     return constrain(ctx, ("batch", "text_length", "embed"))
 
