@@ -4,8 +4,8 @@
         [--coordinator HOST:PORT --num-processes N --process-id I] [--stop-at STEP]
 
 Runs `trainer.train_and_evaluate` on the tiny curriculum config shrunk to the test's size
-(one 32 px stage, 5 frames, 3 steps without warm-up, global batch 2, a checkpoint every
-step, 8 global devices on a `fsdp=2, tensor=4` mesh). With `--coordinator` the config's `distributed` block makes the trainer call
+(one 32 px stage, 5 frames, 3 steps without warm-up, global batch 4, a checkpoint every
+step, a sample grid at the end, 8 global devices on a `fsdp=2, tensor=4` mesh). With `--coordinator` the config's `distributed` block makes the trainer call
 `jax.distributed.initialize` itself (the first JAX call of the process), with gloo CPU
 collectives. The caller sets `XLA_FLAGS` (device count per process) and `JAX_PLATFORMS`.
 
@@ -27,10 +27,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-# Global batch 2 = one row per process: grain's `ShardByJaxProcess` interleaves the stream
-# (process i reads rows i, i + n, ...), so with more rows per process the global batch
-# would be a permutation of the one-process batch and per-row noise would not line up.
-GLOBAL_BATCH = 2
+# Two rows per process: process i reads rows 2i and 2i + 1 of every global batch (its
+# contiguous block), so the global batch, and the noise drawn per row, equal one process's.
+GLOBAL_BATCH = 4
 MESH = dict(data=1, fsdp=2, context=1, tensor=4)
 TOTAL_STEPS = 3
 
@@ -48,7 +47,7 @@ def make_config(args):
   c.data.balance = False
   c.log_every = 1
   c.progress = False
-  c.samples.every_steps = -1
+  c.samples.update(every_steps=0, steps=2, count=2)  # a grid at the stage end (step 3)
   c.checkpoint.every_steps = 1
   c.checkpoint.keep = 5
   c.checkpoint.use_async = False

@@ -8,10 +8,10 @@ coordinator on a free port); cross-process collectives on XLA:CPU go through glo
 Asserted:
 - a two-process run, stopped after step 1 and resumed by a second two-process launch in the
   same workdir, logs the same losses as one process with 8 devices (within 1e-5);
-- each process reads only its shard of the data: its first local batch is its row of the
-  one-process global batch;
-- only process 0 writes logs (metrics.jsonl, TensorBoard, config.json, final.json); the
-  metrics hold one row per step;
+- each process reads only its shard of the data: its first local batch is its contiguous
+  block (two rows) of the one-process global batch;
+- only process 0 writes logs (metrics.jsonl, TensorBoard, config.json, final.json) and the
+  sample grid (which both processes compute); the metrics hold one row per step;
 - both processes write checkpoints (a tensorstore folder and a data-iterator state each)
   and both restore them (the resumed losses depend on the parameter shards and iterator
   state of both processes).
@@ -146,20 +146,28 @@ def test_two_processes_match_one_and_resume(demo, tmp_path):
     for i, r in enumerate(rs):
       assert (r["process_index"], r["process_count"]) == (i, 2), name
       assert (r["global_devices"], r["local_devices"]) == (8, 4), name
-      # Data: each process reads one row, its row of the one-process global batch.
-      assert r["local_rows"] == [r1["local_rows"][i]], name
+      # Data: each process reads its two rows of the one-process global batch.
+      assert r["local_rows"] == r1["local_rows"][2 * i:2 * i + 2], name
     assert rs[0]["out"]["step"] == rs[1]["out"]["step"] == (1 if name == "first" else 3)
     # Logs: process 0 writes them all, process 1 nothing outside checkpoints/.
     assert rs[1]["writes"] == [], name
     w0 = rs[0]["writes"]
     assert {"metrics.jsonl", "config.json", "final.json"} <= set(w0), name
     assert sum(w.startswith("tensorboard/") for w in w0) == 1, name
+    # Samples: both processes run the sampler over the sharded model; process 0 writes.
+    assert [w for w in w0 if w.startswith("samples/")] == (
+        [] if name == "first" else ["samples/step_0000003.png"]), name
 
   # Losses: stopped after step 1, resumed for steps 2 and 3, as one process straight through.
   ref_losses, losses = _losses(one), _losses(two)
   assert len(ref_losses) == 3 and len(set(ref_losses)) == 3
   np.testing.assert_allclose(losses, ref_losses, rtol=0, atol=1e-5)
   assert len(list((two / "tensorboard").iterdir())) == 2  # one events file per launch
+
+  # The grid from two processes shows what one process draws (weights equal within 1e-5).
+  from PIL import Image
+  grids = [np.asarray(Image.open(d / "samples" / "step_0000003.png"), np.int16) for d in (one, two)]
+  assert grids[0].shape == grids[1].shape and np.abs(grids[0] - grids[1]).max() <= 2
 
   # Checkpoints: written by both processes (state shards and iterator state), every step.
   assert sorted(int(p) for p in os.listdir(two / "checkpoints") if p.isdigit()) == [1, 2, 3]

@@ -153,6 +153,22 @@ def shard_batch(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
   return out
 
 
+def to_host(x: jax.Array) -> np.ndarray:
+  """The whole value of a (possibly multi-process) global array, as numpy on every process.
+
+  Every process must call it (a collective when there are several).
+  """
+  if jax.process_count() == 1:
+    return np.asarray(jax.device_get(x))
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def replicated(mesh: Mesh, value: Any) -> jax.Array:
+  """A host value (the same on every process) as a global array replicated over `mesh`."""
+  return jax.device_put(np.asarray(value), NamedSharding(mesh, PartitionSpec()))
+
+
 def maybe_initialize_distributed(cfg: Mapping[str, Any] | None = None) -> bool:
   """`jax.distributed.initialize` when the config or environment asks for it.
 

@@ -93,35 +93,37 @@ def compiler_options(config) -> dict[str, Any] | None:
 
 
 def _context(config, dcfg, mesh) -> jax.Array:
-  ctx = setup.load_context(config, dcfg)
-  return jax.device_put(ctx, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  return sh.replicated(mesh, setup.load_context(config, dcfg))
 
 
-def write_samples(model, vae, lq: np.ndarray, gt: np.ndarray, z: jax.Array, context: jax.Array,
-                  config, path: str) -> None:
+def write_samples(model, vae, lq: np.ndarray, gt: np.ndarray, z: np.ndarray, context: jax.Array,
+                  config, path: str, mesh) -> None:
   """Restores the LQ frames with the current model; PNG rows LQ | output | GT.
 
   lq, gt: `(n, S, S, 3)` frames in [-1, 1]; z: `(n, F, h, w, C)` normalised latents of
-  their clips (frame 0 conditions the sampler).
+  their clips (frame 0 conditions the sampler), the same on every process. Every process
+  runs the sampler (the model is sharded over all of them); process 0 writes the PNG.
   """
   s = config.samples
-  z = jnp.asarray(jax.device_get(z))
-  noise = jax.random.normal(jax.random.key(int(config.seed) + 7), z.shape, jnp.float32)
+  noise = np.asarray(jax.random.normal(jax.random.key(int(config.seed) + 7), z.shape, jnp.float32))
   scfg = SamplerConfig(solver=s.solver, steps=int(s.steps), shift=float(s.shift),
                        guidance=1.0, schedule="diffusers",
                        patch_size=tuple(model.config.patch_size))
-  out = Sampler(model, scfg)(noise, jax.device_get(context), first_frame=z[:, :1])
-  video = np.asarray(vae.decode(vae.denormalize(out)))
-  save_grid(path, [[lq[i], video[i, -1], gt[i]] for i in range(len(lq))])
+  out = Sampler(model, scfg)(sh.replicated(mesh, noise), context,
+                             first_frame=sh.replicated(mesh, z[:, :1]))
+  video = sh.to_host(vae.decode(vae.denormalize(out)))
+  if jax.process_index() == 0:
+    save_grid(path, [[lq[i], video[i, -1], gt[i]] for i in range(len(lq))])
 
 
-def _sample_inputs(vae, batch, iterator, n: int) -> tuple[np.ndarray, np.ndarray, jax.Array]:
+def _sample_inputs(vae, batch, iterator, n: int, mesh) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(lq, gt, latents) of the first `n` rows: the live batch, or the latent cache's batch 0."""
   if isinstance(iterator, latents.LatentIterator):
     n = min(n, len(iterator.lq))
     return iterator.lq[:n], iterator.gt[:n], iterator.z[0][:n]
-  clip = np.asarray(jax.device_get(batch["clip"][:n]))
-  return clip[:, 0], clip[:, -1], vae.normalize(vae.encode(jnp.asarray(clip)))
+  clip = sh.to_host(batch["clip"][:n])
+  z = vae.normalize(vae.encode(sh.replicated(mesh, clip)))
+  return clip[:, 0], clip[:, -1], sh.to_host(z)
 
 
 def _stage_iterator(config, source: str, stage, mesh, workdir: str, encoder, vae_state) -> Any:
@@ -263,12 +265,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
             ckpt.save(step, state, iterator_state(iterator), meta, force=True)
           if sample_every >= 0 and ((sample_every > 0 and step % sample_every == 0)
                                     or step == stage.end):
-            if jax.process_count() == 1:
-              m, _ = nnx.merge(graphdef, state)
-              vae = nnx.merge(vae_graphdef, vae_state)
-              lq, gt, z = _sample_inputs(vae, batch, iterator, int(config.samples.count))
-              write_samples(m, vae, lq, gt, z, context, config,
-                            os.path.join(workdir, "samples", f"step_{step:07d}.png"))
+            m, _ = nnx.merge(graphdef, state)
+            vae = nnx.merge(vae_graphdef, vae_state)
+            lq, gt, z = _sample_inputs(vae, batch, iterator, int(config.samples.count), mesh)
+            write_samples(m, vae, lq, gt, z, context, config,
+                          os.path.join(workdir, "samples", f"step_{step:07d}.png"), mesh)
   finally:
     ckpt.close()
     logger.close()

@@ -61,22 +61,15 @@ def make_encoder(vae_graphdef, mesh, compiler_options: dict[str, Any] | None = N
                  compiler_options=compiler_options)
 
 
-def _gather(x: jax.Array) -> np.ndarray:
-  if jax.process_count() == 1:
-    return np.asarray(jax.device_get(x))
-  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
 def build(config, stage, iterator, encoder, vae_state, path: str, num_samples: int) -> None:
   """Encodes the stage's batches from `iterator` and writes the cache file at `path`."""
   n = int(config.latent_cache.batches) or (stage.end - stage.start)
   zs, lq, gt = [], None, None
   for i in range(n):
     clip = next(iterator)["clip"]
-    zs.append(_gather(encoder(vae_state, clip)))
+    zs.append(sh.to_host(encoder(vae_state, clip)))
     if i == 0:
-      first = _gather(clip[:num_samples]) if num_samples else np.zeros((0, 2, 1, 1, 3))
+      first = sh.to_host(clip[:num_samples]) if num_samples else np.zeros((0, 2, 1, 1, 3))
       lq, gt = first[:, 0], first[:, -1]
   if jax.process_index() == 0:
     os.makedirs(os.path.dirname(path), exist_ok=True)
