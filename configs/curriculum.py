@@ -16,11 +16,12 @@ Variants (`--config=configs/curriculum.py:VARIANT`):
 Launch:
 
     python -m vbridge_jax.train --config=configs/curriculum.py:tiny --workdir=/tmp/vbridge_tiny
-    python -m vbridge_jax.train --config=configs/curriculum.py --workdir=gs://bucket/run \
+    python -m vbridge_jax.train --config=configs/curriculum.py --workdir=/shared/runs/vbridge \
         --config.init_from=/ckpt/wan22_ti2v_jax --config.data.source=/data/fewshot \
         --config.prompts=/ckpt/prompts.npz --config.mesh.fsdp=-1
 
-Rerunning the same command in the same workdir resumes from the last checkpoint.
+Rerunning the same command in the same workdir resumes from the last checkpoint. On several
+hosts, run it on each with a workdir that all of them see (README: Several hosts).
 """
 
 from __future__ import annotations
