@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import pytest
 
 from vbridge_jax import aot
@@ -38,5 +39,13 @@ def test_tiny_train_step_compiles_for_v5e():
   # Arguments: the fp32 parameters and two Adam moments, sharded over 4 chips (+ latents).
   assert r.memory["argument"] > 0 and r.memory["alias"] > 0  # the donated state
   assert r.xla_flops > 0 and r.analytic_model_flops > 0 and 0 < r.mfu <= 1 + 1e-9
+  # The frozen VAE stays replicated on every chip beside the step (fp32 parameters).
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from vbridge_jax.models.wan_vae import WanVAE  # pylint: disable=import-outside-toplevel
+  from vbridge_jax.train_utils import setup  # pylint: disable=import-outside-toplevel
+  vae = nnx.eval_shape(lambda: WanVAE(setup.vae_config(config), rngs=nnx.Rngs(0)))
+  assert r.resident == 4 * sum(a.size for a in jax.tree.leaves(nnx.state(vae))) > 0
+  m = r.memory
+  assert r.peak_bytes == m["argument"] + m["output"] - m["alias"] + m["temp"] + r.resident
   table = aot.format_table([r])
   assert "| train |" in table and "v5e:2x2" in table

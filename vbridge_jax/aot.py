@@ -14,7 +14,9 @@ VAE encode, flow-matching TI2V inputs, DiT, masked MSE, AdamW), at `--size` px w
 restore step encodes frame 0, runs the 50-step UniPC loop with CFG and decodes
 (`--restore_size=704x1280`, `--restore_frames=5`). The DiT runs splash attention on TPU.
 
-The table gives, per chip: XLA's argument / output / temp memory against the chip's HBM;
+The table gives, per chip: XLA's argument / output / temp memory and the peak against the
+chip's HBM (the peak includes the frozen VAE's replicated parameters, which the trainer
+keeps on every chip also when the step runs on cached latents);
 XLA's cost-analysis FLOPs against the analytic count (`vbridge_jax.flops`; XLA counts a
 `lax.scan` body once and cannot see into Pallas kernels, so its number is a floor); and
 the step time a roofline gives (the larger of the analytic hardware FLOPs, remat included,
@@ -236,6 +238,7 @@ class Result:
   clip: tuple[int, int, int]  # frames, height, width
   tokens: int  # per sample
   memory: dict[str, int]  # per chip
+  resident: int  # per chip, outside the step: the frozen VAE's replicated parameters
   hbm: float
   xla_flops: float  # per chip, cost analysis
   xla_bytes: float  # per chip, bytes accessed
@@ -248,7 +251,7 @@ class Result:
   @property
   def peak_bytes(self) -> int:
     m = self.memory
-    return m["argument"] + m["output"] - m["alias"] + m["temp"]
+    return m["argument"] + m["output"] - m["alias"] + m["temp"] + self.resident
 
   @property
   def fits(self) -> bool:
@@ -259,6 +262,10 @@ def _memory(compiled) -> dict[str, int]:
   m = compiled.memory_analysis()
   get = lambda k: int(getattr(m, f"{k}_size_in_bytes", 0) or 0)
   return {k: get(k) for k in ("argument", "output", "alias", "temp", "generated_code")}
+
+
+def _nbytes(tree) -> int:
+  return sum(math.prod(a.shape) * a.dtype.itemsize for a in jax.tree.leaves(tree))
 
 
 def _xla_cost(compiled) -> tuple[float, float]:
@@ -366,7 +373,8 @@ def compile_case(config, topo: Topology, devices, *, step: str, frames: int, hw:
   roofline = max(hw_f / (topo.chips * spec.peak_bf16_flops), xla_b / spec.hbm_bandwidth)
   return Result(step=step, vae=vae, topology=topo.name, mesh=dict(mesh.shape), remat=dcfg.remat,
                 finetune=config.finetune, batch=batch, clip=(frames, h, w), tokens=tokens,
-                memory=_memory(compiled), hbm=spec.hbm_bytes, xla_flops=xla_f, xla_bytes=xla_b,
+                memory=_memory(compiled), resident=0 if vae else _nbytes(vae_state),
+                hbm=spec.hbm_bytes, xla_flops=xla_f, xla_bytes=xla_b,
                 analytic_model_flops=model_f, analytic_hardware_flops=hw_f, roofline_s=roofline,
                 mfu=model_f / (roofline * topo.chips * spec.peak_bf16_flops),
                 compile_s=time.time() - t0)
@@ -375,7 +383,7 @@ def compile_case(config, topo: Topology, devices, *, step: str, frames: int, hw:
 # ----------------------------------------------------------------------------------- report
 
 _COLUMNS = ("step", "topology", "mesh d/f/c/t", "tune", "remat", "batch", "clip FxHxW", "tokens",
-            "arg GiB", "out GiB", "temp GiB", "peak/HBM GiB", "fits", "XLA TF/chip",
+            "arg GiB", "out GiB", "temp GiB", "VAE GiB", "peak/HBM GiB", "fits", "XLA TF/chip",
             "analytic TF/chip", "roofline s", "MFU", "compile s")
 
 
@@ -385,7 +393,7 @@ def row(r: Result) -> list[str]:
   m = r.mesh
   return [r.step + ("+vae" if r.vae else ""), r.topology, f"{m['data']}/{m['fsdp']}/{m['context']}/{m['tensor']}", r.finetune,
           r.remat, str(r.batch), "x".join(map(str, r.clip)), f"{r.tokens:,}",
-          gib(r.memory["argument"]), gib(r.memory["output"]), gib(r.memory["temp"]),
+          gib(r.memory["argument"]), gib(r.memory["output"]), gib(r.memory["temp"]), gib(r.resident),
           f"{gib(r.peak_bytes)}/{gib(r.hbm)}", "yes" if r.fits else "NO",
           f"{r.xla_flops / 1e12:.1f}", f"{r.analytic_hardware_flops / chips / 1e12:.1f}",
           f"{r.roofline_s:.3f}", f"{100 * r.mfu:.0f}%", f"{r.compile_s:.0f}"]
