@@ -3,6 +3,9 @@
     python benchmarks/gpu_step.py --phase=matmul|restore|train [--finetune=full|lora] --out=FILE
     python benchmarks/gpu_step.py --phase=table --out=FILE
 
+`--tiny` runs the same code on the tiny config at 64x128 on any backend (a smoke test of
+the script, run by tests/test_benchmarks.py; its numbers mean nothing).
+
 Each phase runs in its own process (benchmarks/gpu_step.sh calls them in turn) so that
 peak memory is per phase and a phase that runs out of memory does not poison the next;
 each appends one JSON line to `--out`; `--phase=table` prints them as a table.
@@ -38,6 +41,7 @@ from vbridge_jax import aot, flops  # noqa: E402
 from vbridge_jax import sharding as sh  # noqa: E402
 
 H, W, FRAMES = 704, 1280, 5
+TINY = False  # --tiny: the tiny config at 64x128 on any backend
 CANDIDATES = {  # (param_dtype, remat), tried in order
     "lora": [("float32", "none"), ("float32", "save_dots"), ("float32", "full"), ("bfloat16", "full")],
     "full": [("float32", "save_dots"), ("float32", "full"), ("bfloat16", "save_dots"),
@@ -83,9 +87,14 @@ def measure_matmul(n: int = 8192, repeats: int = 20) -> dict:
 
 def _config(finetune: str, param_dtype: str, remat: str):
   from configs import curriculum  # pylint: disable=import-outside-toplevel
-  c = curriculum.get_config("lora" if finetune == "lora" else None)
-  c.model.param_dtype, c.model.remat, c.model.attention = param_dtype, remat, "cudnn"
-  c.model.dtype = c.model.vae_dtype = "bfloat16"
+  if TINY:
+    c = curriculum.get_config("tiny")
+    c.finetune = finetune
+    c.model.param_dtype, c.model.remat = param_dtype, remat
+  else:
+    c = curriculum.get_config("lora" if finetune == "lora" else None)
+    c.model.param_dtype, c.model.remat, c.model.attention = param_dtype, remat, "cudnn"
+    c.model.dtype = c.model.vae_dtype = "bfloat16"
   c.mesh.fsdp = 1
   return c
 
@@ -196,17 +205,22 @@ def main() -> int:
   p.add_argument("--phase", required=True, choices=["matmul", "restore", "train", "table"])
   p.add_argument("--finetune", default="lora", choices=["lora", "full"])
   p.add_argument("--out", required=True)
+  p.add_argument("--tiny", action="store_true", help="tiny config at 64x128, any backend")
   a = p.parse_args()
+  global TINY, H, W  # pylint: disable=global-statement
+  if a.tiny:
+    TINY, H, W = True, 64, 128
   if a.phase == "table":
     rows = [json.loads(l) for l in Path(a.out).read_text().splitlines() if l.strip()]
     print(table(rows))
     return 0
-  if jax.default_backend() != "gpu":
+  if jax.default_backend() != "gpu" and not TINY:
     print(f"error: no GPU (backend {jax.default_backend()}); this benchmark needs one H100/H200",
           file=sys.stderr)
     return 1
   try:
-    row = {"matmul": measure_matmul, "restore": bench_restore,
+    row = {"matmul": (lambda: measure_matmul(256, 2)) if TINY else measure_matmul,
+           "restore": bench_restore,
            "train": lambda: bench_train(a.finetune)}[a.phase]()
   except Exception as e:  # pylint: disable=broad-except  (record and go on to the next phase)
     row = {"phase": a.phase if a.phase != "train" else f"train-{a.finetune}",

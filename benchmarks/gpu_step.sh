@@ -4,13 +4,16 @@
 # one training step at 5 frames 704x1280 with LoRA and with a full fine-tune (the remat
 # that fits). Prints a table of step times, tokens/s, MFU and peak memory.
 #
-#   bash benchmarks/gpu_step.sh [OUT.jsonl]
+#   bash benchmarks/gpu_step.sh [OUT.jsonl] [--tiny]
+#
+# --tiny: the tiny config at 64x128 on any backend (a smoke test of this script).
 #
 # Each phase is its own process (own peak memory; an out-of-memory phase is recorded and
 # the next one still runs) under a time limit that keeps the whole run under 8 minutes.
 set -u
 cd "$(dirname "$0")/.."
 OUT="${1:-/tmp/gpu_step.jsonl}"
+EXTRA="${2:-}"
 : > "$OUT"
 export XLA_PYTHON_CLIENT_MEM_FRACTION=0.95
 export TF_CPP_MIN_LOG_LEVEL=2
@@ -19,12 +22,12 @@ START=$(date +%s)
 phase() {  # phase NAME LIMIT_S ARGS...
   local name=$1 limit=$2; shift 2
   echo "--- $name (limit ${limit}s)"
-  timeout "$limit" "$PY" benchmarks/gpu_step.py --out="$OUT" "$@" \
+  timeout "$limit" "$PY" benchmarks/gpu_step.py --out="$OUT" $EXTRA "$@" \
     || echo "{\"phase\": \"$name\", \"error\": \"exit $? (timeout ${limit}s or crash)\"}" >> "$OUT"
 }
 phase matmul 40 --phase=matmul
 phase restore 150 --phase=restore
 phase train-lora 120 --phase=train --finetune=lora
 phase train-full 150 --phase=train --finetune=full
-"$PY" benchmarks/gpu_step.py --phase=table --out="$OUT"
+"$PY" benchmarks/gpu_step.py --phase=table --out="$OUT" $EXTRA
 echo "total $(( $(date +%s) - START ))s; rows in $OUT"
