@@ -17,11 +17,14 @@ restore step encodes frame 0, runs the 50-step UniPC loop with CFG and decodes
 The table gives, per chip: XLA's argument / output / temp memory and the peak against the
 chip's HBM (the peak includes the frozen VAE's replicated parameters, which the trainer
 keeps on every chip also when the step runs on cached latents);
-XLA's cost-analysis FLOPs against the analytic count (`vbridge_jax.flops`; XLA counts a
-`lax.scan` body once and cannot see into Pallas kernels, so its number is a floor); and
-the step time a roofline gives (the larger of the analytic hardware FLOPs, remat included,
-at the chip's peak bf16 rate and XLA's bytes accessed at its HBM bandwidth), with the MFU
-that time implies (communication not modelled, so both are bounds).
+XLA's cost-analysis FLOPs beside the analytic count (`vbridge_jax.flops`); and the step
+time a roofline gives (the larger of the analytic hardware FLOPs, remat included, at the
+chip's peak bf16 rate and XLA's bytes accessed at its HBM bandwidth), with the MFU that time
+implies (communication not modelled, so both are bounds). XLA's cost analysis counts the
+body of the layer `lax.scan` once and does not see into Pallas kernels (splash attention),
+so its FLOPs are not the step's (about a layer's worth plus the rest) and its bytes
+understate the traffic: in practice the roofline is the compute bound, and the
+analytic count is the one to trust.
 """
 
 from __future__ import annotations
