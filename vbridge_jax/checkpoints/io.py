@@ -342,8 +342,9 @@ def restore_params(folder: Path, abstract: Any) -> Any:
   """Restores `folder/params` into the structure, dtypes and shardings of `abstract`.
 
   `abstract` is a nested dict of arrays or `jax.ShapeDtypeStruct`s. With shardings on
-  them, each process reads only the slices its devices hold (the full tensors are never
-  gathered on one host); values are cast to the abstract dtypes. Before anything is read,
+  them, each process reads only the stored chunks (`CHUNK_BYTES`) that overlap the slices
+  its devices hold, so the full tensors are never assembled on one host; values are cast to
+  the abstract dtypes. Before anything is read,
   the stored names and shapes are checked against `abstract`, and a mismatch is reported
   by parameter name.
   """

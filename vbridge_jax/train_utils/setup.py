@@ -190,8 +190,8 @@ def random_vae(vcfg: VAEConfig, seed: int) -> WanVAE:
 def _restore_into(target: nnx.Module, init_from: str) -> None:
   """Reads the converted DiT's parameters straight into `target`'s shardings.
 
-  Each process reads from storage only the slices its devices hold, so the 5B model is
-  never assembled on one host. LoRA wrappers add a `base` level to the paths; the adapters
+  Each process reads only the stored chunks that overlap the slices its devices hold, so
+  the 5B model is never assembled on one host. LoRA wrappers add a `base` level to the paths; the adapters
   keep their own initialisation.
   """
   from vbridge_jax.checkpoints import io  # pylint: disable=import-outside-toplevel
