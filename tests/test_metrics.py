@@ -142,3 +142,21 @@ def test_evaluate_cli_on_foundir_tree(tmp_path, foundir_samples):
   res = json.loads((out / "metrics.json").read_text())
   for row in res["per_image"]:
     _compare(row, ref_foundir(*pairs[(row["category"], row["name"])]))
+
+
+def test_evaluate_names_the_unreadable_file(tmp_path):
+  """A corrupt prediction or ground truth is reported by its own path; the rest are scored."""
+  rng = np.random.default_rng(0)
+  for name in ("a", "b", "c"):
+    img = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
+    for side in ("pred", "gt"):
+      (tmp_path / side / "Blur").mkdir(parents=True, exist_ok=True)
+      Image.fromarray(img).save(tmp_path / side / "Blur" / f"{name}.png")
+  (tmp_path / "pred" / "Blur" / "a.png").write_bytes(b"not an image")
+  (tmp_path / "gt" / "Blur" / "b.png").write_bytes(b"not an image")
+  result = evaluate.evaluate(tmp_path / "pred", tmp_path / "gt", progress=False)
+  assert [r["name"] for r in result["per_image"]] == ["c"]
+  bad = result["unreadable"]
+  assert len(bad) == 2
+  assert str(tmp_path / "pred" / "Blur" / "a.png") in bad[0] and "/gt/" not in bad[0]
+  assert str(tmp_path / "gt" / "Blur" / "b.png") in bad[1] and "/pred/" not in bad[1]

@@ -30,8 +30,7 @@ from typing import Any
 import numpy as np
 
 from vbridge_jax import cli_config, metrics as M
-
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+from vbridge_jax.data.files import IMAGE_EXTS, DataError, read_rgb
 
 # FoundIR folder name (without its number) -> Table 1 column name.
 TABLE1_NAMES = {
@@ -89,12 +88,6 @@ def scan(root: Path, skip: str) -> tuple[dict[tuple[str, str], Path], list[str]]
   return found, dupes
 
 
-def read_rgb(path: Path) -> np.ndarray:
-  from PIL import Image  # pylint: disable=import-outside-toplevel
-  with Image.open(path) as im:
-    return np.asarray(im.convert("RGB"))
-
-
 def _mean(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, float]:
   return {k: float(np.mean([r[k] for r in rows])) for k in keys} if rows else {}
 
@@ -123,9 +116,8 @@ def evaluate(pred_root: Path, gt_root: Path, protocol: str = "vbridge",
   for key in it:
     try:
       pred, gt = read_rgb(preds[key]), read_rgb(gts[key])
-    except (OSError, ValueError) as e:
-      bad = preds[key] if not isinstance(e, OSError) or str(preds[key]) in str(e) else gts[key]
-      unreadable.append(f"{bad}: {str(e).splitlines()[0]}")
+    except DataError as e:  # its message names the file
+      unreadable.append(str(e))
       continue
     rows.append({"category": key[0], "name": key[1], **M.compute(protocol, pred, gt)})
   per_category = {}

@@ -40,9 +40,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from vbridge_jax import cli_config
+from vbridge_jax.data.files import IMAGE_EXTS, DataError, read_rgb
 from vbridge_jax.sampler import Sampler, SamplerConfig
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 MAX_H, MAX_W, MULTIPLE = 1440, 2560, 32
 
 
@@ -178,12 +178,6 @@ class Restorer:
     return images
 
 
-def _read(path: Path) -> np.ndarray:
-  from PIL import Image  # pylint: disable=import-outside-toplevel
-  with Image.open(path) as im:
-    return np.asarray(im.convert("RGB"))
-
-
 def _write_png(img: np.ndarray, path: Path) -> None:
   from PIL import Image  # pylint: disable=import-outside-toplevel
   path.parent.mkdir(parents=True, exist_ok=True)
@@ -225,10 +219,10 @@ def run(args: argparse.Namespace) -> int:
   bar = tqdm(total=len(jobs), desc="restore", unit="img")
   for f, rel, dst in jobs:
     try:
-      img = _read(f)
-    except (OSError, ValueError) as e:
-      failed.append(f"{f}: {str(e).splitlines()[0]}")
-      print(f"error: cannot read {f}: {str(e).splitlines()[0]}", file=sys.stderr)
+      img = read_rgb(f)
+    except DataError as e:  # its message names the file
+      failed.append(str(e))
+      print(f"error: {e}", file=sys.stderr)
       bar.update(1)
       continue
     p = plan_size(*img.shape[:2])
