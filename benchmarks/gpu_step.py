@@ -114,8 +114,10 @@ def bench_train(finetune: str) -> dict:
                            jax.tree.map(lambda s: s.sharding, state), mesh, vae=False)
     with jax.set_mesh(mesh), nnx.logical_axis_rules(sh.activation_rules(rules)):
       t0 = time.perf_counter()
-      compiled = fn.lower(state, aot._batched(mesh, lat), aot._replicated(mesh, (1, dcfg.text_len, dcfg.text_dim)),
-                          aot._replicated(mesh, (), jnp.int32)).compile()
+      step_no = aot._replicated(mesh, (), jnp.int32)
+      compiled = fn.lower(state, None, aot._batched(mesh, lat),
+                          aot._replicated(mesh, (1, dcfg.text_len, dcfg.text_dim)), step_no,
+                          step_no).compile()
       compile_s = time.perf_counter() - t0
     m = aot._memory(compiled)
     need = m["argument"] + m["output"] - m["alias"] + m["temp"]
@@ -131,7 +133,8 @@ def bench_train(finetune: str) -> dict:
     times = []
     for i in range(3):
       t0 = time.perf_counter()
-      state, metrics = compiled(state, x0, ctx, jnp.asarray(i, jnp.int32))
+      state, metrics = compiled(state, None, x0, ctx, jnp.asarray(i, jnp.int32),
+                                jnp.asarray(-1, jnp.int32))
       _sync(metrics)
       times.append(time.perf_counter() - t0)
     tokens = flops.video_tokens(FRAMES, H, W, dcfg.patch_size)

@@ -281,36 +281,15 @@ def _xla_cost(compiled) -> tuple[float, float]:
 
 
 def train_step_fn(graphdef, vae_graphdef, config, dcfg, wrt, state_sh, mesh, *, vae: bool):
-  """The training step. `vae=True`: the trainer's own (`trainer.make_train_step`, clips in,
-  VAE encode inside). `vae=False`: the same step on latents (the VAE is frozen and encodes
-  ahead), which is what XLA:TPU compiles in minutes rather than hours."""
-  if vae:
-    from vbridge_jax.trainer import make_train_step  # pylint: disable=import-outside-toplevel
-    return make_train_step(graphdef, vae_graphdef, config, patch_size=dcfg.patch_size, wrt=wrt,
-                           state_shardings=state_sh, batch_sharding=sh.batch_sharding(mesh, 5))
-  from vbridge_jax import flow  # pylint: disable=import-outside-toplevel
-  import optax  # pylint: disable=import-outside-toplevel
-  f = config.flow
-  base_key = jax.random.key(int(config.seed))
-
-  def step_fn(state, x0, context, step):
-    model, opt = nnx.merge(graphdef, state)
-    inp = flow.ti2v_training_inputs(x0, jax.random.fold_in(base_key, step), shift=f.shift,
-                                    kind=f.sampling, patch_size=dcfg.patch_size,
-                                    weighting=f.weighting)
-    ctx = jnp.broadcast_to(context, (x0.shape[0],) + context.shape[1:])
-
-    def loss_fn(m):
-      return flow.masked_mse(m(inp["x_t"], inp["t"], ctx), inp["target"], inp["weight"])
-
-    loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, wrt))(model)
-    grad_norm = optax.global_norm(grads)
-    opt.update(model, grads)
-    return nnx.state((model, opt)), {"loss": loss, "grad_norm": grad_norm}
-
-  return jax.jit(step_fn, donate_argnums=(0,),
-                 in_shardings=(state_sh, sh.batch_sharding(mesh, 5), None, None),
-                 out_shardings=(state_sh, None))
+  """The trainer's own step (`trainer.make_train_step`), called as
+  `(state, vae_state, x, context, step, nan_at)`. `vae=True`: clips in, VAE encode inside.
+  `vae=False`: the step on latents, as with `latent_cache.enabled` (the frozen VAE encodes
+  ahead; `vae_state` is unused), which XLA:TPU compiles in minutes rather than hours."""
+  from vbridge_jax.trainer import make_train_step  # pylint: disable=import-outside-toplevel
+  config = config.copy_and_resolve_references()
+  config.latent_cache.enabled = not vae
+  return make_train_step(graphdef, vae_graphdef, config, patch_size=dcfg.patch_size, wrt=wrt,
+                         state_shardings=state_sh, batch_sharding=sh.batch_sharding(mesh, 5))
 
 
 def restore_step_fn(dit_graphdef, vae_graphdef, *, vae: bool, steps: int = 50):
@@ -353,8 +332,8 @@ def compile_case(config, topo: Topology, devices, *, step: str, frames: int, hw:
     if step == "train":
       lat = (batch, 1 + (frames - 1) // 4, h // 16, w // 16, dcfg.in_channels)
       data = _batched(mesh, (batch, frames, h, w, 3)) if vae else _batched(mesh, lat)
-      args = (state, vae_state, data) if vae else (state, data)
-      args += (ctx, _replicated(mesh, (), jnp.int32))
+      step_no = _replicated(mesh, (), jnp.int32)
+      args = (state, vae_state if vae else None, data, ctx, step_no, step_no)
       sf = flops.train_step_flops(dcfg, tokens, batch, finetune=config.finetune,
                                   lora_rank=int(config.lora.rank),
                                   lora_targets=[t.strip() for t in str(config.lora.targets).split(",")])
