@@ -30,8 +30,10 @@ from vbridge_jax.data.degrade import CATEGORIES, REALCE_CATEGORY
 log = logging.getLogger(__name__)
 
 IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
-_GT_NAMES = ("GT", "gt", "HQ", "hq")
-_LQ_NAMES = ("LQ", "lq")
+# The one rule for the sides of a paired tree, shared by every command (train, restore,
+# evaluate): a folder with one of these names holds the ground truth / the degraded inputs.
+GT_NAMES = ("GT", "gt", "HQ", "hq")
+LQ_NAMES = ("LQ", "lq")
 
 
 class DataError(ValueError):
@@ -101,6 +103,16 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     raise DataError(f"missing image: {path}") from e
   except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
     raise DataError(f"corrupt or unreadable image: {path} ({_one_line(e)})") from e
+
+
+def is_ground_truth(rel: str | os.PathLike) -> bool:
+  """Whether a path relative to a tree's root lies under a ground-truth folder (GT_NAMES)."""
+  return any(part in GT_NAMES for part in Path(rel).parts[:-1])
+
+
+def is_side_folder(name: str) -> bool:
+  """Whether a folder name marks a side of a pair (LQ_NAMES or GT_NAMES), not a category."""
+  return name in GT_NAMES or name in LQ_NAMES
 
 
 def _images_by_stem(folder: Path) -> dict[str, Path]:
@@ -190,7 +202,7 @@ def scan_paired_folders(root: str | os.PathLike, *, skip_bad: bool = False,
     if known is not None and name not in known:
       problem(f"unknown category folder: {cat_dir} (expected one of {', '.join(known)})")
       continue
-    lq_dir, gt_dir = _subdir(cat_dir, _LQ_NAMES), _subdir(cat_dir, _GT_NAMES)
+    lq_dir, gt_dir = _subdir(cat_dir, LQ_NAMES), _subdir(cat_dir, GT_NAMES)
     if lq_dir is None or gt_dir is None:
       problem(f"category folder without LQ/ and GT/: {cat_dir}")
       continue

@@ -1,7 +1,9 @@
 """Flax NNX ports of the Wan2.2 models."""
 
 from vbridge_jax.models.configs import DiTConfig, VAEConfig
+from vbridge_jax.models.model_info import ModelInfo, read_model_info, write_model_info
 from vbridge_jax.models.wan_dit import WanDiT, load_dit
 from vbridge_jax.models.wan_vae import WanVAE, load_vae
 
-__all__ = ["DiTConfig", "VAEConfig", "WanDiT", "WanVAE", "load_dit", "load_vae"]
+__all__ = ["DiTConfig", "ModelInfo", "VAEConfig", "WanDiT", "WanVAE", "load_dit", "load_vae",
+           "read_model_info", "write_model_info"]
