@@ -38,5 +38,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.total_steps = 50
   else:
     c.stages = "720"
-    c.total_steps = 10_000
+    c.total_steps = 10_000  # the paper gives no length for the corrector (overrides epochs)
   return c

@@ -5,18 +5,18 @@
 
 PATH is a diffusers repository (`text_encoder/` + `tokenizer/`), its `text_encoder/` folder,
 or the original Wan2.2 `models_t5_umt5-xxl-enc-bf16.pth` (or the folder holding it, with the
-tokenizer in `google/umt5-xxl/`). FILE.npz gets float32 `positive (L_pos, text_dim)` and
-`negative (L_neg, text_dim)`: the hidden states of the real tokens only (the DiT pads the
-context to 512). Defaults: the V-Bridge prompts. Needs torch and transformers; the float32
+tokenizer in `google/umt5-xxl/`). FILE.npz gets float32 `positive (L_pos, text_dim)`,
+`negative (L_neg, text_dim)` and `empty (L_empty, text_dim)` (the prompt "", which training
+uses for `data.text_drop` of its samples, as the authors drop the caption for 10%; restore
+ignores it): the hidden states of the real tokens only (the DiT pads the context to 512).
+The file format and its reader: `vbridge_jax/prompts.py`. Defaults: the V-Bridge prompts. Needs torch and transformers; the float32
 encoder takes about 23 GB of host memory at XXL size (bfloat16: half, as the authors ran it).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
   args = parser.parse_args(argv)
   sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
   # pylint: disable=import-outside-toplevel
-  import numpy as np
+  from vbridge_jax import prompts
   from vbridge_jax.checkpoints import umt5
   from vbridge_jax.checkpoints.io import CheckpointError
 
@@ -52,21 +52,12 @@ def main(argv: list[str] | None = None) -> int:
       model = umt5.load_wan_encoder(weights, args.dtype)
     else:
       model = umt5.load_diffusers_encoder(weights, args.dtype)
-    pos, neg = umt5.encode(model, tokenizer, [positive, negative])
+    pos, neg, empty = umt5.encode(model, tokenizer, [positive, negative, ""])
   except CheckpointError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  out = args.out if args.out.suffix == ".npz" else args.out.with_suffix(args.out.suffix + ".npz")
-  out.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".npz", dir=out.parent)
-  os.close(fd)
-  try:
-    np.savez(tmp, positive=pos.astype(np.float32), negative=neg.astype(np.float32))
-    os.replace(tmp, out)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-  print(f"wrote {out}: positive {pos.shape}, negative {neg.shape}")
+  out = prompts.save(args.out, positive=pos, negative=neg, empty=empty)
+  print(f"wrote {out}: positive {pos.shape}, negative {neg.shape}, empty {empty.shape}")
   return 0
 
 

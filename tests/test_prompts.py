@@ -85,8 +85,10 @@ def test_diffusers_layout(tiny, tmp_path):
   out = tmp_path / "prompts.npz"
   assert _cli()(["--text-encoder", str(root), "--out", str(out)]) == 0
   data = np.load(out)
-  assert set(data.files) == {"positive", "negative"}
-  for key, text in (("positive", umt5.VBRIDGE_POSITIVE), ("negative", umt5.VBRIDGE_NEGATIVE)):
+  assert set(data.files) == {"positive", "negative", "empty"}
+  assert data["empty"].shape[0] == 1  # "" is the end-of-sequence token alone
+  for key, text in (("positive", umt5.VBRIDGE_POSITIVE), ("negative", umt5.VBRIDGE_NEGATIVE),
+                    ("empty", "")):
     ref = _direct(model, tok, text)
     assert data[key].dtype == np.float32 and data[key].shape == ref.shape
     np.testing.assert_allclose(data[key], ref, atol=1e-5, rtol=0)
@@ -124,3 +126,34 @@ def test_errors(tiny, tmp_path, capsys):
   assert rc == 1 and "no such file" in capsys.readouterr().err
   rc = _cli()(["--text-encoder", str(bad / "enc.pth"), "--out", str(tmp_path / "x.npz")])
   assert rc == 1 and "pass --tokenizer" in capsys.readouterr().err
+
+
+def test_prompt_loader_errors_name_the_file_and_key(tmp_path):
+  """One loader for restore and training: every fault is a one-line PromptError."""
+  from vbridge_jax import prompts
+  good = np.ones((3, 4), np.float32)
+  path = prompts.save(tmp_path / "p", positive=good, negative=good[:2], empty=good[:1])
+  assert path.name == "p.npz"
+  pos, neg = prompts.load_prompts(path, 4)
+  assert pos.shape == (3, 4) and neg.shape == (2, 4)
+  cases = {
+      "missing.npz": (None, "no such prompt file"),
+      "text.npz": (b"not a zip", "not a prompt file"),
+      "nopos.npz": (dict(negative=good), "'positive'"),
+      "wide.npz": (dict(positive=np.ones((3, 5)), negative=good), "'positive' has shape"),
+      "nan.npz": (dict(positive=good * np.nan, negative=good), "non-finite"),
+  }
+  for name, (content, msg) in cases.items():
+    f = tmp_path / name
+    if isinstance(content, bytes):
+      f.write_bytes(content)
+    elif content is not None:
+      np.savez(f, **content)
+    with pytest.raises(prompts.PromptError, match=msg) as e:
+      prompts.load_prompts(f, 4)
+    assert name in str(e.value) and "\n" not in str(e.value)
+  with pytest.raises(prompts.PromptError, match="tokens"):
+    prompts.load(path, 4, ("positive",), text_len=2)
+  with pytest.raises(prompts.PromptError, match="'empty'.*encode_prompts"):
+    np.savez(tmp_path / "old.npz", positive=good, negative=good)
+    prompts.training_context(tmp_path / "old.npz", 4, 8, need_empty=True)

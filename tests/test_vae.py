@@ -160,3 +160,23 @@ def test_query_blocked_attention_equals_full():
   blocked = AttentionBlock(16, rt, block=5, rngs=nnx.Rngs(1))  # 42 tokens: 9 blocks, padded
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 1, 6, 7, 16)), jnp.float32)
   np.testing.assert_allclose(blocked(x), full(x), rtol=1e-5, atol=1e-5)
+
+
+def test_posterior_matches_diffusers_and_samples_with_the_rng(pair):
+  """`encode_posterior` gives diffusers' latent_dist mean and (clipped) log-variance;
+  `sample_posterior` draws mean + std * eps, a different draw per key."""
+  from vbridge_jax.models.wan_vae import sample_posterior
+  ref, model = pair
+  x = video(5, 32, 32, seed=2)
+  with torch.no_grad():
+    dist = ref.encode(x).latent_dist
+  mean, logvar = model.encode_posterior(jnp.asarray(to_cl(x)))
+  assert_close(mean, to_cl(dist.mean), "posterior mean")
+  assert_close(logvar, to_cl(dist.logvar), "posterior logvar")
+  np.testing.assert_array_equal(mean, model.encode(jnp.asarray(to_cl(x))))
+  a = sample_posterior(mean, logvar, jax.random.key(0))
+  b = sample_posterior(mean, logvar, jax.random.key(1))
+  assert float(jnp.abs(a - b).max()) > 1e-3
+  eps = (np.asarray(a) - np.asarray(mean)) / np.exp(0.5 * np.asarray(logvar))
+  np.testing.assert_allclose(eps, jax.random.normal(jax.random.key(0), mean.shape), rtol=1e-4,
+                             atol=1e-4)

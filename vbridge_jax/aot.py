@@ -333,7 +333,8 @@ def compile_case(config, topo: Topology, devices, *, step: str, frames: int, hw:
       lat = (batch, 1 + (frames - 1) // 4, h // 16, w // 16, dcfg.in_channels)
       data = _batched(mesh, (batch, frames, h, w, 3)) if vae else _batched(mesh, lat)
       step_no = _replicated(mesh, (), jnp.int32)
-      args = (state, vae_state if vae else None, data, ctx, step_no, step_no)
+      ctx2 = _replicated(mesh, (2, dcfg.text_len, dcfg.text_dim))  # positive, empty prompts
+      args = (state, vae_state if vae else None, data, ctx2, step_no, step_no)
       sf = flops.train_step_flops(dcfg, tokens, batch, finetune=config.finetune,
                                   lora_rank=int(config.lora.rank),
                                   lora_targets=[t.strip() for t in str(config.lora.targets).split(",")])

@@ -8,7 +8,13 @@ Conventions (Wan2.2 / diffusers `FlowMatchEulerDiscreteScheduler`):
 - shift: `sigma = shift * u / (1 + (shift - 1) * u)` for u drawn on (0, 1); shift > 1
   moves mass towards the noisy end (Wan trains and samples with a shift).
 - TI2V: the latent clip is `(B, F, H, W, C)`; frame 0 is the clean LQ latent. It is
-  never noised, its tokens get timestep 0 and the loss covers frames >= 1 only.
+  not noised and its tokens get timestep 0.
+- The authors' objective (their `scripts/wan2.2/train.py`, TI2V mode; docs/fidelity.md):
+  each sample is, with probability `t2v_ratio` (0.5), a plain text-to-video sample
+  instead (frame 0 noised too, every token at t), and the loss averages over all latent
+  frames, frame 0 included (`loss_frames="all"`). `t2v_ratio=0` with
+  `loss_frames="generated"` (frames >= 1 of a TI2V sample) is this project's earlier
+  objective, a named option.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import jax.numpy as jnp
 NUM_TRAIN_TIMESTEPS = 1000.0
 SAMPLING_KINDS = ("uniform", "logit_normal")
 WEIGHTINGS = ("none", "cosmap")
+LOSS_FRAMES = ("all", "generated")
 
 
 def shift_sigma(u: jax.Array, shift: float) -> jax.Array:
@@ -112,30 +119,68 @@ def loss_weight(sigma: jax.Array, weighting: str = "none") -> jax.Array:
   return 2.0 / (jnp.pi * (1.0 - 2.0 * sigma + 2.0 * sigma * sigma))
 
 
-def masked_mse(pred: jax.Array, target: jax.Array, weights: jax.Array | None = None) -> jax.Array:
-  """Mean squared error over frames >= 1 (float32 scalar); `weights (B,)` scale samples.
+def masked_mse(pred: jax.Array, target: jax.Array, weights: jax.Array | None = None,
+               frames: jax.Array | None = None) -> jax.Array:
+  """Mean squared error (float32 scalar) over the frames that count; `weights (B,)` scale
+  samples.
 
-  Every generated element counts equally: the mean runs over B x (F - 1) x H x W x C.
+  `frames (B, F)` (1 = counts, 0 = not) selects frames per sample; the default is frames
+  >= 1 of every sample. Each sample's error is the mean over its counted elements, and the
+  loss is the mean over samples: with every frame counted it is the plain mean over
+  B x F x H x W x C, the authors' `custom_mse_loss`.
   """
   if pred.shape != target.shape:
     raise ValueError(f"prediction {pred.shape} and target {target.shape} differ in shape")
-  err = jnp.square(pred.astype(jnp.float32) - target.astype(jnp.float32))[:, 1:]
-  per_sample = jnp.mean(err, axis=tuple(range(1, err.ndim)))
+  err = jnp.square(pred.astype(jnp.float32) - target.astype(jnp.float32))
+  per_frame = jnp.mean(err, axis=tuple(range(2, err.ndim)))  # (B, F)
+  if frames is None:
+    frames = jnp.broadcast_to(frame_mask(err.shape[1]), per_frame.shape)
+  frames = frames.astype(jnp.float32)
+  per_sample = jnp.sum(per_frame * frames, axis=1) / jnp.maximum(jnp.sum(frames, axis=1), 1.0)
   if weights is not None:
     per_sample = per_sample * weights.astype(jnp.float32)
   return jnp.mean(per_sample)
 
 
+def _full_timesteps(sigma: jax.Array, like: jax.Array) -> jax.Array:
+  """`1000 * sigma` on every token, broadcast to the layout `token_timesteps` returned."""
+  s = sigma.astype(jnp.float32).reshape(sigma.shape + (1,) * (like.ndim - 1))
+  return jnp.broadcast_to(NUM_TRAIN_TIMESTEPS * s, like.shape).astype(like.dtype)
+
+
 def ti2v_training_inputs(x0: jax.Array, rng: jax.Array, *, shift: float = 1.0,
                          kind: str = "uniform", patch_size: Sequence[int] = (1, 2, 2),
-                         weighting: str = "none") -> dict[str, jax.Array]:
+                         weighting: str = "none", t2v_ratio: float = 0.0,
+                         loss_frames: str = "generated") -> dict[str, jax.Array]:
   """Everything one training step needs from clean latents `x0 (B, F, H, W, C)`.
 
-  Returns `x_t` (DiT input), `t` (per-token timesteps `(B, L)`), `target` (`eps - x0`),
-  `sigma (B,)` and `weight (B,)`.
+  `t2v_ratio`: the probability that a sample is plain text-to-video (frame 0 noised like
+  the rest, every token at `1000 * sigma`) rather than TI2V (frame 0 clean at t = 0),
+  drawn per sample: the authors draw once per step on each GPU with one clip per GPU.
+  `loss_frames`: `all` (every latent frame, frame 0 included, on both kinds of sample:
+  the authors') or `generated` (the noised frames: >= 1 for TI2V, all for T2V).
+
+  Returns `x_t` (DiT input), `t` (per-token timesteps in `token_timesteps`' layout),
+  `target` (`eps - x0`), `sigma (B,)`, `weight (B,)`, `t2v (B,)` bool and
+  `frames (B, F)` (the frames the loss counts, for `masked_mse`).
   """
+  if loss_frames not in LOSS_FRAMES:
+    raise ValueError(f"loss_frames={loss_frames!r} is not one of {', '.join(LOSS_FRAMES)}")
+  if not 0.0 <= t2v_ratio <= 1.0:
+    raise ValueError(f"t2v_ratio must be in [0, 1], got {t2v_ratio}")
   k_sigma, k_noise = jax.random.split(rng)
-  sigma = sample_sigmas(k_sigma, x0.shape[0], shift=shift, kind=kind)
+  b, f = x0.shape[:2]
+  sigma = sample_sigmas(k_sigma, b, shift=shift, kind=kind)
   noise = jax.random.normal(k_noise, x0.shape, jnp.float32)
-  return dict(x_t=add_noise(x0, noise, sigma), t=token_timesteps(sigma, x0.shape, patch_size),
-              target=velocity_target(x0, noise), sigma=sigma, weight=loss_weight(sigma, weighting))
+  x_t, t = add_noise(x0, noise, sigma), token_timesteps(sigma, x0.shape, patch_size)
+  t2v = jnp.zeros((b,), bool)
+  if t2v_ratio > 0:  # a separate key: t2v_ratio = 0 keeps the streams of earlier runs
+    t2v = jax.random.bernoulli(jax.random.fold_in(rng, 2), t2v_ratio, (b,))
+    s = _bcast(sigma, 5)
+    full = (1.0 - s) * x0.astype(jnp.float32) + s * noise
+    x_t = jnp.where(_bcast(t2v, 5), full, x_t)
+    t = jnp.where(_bcast(t2v, t.ndim), _full_timesteps(sigma, t), t)
+  generated = jnp.where(t2v[:, None], 1.0, frame_mask(f)[None, :])
+  frames = jnp.ones((b, f), jnp.float32) if loss_frames == "all" else generated
+  return dict(x_t=x_t, t=t, target=velocity_target(x0, noise), sigma=sigma,
+              weight=loss_weight(sigma, weighting), t2v=t2v, frames=frames)

@@ -1,8 +1,8 @@
 """The V-Bridge curriculum trainer: `train_and_evaluate(config, workdir)`.
 
 A step: a batch of clips `(B, T, S, S, 3)` (frame 0 LQ, frame T-1 GT) -> frozen VAE encode
--> normalised latents -> flow-matching TI2V inputs (frame 0 clean at t = 0) -> DiT ->
-masked MSE over frames >= 1 -> AdamW (+ clipping) on the trainable parameters (all of
+-> normalised latents -> flow-matching inputs (TI2V: frame 0 clean at t = 0; a fraction
+`flow.t2v_ratio` plain text-to-video) -> DiT -> MSE over `flow.loss_frames` -> AdamW (+ clipping) on the trainable parameters (all of
 them, or the LoRA adapters). Model and optimizer state are created sharded over the
 `data, fsdp, context, tensor` mesh and the step is one jitted, donating function. With
 `config.latent_cache.enabled` the VAE encodes each stage's batches once up front
@@ -50,29 +50,54 @@ def make_train_step(graphdef, vae_graphdef, config, *, patch_size, wrt, state_sh
                     batch_sharding):
   """The jitted step `(state, vae_state, x, context, step, nan_at) -> (state, metrics)`.
 
-  `x` is a batch of clips `(B, T, S, S, 3)` encoded in the step by the frozen VAE, or with
+  `x` is a batch of clips `(B, T, S, S, 3)` encoded in the step by the frozen VAE (its
+  posterior sampled with `config.vae_sample`, else its mean), or with
   `config.latent_cache.enabled` the cached normalised latents `(B, F, h, w, C)` (then
-  `vae_state` is unused). `nan_at` (int32; -1 = never) makes the loss NaN at that step, a
-  test hook that is an argument so that it does not change the compiled program.
+  `vae_state` is unused; the cache holds posterior means). `context` is
+  `setup.load_context`'s `(2, L, D)`: the positive prompt, then the empty prompt that a
+  fraction `config.data.text_drop` of the samples trains on; a `(1, L, D)` context (the
+  positive prompt alone) is accepted when `text_drop` is 0. The flow-matching objective
+  (`config.flow`: `t2v_ratio`, `loss_frames`, ...) is `flow.ti2v_training_inputs`'.
+  `nan_at` (int32; -1 = never) makes the loss NaN at that step, a test hook that is an
+  argument so that it does not change the compiled program.
   """
   f = config.flow
   cached = bool(config.latent_cache.enabled)
+  vae_sample = bool(config.get("vae_sample", False)) and not cached
+  text_drop = float(config.data.get("text_drop", 0.0))
+  if not 0.0 <= text_drop <= 1.0:
+    raise ValueError(f"data.text_drop must be in [0, 1], got {text_drop}")
   base_key = jax.random.key(int(config.seed))
 
   def step_fn(state, vae_state, x, context, step, nan_at):
     model, opt = nnx.merge(graphdef, state)
+    key = jax.random.fold_in(base_key, step)
     if cached:
       x0 = x
     else:
       vae = nnx.merge(vae_graphdef, vae_state)
-      x0 = jax.lax.stop_gradient(vae.normalize(vae.encode(x)))
-    inp = flow.ti2v_training_inputs(x0, jax.random.fold_in(base_key, step), shift=f.shift,
-                                    kind=f.sampling, patch_size=patch_size, weighting=f.weighting)
-    ctx = jnp.broadcast_to(context, (x.shape[0],) + context.shape[1:])
+      if vae_sample and hasattr(vae, "encode_posterior"):  # a pixel codec has no posterior
+        from vbridge_jax.models.wan_vae import sample_posterior  # pylint: disable=import-outside-toplevel
+        z = sample_posterior(*vae.encode_posterior(x), jax.random.fold_in(key, 11))
+      else:
+        z = vae.encode(x)
+      x0 = jax.lax.stop_gradient(vae.normalize(z))
+    inp = flow.ti2v_training_inputs(x0, key, shift=f.shift, kind=f.sampling,
+                                    patch_size=patch_size, weighting=f.weighting,
+                                    t2v_ratio=float(f.get("t2v_ratio", 0.0)),
+                                    loss_frames=str(f.get("loss_frames", "generated")))
+    b = x.shape[0]
+    ctx = jnp.broadcast_to(context[:1], (b,) + context.shape[1:])
+    if text_drop > 0:
+      if context.shape[0] < 2:
+        raise ValueError(f"data.text_drop={text_drop} needs the (2, L, D) context of "
+                         f"setup.load_context (positive, empty); got {context.shape}")
+      drop = jax.random.bernoulli(jax.random.fold_in(key, 13), text_drop, (b,))
+      ctx = jnp.where(drop[:, None, None], context[1][None], ctx)
 
     def loss_fn(m):
       pred = m(inp["x_t"], inp["t"], ctx)
-      return flow.masked_mse(pred, inp["target"], inp["weight"])
+      return flow.masked_mse(pred, inp["target"], inp["weight"], inp["frames"])
 
     loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, wrt))(model)
     loss = jnp.where(step == nan_at, jnp.nan, loss)
@@ -109,7 +134,7 @@ def write_samples(model, vae, lq: np.ndarray, gt: np.ndarray, z: np.ndarray, con
   scfg = SamplerConfig(solver=s.solver, steps=int(s.steps), shift=float(s.shift),
                        guidance=1.0, schedule="diffusers",
                        patch_size=tuple(model.config.patch_size))
-  out = Sampler(model, scfg)(sh.replicated(mesh, noise), context,
+  out = Sampler(model, scfg)(sh.replicated(mesh, noise), context[:1],  # the positive prompt
                              first_frame=sh.replicated(mesh, z[:, :1]))
   video = sh.to_host(vae.decode(vae.denormalize(out)))
   if jax.process_index() == 0:
@@ -162,8 +187,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   sh.maybe_initialize_distributed(config.get("distributed"))
   os.makedirs(workdir, exist_ok=True)
   _write_config(config, workdir)
-  stages = setup.parse_stages(config.stages, int(config.total_steps))
-  total = int(config.total_steps)
+  source = setup.data_source(config, workdir)
+  total = setup.total_steps(config, source)  # total_steps, or epochs over the data
+  stages = setup.parse_stages(config.stages, total)
 
   # ---------------------------------------------------------------- mesh and state
   n_dev = int(config.get("num_devices", 0))
@@ -198,7 +224,6 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   cached = bool(config.latent_cache.enabled)
   encoder = latents.make_encoder(vae_graphdef, mesh, compiler_options(config)) if cached else None
   nan_at = jnp.asarray(int(config.get("debug_nan_at_step", -1)), jnp.int32)
-  source = setup.data_source(config, workdir)
   logger = MetricsLogger(workdir, total, start, enabled=jax.process_index() == 0,
                          progress=bool(config.progress))
   logger.write(f"mesh {dict(mesh.shape)} on {mesh.size} devices; {n_train:,} trainable "

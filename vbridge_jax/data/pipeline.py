@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -428,8 +427,3 @@ def restore_iterator(iterator: grain.DatasetIterator, directory: str | os.PathLi
     return ckpt.restore(os.path.abspath(directory),
                         args=grain.checkpoint.CheckpointRestore(iterator))
 
-
-if __name__ == "__main__":  # pragma: no cover - a quick look at one batch
-  b = next(iter(make_dataset(sys.argv[1], size=int(sys.argv[2]), frames=5,
-                             global_batch_size=2, seed=0)))
-  print({k: (v.shape, v.dtype) for k, v in b.items()})

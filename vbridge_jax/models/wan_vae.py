@@ -74,7 +74,7 @@ class WanVAE(nnx.Module):
     return (z.astype(jnp.float32) * std + mean).astype(z.dtype)
 
   # -- untiled, traceable ----------------------------------------------------------------------
-  def _encode(self, video: jax.Array) -> jax.Array:
+  def _encode(self, video: jax.Array, posterior: bool = False) -> jax.Array:
     cfg = self.config
     b, f, h, w, _ = video.shape
     s, st = cfg.scale_factor_spatial, cfg.scale_factor_temporal
@@ -94,6 +94,8 @@ class WanVAE(nnx.Module):
 
       _, rest = jax.lax.scan(body, caches.outgoing, chunks)  # (k, B, 1, h, w, 2z)
       out = jnp.concatenate([out, rest.swapaxes(0, 1).reshape((b, k) + rest.shape[3:])], axis=1)
+    if posterior:  # both halves of the quant conv: mean and log-variance
+      return _mean_half(self.quant_conv, out, 2 * cfg.z_dim)  # all 2 z_dim channels
     mean = _mean_half(self.quant_conv, out, cfg.z_dim)
     return mean.astype(jnp.float32)
 
@@ -134,6 +136,17 @@ class WanVAE(nnx.Module):
       return self._encode(video)
     return self._jitted("_encode")(video)
 
+  def encode_posterior(self, video: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """`(mean, logvar)` of the posterior, each `(B, 1+k, H/16, W/16, z_dim)` float32, untiled.
+
+    The log-variance is clipped to [-30, 20] as diffusers' `DiagonalGaussianDistribution`
+    does; `sample_posterior` draws from it (the authors' training encodes with `.sample()`).
+    """
+    moments = self._encode(video, posterior=True) if isinstance(video, jax.core.Tracer) else \
+        _run_jit_posterior(nnx.graphdef(self), nnx.state(self), video)
+    z = self.config.z_dim
+    return moments[..., :z], jnp.clip(moments[..., z:], -30.0, 20.0)
+
   def decode(self, z: jax.Array, tile: int | None = None, overlap: int = 4) -> jax.Array:
     """`z (B, 1+k, h, w, z_dim)` -> video `(B, 1+4k, 16h, 16w, 3)` clipped to [-1, 1].
 
@@ -156,6 +169,17 @@ class WanVAE(nnx.Module):
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _run_jit(graphdef, method: str, state, x):
   return getattr(nnx.merge(graphdef, state), method)(x)
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _run_jit_posterior(graphdef, state, x):
+  return nnx.merge(graphdef, state)._encode(x, posterior=True)  # pylint: disable=protected-access
+
+
+def sample_posterior(mean: jax.Array, logvar: jax.Array, rng: jax.Array) -> jax.Array:
+  """`mean + exp(logvar / 2) * eps`, eps ~ N(0, 1): a draw from the VAE posterior."""
+  eps = jax.random.normal(rng, mean.shape, jnp.float32)
+  return mean.astype(jnp.float32) + jnp.exp(0.5 * logvar.astype(jnp.float32)) * eps
 
 
 def _mean_half(conv: Conv, x: jax.Array, z_dim: int) -> jax.Array:

@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from vbridge_jax import optim
+from vbridge_jax import prompts
 from vbridge_jax import sharding as sh
 from vbridge_jax.models import lora as lora_lib
 from vbridge_jax.models.configs import DiTConfig, VAEConfig
@@ -65,6 +66,22 @@ def parse_stages(spec: str, total_steps: int) -> list[Stage]:
   if any(s.end <= s.start for s in stages):
     raise ConfigError(f"total_steps={total_steps} is too small for stages={spec!r}")
   return stages
+
+
+def total_steps(config, source: str) -> int:
+  """`config.total_steps` when > 0; otherwise `config.epochs` passes over the training pairs
+  of `source` at the global batch: epochs x ceil(pairs / batch_size), as the authors'
+  script counts an epoch (one clip per GPU, no dropped remainder). The paper's 300 epochs
+  over 21 x 50 pairs at batch 8: 300 x 132 = 39,600 steps."""
+  if int(config.total_steps) > 0:
+    return int(config.total_steps)
+  epochs = int(config.get("epochs", 0))
+  if epochs < 1:
+    raise ConfigError(f"set total_steps or epochs (both are <= 0: total_steps="
+                      f"{config.total_steps}, epochs={config.get('epochs', 0)})")
+  from vbridge_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  pairs = len(pipeline.open_records(source, data_dir=config.data.data_dir or None))
+  return epochs * -(-pairs // int(config.data.batch_size))
 
 
 def stage_at(stages: list[Stage], step: int) -> Stage:
@@ -212,17 +229,14 @@ def _restore_into(target: nnx.Module, init_from: str) -> None:
 
 
 def load_context(config, dcfg: DiTConfig) -> np.ndarray:
-  """`(1, L, text_dim)` float32 positive-prompt embeddings (zeros without a file)."""
-  if not config.prompts:
-    return np.zeros((1, dcfg.text_len, dcfg.text_dim), np.float32)
-  with np.load(config.prompts) as f:
-    if "positive" not in f:
-      raise ConfigError(f"{config.prompts} has no 'positive' array")
-    pos = np.asarray(f["positive"], np.float32)
-  if pos.ndim != 2 or pos.shape[1] != dcfg.text_dim or pos.shape[0] > dcfg.text_len:
-    raise ConfigError(f"prompt embeddings {pos.shape} do not fit the DiT "
-                      f"(at most {dcfg.text_len} tokens of width {dcfg.text_dim})")
-  return pos[None]
+  """`(2, L, text_dim)` float32 text contexts: row 0 the positive prompt, row 1 the empty
+  prompt (for `data.text_drop`); zeros without a prompt file (random-weight runs)."""
+  need_empty = float(config.data.get("text_drop", 0.0)) > 0 and bool(config.prompts)
+  try:
+    return prompts.training_context(config.prompts or None, dcfg.text_dim, dcfg.text_len,
+                                    need_empty=need_empty)
+  except prompts.PromptError as e:
+    raise ConfigError(f"config.prompts: {e}") from None
 
 
 # --------------------------------------------------------------------------------- data

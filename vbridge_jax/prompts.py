@@ -1,0 +1,106 @@
+"""The prompt-embedding file: one reader for restore and training, one atomic writer.
+
+`convert/encode_prompts.py` writes an `.npz` with float32 arrays `(L_i, text_dim)`, the umT5
+hidden states of each prompt's real tokens (the DiT zero-pads the context to its
+`text_len`):
+
+- `positive`: the V-Bridge restoration prompt (restore and training);
+- `negative`: the negative prompt (restore's classifier-free guidance);
+- `empty`: the empty prompt `""`, which training uses for the fraction `data.text_drop` of
+  samples (the authors drop the caption to `""` for 10% of samples; docs/fidelity.md).
+  Restore ignores it; files written before it existed lack it.
+
+Every problem raises `PromptError` with a one-line message naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+KEYS = ("positive", "negative", "empty")
+
+
+class PromptError(ValueError):
+  """A missing, unreadable or ill-shaped prompt file (one-line message naming it)."""
+
+
+def load(path: str | os.PathLike, text_dim: int, keys: tuple[str, ...] = ("positive", "negative"),
+         text_len: int | None = None, optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+  """The arrays `keys` (and those of `optional` that the file has) as float32
+  `(L, text_dim)`, L <= `text_len`."""
+  path = Path(path)
+  if not path.is_file():
+    raise PromptError(f"{path}: no such prompt file (make one with convert/encode_prompts.py)")
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      present = set(data.files)
+      for key in keys:
+        if key not in present:
+          hint = (" (written before the empty prompt was stored: rerun "
+                  "convert/encode_prompts.py)" if key == "empty" else "")
+          raise PromptError(f"{path}: no '{key}' array in the prompt file{hint}")
+      out = {k: np.asarray(data[k], np.float32) for k in keys + optional if k in present}
+  except PromptError:
+    raise
+  except (OSError, ValueError, EOFError) as e:  # not an npz, truncated, pickled objects
+    raise PromptError(f"{path}: not a prompt file ({str(e).splitlines()[0] if str(e) else e!r})"
+                      ) from None
+  for key, a in out.items():
+    if a.ndim != 2 or a.shape[1] != text_dim or a.shape[0] < 1:
+      raise PromptError(f"{path}: '{key}' has shape {a.shape}; the model needs (L, {text_dim})")
+    if text_len is not None and a.shape[0] > text_len:
+      raise PromptError(f"{path}: '{key}' has {a.shape[0]} tokens; the model takes at most "
+                        f"{text_len}")
+    if not np.all(np.isfinite(a)):
+      raise PromptError(f"{path}: '{key}' holds non-finite values")
+  return out
+
+
+def load_prompts(path: str | os.PathLike, text_dim: int) -> tuple[np.ndarray, np.ndarray]:
+  """`(positive, negative)` for restoring."""
+  p = load(path, text_dim, ("positive", "negative"))
+  return p["positive"], p["negative"]
+
+
+def training_context(path: str | os.PathLike | None, text_dim: int, text_len: int,
+                     need_empty: bool) -> np.ndarray:
+  """`(2, L, text_dim)` float32: row 0 the positive prompt, row 1 the empty prompt, both
+  zero-padded to the longer (the DiT zero-pads to `text_len` anyway, so this changes nothing).
+
+  Without a file (random-weight runs) both rows are zeros. Without `need_empty` a file
+  that lacks `empty` gives a zero row 1, which training then never selects.
+  """
+  if not path:
+    return np.zeros((2, text_len, text_dim), np.float32)
+  keys = ("positive", "empty") if need_empty else ("positive",)
+  p = load(path, text_dim, keys, text_len, optional=("empty",))
+  empty = p.get("empty", np.zeros((1, text_dim), np.float32))
+  n = max(p["positive"].shape[0], empty.shape[0])
+  out = np.zeros((2, n, text_dim), np.float32)
+  out[0, :p["positive"].shape[0]] = p["positive"]
+  out[1, :empty.shape[0]] = empty
+  return out
+
+
+def save(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
+  """Writes the arrays as float32 into `path` (`.npz` added if missing) atomically."""
+  unknown = set(arrays) - set(KEYS)
+  if unknown:
+    raise PromptError(f"{path}: unknown prompt keys {sorted(unknown)} (known: {', '.join(KEYS)})")
+  out = Path(path)
+  if out.suffix != ".npz":
+    out = out.with_suffix(out.suffix + ".npz")
+  out.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".npz", dir=out.parent)
+  os.close(fd)
+  try:
+    np.savez(tmp, **{k: np.asarray(v, np.float32) for k, v in arrays.items()})
+    os.replace(tmp, out)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  return out
