@@ -1,27 +1,43 @@
 """Score restored images against ground truth, per image and per category, beside Table 1.
 
-  python -m vbridge_jax.evaluate --pred DIR --gt DIR [--protocol vbridge|foundir] --out DIR
+  python -m vbridge_jax.evaluate --config=configs/evaluate.py[:VARIANT] \\
+      --config.pred=DIR --config.gt=DIR --config.out=DIR [--config.strict_size=true]
+
+Variants: `vbridge` (default; the authors' metrics on lossless images), `vbridge_mp4` (the
+authors' eval.py exactly: the last frame of each prediction `.mp4`, read with OpenCV and
+zoomed to the GT size) and `foundir` (FoundIR's cal_metrics.py); configs/evaluate.py lists
+every field and its default.
 
 Prediction and ground truth are matched by category (the first path component) and file
-stem; folders named `LQ`/`GT` and extensions are ignored, so the output of
-`vbridge_jax.restore` on a FoundIR test tree (`<NN><Category>/LQ/<id>.png`) scores against
-that tree (`<NN><Category>/GT/<id>.<ext>`); on the ground-truth side files under `LQ/` are
-skipped, on the prediction side files under `GT/`. Missing pairs are listed (in the output
-and `metrics.json`), never dropped silently; an unreadable image makes the exit status 1.
+stem; the side folders of a pair (`data.files.GT_NAMES`, `LQ_NAMES`: GT/gt/HQ/hq, LQ/lq)
+and extensions are ignored, so the output of `vbridge_jax.restore` on a FoundIR test tree
+(`<NN><Category>/LQ/<id>.png`) scores against that tree (`<NN><Category>/GT/<id>.<ext>`);
+on the ground-truth side files under an LQ folder are skipped, on the prediction side
+files under a GT folder. Nothing is dropped silently, and every problem makes the exit
+status 1 after the rest is scored:
 
-`--out DIR` gets `metrics.json` (`protocol, per_image, per_category, average_per_image,
-average_per_category, missing, unreadable`), `metrics.csv` (one row per image) and
-`metrics.md` (per-category table beside the paper's Table 1 V-Bridge figures, matched by
-category name). Table 1 averages V-Bridge per image and the baselines per category: both
-averages are reported. Metrics: `vbridge_jax.metrics`. `--config configs/evaluate.py[:foundir]`
-gives the options from a config file; flags on the command line override it.
+- missing pairs are listed (`missing`);
+- unreadable images are named (`unreadable`);
+- a pair that the protocol cannot score (a GT smaller than the SSIM window) is named and
+  skipped (`skipped`);
+- a prediction of another size than its GT is resized with the authors' cubic spline
+  (`metrics.resize_to`), recorded per image (`resized_from`) and counted on stderr; with
+  `strict_size` it is skipped instead, as an error. `vbridge_mp4` resizes by design (MP4
+  frames are padded to multiples of 16), which is reported too.
+
+`out` gets `metrics.json` (`protocol, per_image, per_category, average_per_image,
+average_per_category, missing, unreadable, skipped, resized`), `metrics.csv` (one row per
+image) and `metrics.md` (per-category table beside the paper's Table 1 V-Bridge figures,
+matched by category name). Table 1 averages V-Bridge per image and the baselines per
+category: both averages are reported. Metrics: `vbridge_jax.metrics`.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
+import io
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -29,8 +45,17 @@ from typing import Any
 
 import numpy as np
 
-from vbridge_jax import cli_config, metrics as M
-from vbridge_jax.data.files import IMAGE_EXTS, DataError, read_rgb
+from vbridge_jax import metrics as M
+from vbridge_jax.data.files import (GT_NAMES, IMAGE_EXTS, LQ_NAMES, DataError, is_side_folder,
+                                    read_rgb)
+
+PROTOCOLS = ("vbridge", "vbridge_mp4", "foundir")
+VIDEO_EXTS = (".mp4",)
+
+
+def metric_keys(protocol: str) -> tuple[str, ...]:
+  return M.METRIC_KEYS["vbridge" if protocol == "vbridge_mp4" else protocol]
+
 
 # FoundIR folder name (without its number) -> Table 1 column name.
 TABLE1_NAMES = {
@@ -64,25 +89,28 @@ def table1_name(category: str) -> str | None:
 
 
 def pair_key(rel: Path) -> tuple[str, str]:
-  """(category, name) of a relative path: LQ/GT folders and the extension ignored."""
-  dirs = [p for p in rel.parts[:-1] if p not in ("LQ", "GT")]
+  """(category, name) of a relative path: side folders (GT/LQ names) and the extension
+  ignored."""
+  dirs = [p for p in rel.parts[:-1] if not is_side_folder(p)]
   category = dirs[0] if dirs else ""
   return category, "/".join(dirs[1:] + [rel.stem])
 
 
-def scan(root: Path, skip: str) -> tuple[dict[tuple[str, str], Path], list[str]]:
-  """Images under root by pair key (files under a `skip` folder left out); duplicate keys."""
+def scan(root: Path, skip: tuple[str, ...], exts=IMAGE_EXTS
+         ) -> tuple[dict[tuple[str, str], Path], list[str]]:
+  """Files with `exts` under root by pair key, files under a `skip` folder left out; and
+  the pairs of files that share a key."""
   found: dict[tuple[str, str], Path] = {}
   dupes = []
   for f in sorted(root.rglob("*")):
-    if not f.is_file() or f.suffix.lower() not in IMAGE_EXTS:
+    if not f.is_file() or f.suffix.lower() not in exts:
       continue
     rel = f.relative_to(root)
-    if skip in rel.parts[:-1]:
+    if any(part in skip for part in rel.parts[:-1]):
       continue
     key = pair_key(rel)
     if key in found:
-      dupes.append(f"{found[key].relative_to(root)} and {rel}")
+      dupes.append(f"{found[key]} and {f}")
       continue
     found[key] = f
   return found, dupes
@@ -92,47 +120,86 @@ def _mean(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, float]
   return {k: float(np.mean([r[k] for r in rows])) for k in keys} if rows else {}
 
 
-def evaluate(pred_root: Path, gt_root: Path, protocol: str = "vbridge",
-             progress: bool = True) -> dict[str, Any]:
+def _read_cv2(path: Path) -> np.ndarray:
+  """An image as the authors' eval.py reads its GT: cv2.imread (EXIF orientation applied),
+  BGR -> RGB."""
+  import cv2  # pylint: disable=import-outside-toplevel
+  img = cv2.imread(os.fspath(path))
+  if img is None:
+    raise DataError(f"cannot read image {path} (OpenCV)")
+  return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def _readers(protocol: str):
+  if protocol != "vbridge_mp4":
+    return read_rgb, read_rgb
+  from vbridge_jax import video  # pylint: disable=import-outside-toplevel
+
+  def last_frame(path):
+    try:
+      return video.last_frame(path)
+    except video.VideoError as e:
+      raise DataError(str(e)) from None
+  return last_frame, _read_cv2
+
+
+def evaluate(pred_root: Path, gt_root: Path, protocol: str = "vbridge", progress: bool = True,
+             strict_size: bool = False) -> dict[str, Any]:
   """Scores every matched pair; returns the `metrics.json` dictionary."""
-  if protocol not in M.PROTOCOLS:
-    raise ValueError(f"--protocol {protocol!r} is not one of {', '.join(M.PROTOCOLS)}")
+  if protocol not in PROTOCOLS:
+    raise ValueError(f"protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
   for root in (pred_root, gt_root):
     if not Path(root).is_dir():
       raise FileNotFoundError(f"{root}: no such folder")
-  preds, pdup = scan(Path(pred_root), skip="GT")
-  gts, gdup = scan(Path(gt_root), skip="LQ")
+  preds, pdup = scan(Path(pred_root), skip=GT_NAMES,
+                     exts=VIDEO_EXTS if protocol == "vbridge_mp4" else IMAGE_EXTS)
+  gts, gdup = scan(Path(gt_root), skip=LQ_NAMES)
   if pdup or gdup:
     raise ValueError(f"two files match one pair: {(pdup + gdup)[0]}")
   keys = sorted(set(preds) & set(gts))
   missing = {"gt": [f"{c}/{n}" if c else n for c, n in sorted(set(preds) - set(gts))],
              "pred": [f"{c}/{n}" if c else n for c, n in sorted(set(gts) - set(preds))]}
-  metric_keys = M.METRIC_KEYS[protocol]
-  rows, unreadable = [], []
+  mkeys = metric_keys(protocol)
+  mprotocol = "vbridge" if protocol == "vbridge_mp4" else protocol
+  read_pred, read_gt = _readers(protocol)
+  rows, unreadable, skipped = [], [], []
   it = keys
   if progress:
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
     it = tqdm(keys, desc=f"evaluate ({protocol})", unit="img")
   for key in it:
     try:
-      pred, gt = read_rgb(preds[key]), read_rgb(gts[key])
+      pred, gt = read_pred(preds[key]), read_gt(gts[key])
     except DataError as e:  # its message names the file
       unreadable.append(str(e))
       continue
-    rows.append({"category": key[0], "name": key[1], **M.compute(protocol, pred, gt)})
+    try:
+      M.check_pair(mprotocol, pred, gt)
+    except M.MetricsError as e:
+      skipped.append({"pred": str(preds[key]), "gt": str(gts[key]), "reason": str(e)})
+      continue
+    resized = pred.shape[:2] != gt.shape[:2]
+    if resized and strict_size:
+      skipped.append({"pred": str(preds[key]), "gt": str(gts[key]),
+                      "reason": f"size {pred.shape[1]}x{pred.shape[0]} differs from the GT's "
+                                f"{gt.shape[1]}x{gt.shape[0]} (strict_size)"})
+      continue
+    rows.append({"category": key[0], "name": key[1], **M.compute(mprotocol, pred, gt),
+                 "resized_from": [pred.shape[1], pred.shape[0]] if resized else None})
   per_category = {}
   for cat in sorted({r["category"] for r in rows}):
     sub = [r for r in rows if r["category"] == cat]
-    per_category[cat] = {**_mean(sub, metric_keys), "count": len(sub)}
+    per_category[cat] = {**_mean(sub, mkeys), "count": len(sub)}
   cat_rows = list(per_category.values())
   return {"protocol": protocol, "pred": str(pred_root), "gt": str(gt_root), "per_image": rows,
-          "per_category": per_category, "average_per_image": _mean(rows, metric_keys),
-          "average_per_category": _mean(cat_rows, metric_keys), "missing": missing,
-          "unreadable": unreadable}
+          "per_category": per_category, "average_per_image": _mean(rows, mkeys),
+          "average_per_category": _mean(cat_rows, mkeys), "missing": missing,
+          "unreadable": unreadable, "skipped": skipped,
+          "resized": sum(r["resized_from"] is not None for r in rows)}
 
 
 def markdown(result: dict[str, Any]) -> str:
-  keys = M.METRIC_KEYS[result["protocol"]]
+  keys = metric_keys(result["protocol"])
   head = ["category", "n"] + list(keys) + ["paper woDC PSNR/SSIM", "paper PSNR/SSIM"]
   lines = [f"Protocol `{result['protocol']}`; paper: Table 1 (V-Bridge without / with drift "
            f"correction).", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -159,37 +226,29 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def write(result: dict[str, Any], out: Path) -> None:
+  """metrics.json, metrics.csv, metrics.md into `out` (each written atomically)."""
   out.mkdir(parents=True, exist_ok=True)
-  (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-  keys = M.METRIC_KEYS[result["protocol"]]
-  with open(out / "metrics.csv", "w", newline="") as fh:
-    w = csv.writer(fh)
-    w.writerow(["category", "name", *keys])
-    for r in result["per_image"]:
-      w.writerow([r["category"], r["name"], *(repr(r[k]) for k in keys)])
-  (out / "metrics.md").write_text(markdown(result))
+  keys = metric_keys(result["protocol"])
+  _atomic_text(out / "metrics.json", json.dumps(result, indent=2) + "\n")
+  buf = io.StringIO()
+  w = csv.writer(buf, lineterminator="\n")
+  w.writerow(["category", "name", *keys, "resized_from"])
+  for r in result["per_image"]:
+    size = r["resized_from"]
+    w.writerow([r["category"], r["name"], *(repr(r[k]) for k in keys),
+                f"{size[0]}x{size[1]}" if size else ""])
+  _atomic_text(out / "metrics.csv", buf.getvalue())
+  _atomic_text(out / "metrics.md", markdown(result))
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--config", metavar="FILE[:VARIANT]",
-                      help="settings from configs/evaluate.py (flags override; --config.KEY=VALUE too)")
-  parser.add_argument("--pred", type=Path, help="restored images (a folder tree); required")
-  parser.add_argument("--gt", type=Path, help="ground truth (a folder tree); required")
-  parser.add_argument("--protocol", default="vbridge", choices=list(M.PROTOCOLS))
-  parser.add_argument("--out", type=Path, help="folder for metrics.json/.csv/.md; required")
-  return cli_config.parse(parser, sys.argv[1:] if argv is None else list(argv),
-                          required=["pred", "gt", "out"])
+def _atomic_text(path: Path, text: str) -> None:
+  tmp = path.with_name(f".{path.name}.tmp")
+  tmp.write_text(text, encoding="utf-8")
+  os.replace(tmp, path)
 
 
-def main(argv: list[str] | None = None) -> int:
-  args = parse_args(argv)
-  try:
-    result = evaluate(args.pred, args.gt, args.protocol)
-  except (FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  write(result, args.out)
+def report(result: dict[str, Any], strict_size: bool = False) -> int:
+  """Prints the problems on stderr and the table on stdout; returns the exit status."""
   for side, names in result["missing"].items():
     if names:
       other = "ground truth" if side == "gt" else "prediction"
@@ -197,10 +256,66 @@ def main(argv: list[str] | None = None) -> int:
             + (" ..." if len(names) > 5 else ""), file=sys.stderr)
   for line in result["unreadable"]:
     print(f"error: cannot read {line}", file=sys.stderr)
+  for s in result["skipped"]:
+    print(f"error: skipped {s['pred']}: {s['reason']}", file=sys.stderr)
+  n = result["resized"]
+  if n and result["protocol"] == "vbridge_mp4":
+    print(f"note: {n} prediction(s) zoomed to their GT size, as the authors' eval.py does "
+          f"(MP4 frames are padded to multiples of 16)", file=sys.stderr)
+  elif n:
+    print(f"warning: {n} prediction(s) differ in size from their GT and were resized to it "
+          f"(cubic spline; listed under resized_from in metrics.json; "
+          f"--config.strict_size=true makes this an error)", file=sys.stderr)
   print(markdown(result), end="")
-  print(f"wrote {args.out}/metrics.json, metrics.csv, metrics.md")
-  return 1 if result["unreadable"] or not result["per_image"] else 0
+  bad = result["unreadable"] or result["skipped"] or not result["per_image"]
+  return 1 if bad else 0
 
+
+def run(cfg) -> int:
+  """The command on a configs/evaluate.py config; returns the exit status."""
+  for field in ("pred", "gt", "out"):
+    if not cfg[field]:
+      print(f"error: --config.{field} is required (configs/evaluate.py)", file=sys.stderr)
+      return 1
+  try:
+    result = evaluate(Path(cfg.pred), Path(cfg.gt), cfg.protocol, progress=bool(cfg.progress),
+                      strict_size=bool(cfg.strict_size))
+  except (FileNotFoundError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  write(result, Path(cfg.out))
+  status = report(result)
+  print(f"wrote {cfg.out}/metrics.json, metrics.csv, metrics.md")
+  return status
+
+
+def main(argv: list[str]) -> int:
+  if len(argv) > 1:
+    from absl import app  # pylint: disable=import-outside-toplevel
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  return run(_CONFIG.value)
+
+
+def _config_help() -> str:
+  """The config fields and their defaults, for --help."""
+  from configs import evaluate as cfg_module  # pylint: disable=import-outside-toplevel
+  c = cfg_module.get_config()
+  fields = "\n".join(f"  --config.{k}={c[k]!r}" for k in c.keys())
+  return (f"\nVariants of configs/evaluate.py: {', '.join(cfg_module.VARIANTS)}.\n"
+          f"Fields (defaults):\n{fields}\n")
+
+
+_CONFIG_FILE = Path(__file__).resolve().parent.parent / "configs" / "evaluate.py"
 
 if __name__ == "__main__":
-  sys.exit(main())
+  from absl import app, flags
+  from ml_collections import config_flags
+
+  sys.path.insert(0, str(_CONFIG_FILE.parent.parent))
+  __doc__ += _config_help()
+  _CONFIG = config_flags.DEFINE_config_file(
+      "config", str(_CONFIG_FILE), "configs/evaluate.py[:vbridge|vbridge_mp4|foundir]",
+      lock_config=True)
+  if any(a in ("--help", "-h", "--helpshort", "-?") for a in sys.argv[1:]):
+    app.usage(shorthelp=True, writeto_stdout=True, exitcode=0)  # absl's own --help exits 1
+  app.run(main)

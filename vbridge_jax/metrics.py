@@ -1,27 +1,27 @@
-"""Full-reference image metrics under the two protocols of reference/vbridge_paper.md.
+"""Full-reference image metrics under the two protocols of docs/fidelity.md (scoring).
 
-`vbridge` (the authors' evaluation): PSNR `20 log10(255 / RMSE)` and SSIM (11x11 Gaussian,
-sigma 1.5, K1 0.01, K2 0.03, L 255, zero-padded 'same' filtering, the SSIM map trimmed by 5
-pixels) on MATLAB luma `Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255` (R, G, B in
-0..255, Y kept in float) and on each RGB channel, the RGB figure being the mean of the three
-channels' PSNRs and SSIMs. Keys `psnr_y, ssim_y, psnr_rgb, ssim_rgb`.
+`vbridge` (the authors' evaluation, their `eval.py`): PSNR `20 log10(255 / RMSE)` and SSIM
+(11x11 Gaussian, sigma 1.5, K1 0.01, K2 0.03, L 255, zero-padded 'same' filtering, the SSIM
+map trimmed by 5 pixels) on MATLAB luma `Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255`
+(R, G, B in 0..255, Y kept in float) and on each RGB channel, the RGB figure being the mean
+of the three channels' PSNRs and SSIMs. Keys `psnr_y, ssim_y, psnr_rgb, ssim_rgb`.
 
 `foundir` (FoundIR's cal_metrics.py, pyiqa defaults): PSNR `10 log10(1 / (MSE + 1e-8))` on
 RGB in [0, 1], one MSE over all channels; SSIM on `Y = round(255 (0.299 R + 0.587 G +
 0.114 B))` (R, G, B in [0, 1]) with the same Gaussian window, 'valid' filtering, the
 contrast-structure term clamped at 0, the mean of the map. Keys `psnr, ssim`.
 
-Images are `(H, W, 3)` uint8. Everything runs in float64 inside `jax.enable_x64`, jitted
-(one compilation per image size); a prediction of another size is first resized to the
-ground truth's with a cubic spline (order 3, scikit-image) and rounded back to uint8.
+Images are `(H, W, 3)` uint8, scored in float64 with OpenCV's separable filter (the
+authors' eval.py filters with OpenCV too). This implementation was chosen by measurement
+over a jitted JAX one, which compiled once per image size (benchmarks/metrics_impl.py;
+README). A prediction of another size is first resized to the ground truth's as the
+authors' evaluation does (`resize_to`); `evaluate` records and reports every resize.
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 WINDOW = 11
@@ -31,6 +31,13 @@ VBRIDGE_TRIM = 5
 
 PROTOCOLS = ("vbridge", "foundir")
 METRIC_KEYS = {"vbridge": ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb"), "foundir": ("psnr", "ssim")}
+# The smallest ground-truth side each protocol can score: an SSIM map that is not empty
+# ('same' filtering minus the 5-pixel trim on both sides; 'valid' filtering).
+MIN_SIDE = {"vbridge": 2 * VBRIDGE_TRIM + 1, "foundir": WINDOW}
+
+
+class MetricsError(ValueError):
+  """An image pair that a protocol cannot score (one-line message)."""
 
 
 def gaussian_taps(size: int = WINDOW, sigma: float = SIGMA) -> np.ndarray:
@@ -40,99 +47,91 @@ def gaussian_taps(size: int = WINDOW, sigma: float = SIGMA) -> np.ndarray:
   return g / g.sum()
 
 
-def _filter_valid(x: jax.Array, taps: np.ndarray) -> jax.Array:
-  """Separable 'valid' correlation over axes 0 and 1 of (H, W, ...)."""
-  k = len(taps)
-  h, w = x.shape[0] - k + 1, x.shape[1] - k + 1
-  rows = sum(float(taps[i]) * x[i:i + h] for i in range(k))
-  return sum(float(taps[j]) * rows[:, j:j + w] for j in range(k))
-
-
-def _ssim_maps(a: jax.Array, b: jax.Array, pad: bool, clamp_cs: bool) -> jax.Array:
-  """SSIM map per channel of (H, W, C) float64 images ('same' zero-padded or 'valid')."""
+def _filter(x: np.ndarray) -> np.ndarray:
+  """Zero-padded 'same' Gaussian filtering of a float64 (H, W) image."""
+  import cv2  # pylint: disable=import-outside-toplevel
   taps = gaussian_taps()
-  if pad:
-    r = WINDOW // 2
-    a = jnp.pad(a, ((r, r), (r, r), (0, 0)))
-    b = jnp.pad(b, ((r, r), (r, r), (0, 0)))
+  return cv2.sepFilter2D(x, cv2.CV_64F, taps, taps, borderType=cv2.BORDER_CONSTANT)
+
+
+def _ssim_map(a: np.ndarray, b: np.ndarray, valid: bool, clamp_cs: bool) -> np.ndarray:
+  """SSIM map of two float64 (H, W) images ('same' zero-padded, or 'valid')."""
   c1, c2 = (K1 * PEAK) ** 2, (K2 * PEAK) ** 2
-  mu_a, mu_b = _filter_valid(a, taps), _filter_valid(b, taps)
-  s_aa = _filter_valid(a * a, taps) - mu_a * mu_a
-  s_bb = _filter_valid(b * b, taps) - mu_b * mu_b
-  s_ab = _filter_valid(a * b, taps) - mu_a * mu_b
+  mu_a, mu_b = _filter(a), _filter(b)
+  s_aa = _filter(a * a) - mu_a * mu_a
+  s_bb = _filter(b * b) - mu_b * mu_b
+  s_ab = _filter(a * b) - mu_a * mu_b
   cs = (2.0 * s_ab + c2) / (s_aa + s_bb + c2)
   if clamp_cs:
-    cs = jnp.maximum(cs, 0.0)
-  return (2.0 * mu_a * mu_b + c1) / (mu_a * mu_a + mu_b * mu_b + c1) * cs
+    cs = np.maximum(cs, 0.0)
+  m = (2.0 * mu_a * mu_b + c1) / (mu_a * mu_a + mu_b * mu_b + c1) * cs
+  if valid:  # the 'valid' region of the correlation: padding never reaches it
+    r = WINDOW // 2
+    m = m[r:-r, r:-r]
+  return m
 
 
-def matlab_y(rgb: jax.Array) -> jax.Array:
-  """MATLAB rgb2ycbcr luma from 0..255 RGB, kept in float."""
-  r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-  return 16.0 + (65.481 * r + 128.553 * g + 24.966 * b) / 255.0
+def matlab_y(rgb: np.ndarray) -> np.ndarray:
+  """MATLAB rgb2ycbcr luma from 0..255 RGB, kept in float64."""
+  rgb = rgb.astype(np.float64)
+  return 16.0 + (65.481 * rgb[..., 0] + 128.553 * rgb[..., 1] + 24.966 * rgb[..., 2]) / 255.0
 
 
-@jax.jit
-def _vbridge(pred: jax.Array, gt: jax.Array) -> dict[str, jax.Array]:
-  p, g = pred.astype(jnp.float64), gt.astype(jnp.float64)
-  p4 = jnp.concatenate([matlab_y(p)[..., None], p], axis=-1)
-  g4 = jnp.concatenate([matlab_y(g)[..., None], g], axis=-1)
-  mse = jnp.mean((p4 - g4) ** 2, axis=(0, 1))
-  psnr = 20.0 * jnp.log10(PEAK / jnp.sqrt(mse))
+def _psnr255(a: np.ndarray, b: np.ndarray) -> float:
+  mse = float(np.mean((a - b) ** 2))
+  return float("inf") if mse == 0 else float(20.0 * np.log10(PEAK / np.sqrt(mse)))
+
+
+def _vbridge(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
   t = VBRIDGE_TRIM
-  ssim = jnp.mean(_ssim_maps(p4, g4, pad=True, clamp_cs=False)[t:-t, t:-t], axis=(0, 1))
-  return {"psnr_y": psnr[0], "ssim_y": ssim[0], "psnr_rgb": jnp.mean(psnr[1:]),
-          "ssim_rgb": jnp.mean(ssim[1:])}
+  ssim = lambda a, b: float(np.mean(_ssim_map(a, b, valid=False, clamp_cs=False)[t:-t, t:-t]))
+  yp, yg = matlab_y(pred), matlab_y(gt)
+  p, g = pred.astype(np.float64), gt.astype(np.float64)
+  return {"psnr_y": _psnr255(yp, yg), "ssim_y": ssim(yp, yg),
+          "psnr_rgb": float(np.mean([_psnr255(p[..., c], g[..., c]) for c in range(3)])),
+          "ssim_rgb": float(np.mean([ssim(p[..., c], g[..., c]) for c in range(3)]))}
 
 
-def foundir_y(rgb01: jax.Array) -> jax.Array:
+def foundir_y(rgb01: np.ndarray) -> np.ndarray:
   """FoundIR/pyiqa luma: round(255 (0.299 R + 0.587 G + 0.114 B)), RGB in [0, 1]."""
-  return jnp.round(255.0 * (0.299 * rgb01[..., 0] + 0.587 * rgb01[..., 1] + 0.114 * rgb01[..., 2]))
+  return np.round(255.0 * (0.299 * rgb01[..., 0] + 0.587 * rgb01[..., 1] + 0.114 * rgb01[..., 2]))
 
 
-@jax.jit
-def _foundir(pred: jax.Array, gt: jax.Array) -> dict[str, jax.Array]:
-  p, g = pred.astype(jnp.float64) / 255.0, gt.astype(jnp.float64) / 255.0
-  psnr = 10.0 * jnp.log10(1.0 / (jnp.mean((p - g) ** 2) + 1e-8))
-  ssim = jnp.mean(_ssim_maps(foundir_y(p)[..., None], foundir_y(g)[..., None], pad=False,
-                             clamp_cs=True))
-  return {"psnr": psnr, "ssim": ssim}
+def _foundir(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+  p, g = pred.astype(np.float64) / 255.0, gt.astype(np.float64) / 255.0
+  psnr = 10.0 * np.log10(1.0 / (np.mean((p - g) ** 2) + 1e-8))
+  ssim = np.mean(_ssim_map(foundir_y(p), foundir_y(g), valid=True, clamp_cs=True))
+  return {"psnr": float(psnr), "ssim": float(ssim)}
 
 
 def resize_to(img: np.ndarray, height: int, width: int) -> np.ndarray:
-  """Cubic-spline (order 3) resize of uint8 (H, W, 3) to (height, width), rounded to uint8."""
+  """The authors' resize to the GT size (their eval.py's `matlab_imresize`): scipy
+  `ndimage.zoom` of each uint8 channel with a cubic spline (order 3, corner-aligned grid);
+  scipy rounds and clips to the uint8 output. At the same size it returns the image
+  unchanged (as the zoom by 1 does)."""
   if img.shape[:2] == (height, width):
     return img
-  from skimage.transform import resize  # pylint: disable=import-outside-toplevel
-  out = resize(img.astype(np.float64), (height, width, img.shape[2]), order=3, mode="reflect",
-               anti_aliasing=False, preserve_range=True)
-  return np.clip(np.round(out), 0, 255).astype(np.uint8)
+  from scipy.ndimage import zoom  # pylint: disable=import-outside-toplevel
+  h, w = img.shape[:2]
+  out = np.stack([zoom(img[:, :, c], (height / h, width / w), order=3) for c in range(3)], axis=2)
+  return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def _check(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  pred, gt = np.asarray(pred), np.asarray(gt)
+def check_pair(protocol: str, pred: np.ndarray, gt: np.ndarray) -> None:
+  """Raises MetricsError when the arrays are not uint8 RGB or the GT is too small."""
+  if protocol not in PROTOCOLS:
+    raise MetricsError(f"protocol={protocol!r} is not one of {', '.join(PROTOCOLS)}")
   for name, a in (("prediction", pred), ("ground truth", gt)):
     if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8:
-      raise ValueError(f"{name} must be (H, W, 3) uint8, got {a.shape} {a.dtype}")
-  if min(gt.shape[:2]) < WINDOW + 2 * VBRIDGE_TRIM:
-    raise ValueError(f"ground truth {gt.shape[:2]} is smaller than the SSIM window and trim")
-  return resize_to(pred, *gt.shape[:2]), gt
+      raise MetricsError(f"{name} must be (H, W, 3) uint8, got {a.shape} {a.dtype}")
+  if min(gt.shape[:2]) < MIN_SIDE[protocol]:
+    raise MetricsError(f"ground truth {gt.shape[1]}x{gt.shape[0]} is smaller than the "
+                       f"{protocol} protocol's {MIN_SIDE[protocol]}-pixel minimum side")
 
 
 def compute(protocol: str, pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
   """The protocol's metrics for one (H, W, 3) uint8 pair (pred resized to gt if needed)."""
   fns: dict[str, Callable] = {"vbridge": _vbridge, "foundir": _foundir}
-  if protocol not in fns:
-    raise ValueError(f"protocol={protocol!r} is not one of {', '.join(PROTOCOLS)}")
-  pred, gt = _check(pred, gt)
-  with jax.enable_x64(True):
-    out = fns[protocol](jnp.asarray(pred), jnp.asarray(gt))
-    return {k: float(out[k]) for k in METRIC_KEYS[protocol]}
-
-
-def vbridge_metrics(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
-  return compute("vbridge", pred, gt)
-
-
-def foundir_metrics(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
-  return compute("foundir", pred, gt)
+  pred, gt = np.asarray(pred), np.asarray(gt)
+  check_pair(protocol, pred, gt)
+  return fns[protocol](resize_to(pred, *gt.shape[:2]), gt)
