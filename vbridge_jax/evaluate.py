@@ -66,7 +66,7 @@ TABLE1_NAMES = {
     "Lowlight_Blur_Noise": "L+B+N", "Lowlight_Blur_JPEG": "L+B+J",
     "Lowlight_Noise_JPEG": "L+N+J", "Blur_Noise_JPEG": "B+N+J",
 }
-# Table 1 (reference/paper_table1_foundir.csv): V-Bridge without / with drift correction,
+# Table 1 (docs/paper.md): V-Bridge without / with drift correction,
 # (PSNR, SSIM) per category; "Average" is V-Bridge's per-image average.
 TABLE1 = {
     "Blur": ((21.02, .6862), (24.92, .7809)), "Noise": ((32.61, .9397), (32.87, .9498)),
