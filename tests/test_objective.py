@@ -187,6 +187,10 @@ def test_text_drop_one_trains_every_sample_on_the_empty_prompt():
   assert min(losses) < 5e3 < max(losses)  # some samples dropped, not all
   with pytest.raises(ValueError, match="text_drop"):
     _step(_cfg(**{"data.text_drop": 0.5}))(x0, ctx[:1])
+  for field, value in (("data.text_drop", 1.5), ("flow.t2v_ratio", -0.1),
+                       ("flow.loss_frames", "first")):
+    with pytest.raises(setup.ConfigError, match=field):
+      _step(_cfg(**{field: value}))
 
 
 def test_vae_sample_changes_the_latents_with_the_rng():

@@ -118,8 +118,10 @@ def test_restore_tree_then_evaluate(model_dir, tmp_path, capsys):
   assert {p: p.read_bytes() for p in inputs} == inputs
 
   # evaluate the restored tree against the GT tree (LQ/GT names and extensions ignored)
-  assert evaluate.main(["--pred", str(out), "--gt", str(tmp_path / "tree"), "--out",
-                        str(tmp_path / "scores")]) == 0
+  from configs import evaluate as evaluate_config
+  ecfg = evaluate_config.get_config()
+  ecfg.pred, ecfg.gt, ecfg.out = str(out), str(tmp_path / "tree"), str(tmp_path / "scores")
+  assert evaluate.run(ecfg) == 0
   res = json.loads((tmp_path / "scores" / "metrics.json").read_text())
   assert {(r["category"], r["name"]) for r in res["per_image"]} == {
       ("01Blur", "a"), ("01Blur", "b"), ("05Noise", "c")}
@@ -175,6 +177,5 @@ def test_config_file(tmp_path, capsys):
     with pytest.raises(SystemExit):
       restore.parse_args(["--config", *bad, *need])
     assert msg in capsys.readouterr().err
-  a = evaluate.parse_args(["--config", str(REPO / "configs" / "evaluate.py:foundir"), "--pred", "p",
-                           "--gt", "g", "--out", "o"])
-  assert a.protocol == "foundir"
+  from configs import evaluate as evaluate_config  # evaluate takes absl config flags
+  assert evaluate_config.get_config("foundir").protocol == "foundir"

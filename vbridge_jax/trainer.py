@@ -65,8 +65,13 @@ def make_train_step(graphdef, vae_graphdef, config, *, patch_size, wrt, state_sh
   cached = bool(config.latent_cache.enabled)
   vae_sample = bool(config.get("vae_sample", False)) and not cached
   text_drop = float(config.data.get("text_drop", 0.0))
-  if not 0.0 <= text_drop <= 1.0:
-    raise ValueError(f"data.text_drop must be in [0, 1], got {text_drop}")
+  t2v_ratio, loss_frames = float(f.get("t2v_ratio", 0.0)), str(f.get("loss_frames", "generated"))
+  for name, v in (("data.text_drop", text_drop), ("flow.t2v_ratio", t2v_ratio)):
+    if not 0.0 <= v <= 1.0:
+      raise setup.ConfigError(f"{name}={v} is not in [0, 1]")
+  if loss_frames not in flow.LOSS_FRAMES:
+    raise setup.ConfigError(f"flow.loss_frames={loss_frames!r} is not one of "
+                            f"{', '.join(flow.LOSS_FRAMES)}")
   base_key = jax.random.key(int(config.seed))
 
   def step_fn(state, vae_state, x, context, step, nan_at):
@@ -84,8 +89,7 @@ def make_train_step(graphdef, vae_graphdef, config, *, patch_size, wrt, state_sh
       x0 = jax.lax.stop_gradient(vae.normalize(z))
     inp = flow.ti2v_training_inputs(x0, key, shift=f.shift, kind=f.sampling,
                                     patch_size=patch_size, weighting=f.weighting,
-                                    t2v_ratio=float(f.get("t2v_ratio", 0.0)),
-                                    loss_frames=str(f.get("loss_frames", "generated")))
+                                    t2v_ratio=t2v_ratio, loss_frames=loss_frames)
     b = x.shape[0]
     ctx = jnp.broadcast_to(context[:1], (b,) + context.shape[1:])
     if text_drop > 0:
