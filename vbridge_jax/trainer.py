@@ -5,13 +5,13 @@ A step: a batch of clips `(B, T, S, S, 3)` (frame 0 LQ, frame T-1 GT) -> frozen 
 `flow.t2v_ratio` plain text-to-video) -> DiT -> MSE over `flow.loss_frames` -> AdamW
 (+ clipping) on the trainable parameters (all of them, or the LoRA adapters). Model and
 optimizer state are created sharded over the `data, fsdp, context, tensor` mesh and the
-step is one jitted, donating function. With
-`config.latent_cache.enabled` the VAE encodes each stage's batches once up front
-(`train_utils/latents.py`) and the step trains on the cached latents.
+step is one jitted, donating function. With `config.latent_cache.enabled` the VAE encodes
+each stage's batches once up front (`train_utils/latents.py`) and the step trains on the
+cached latents.
 
 The curriculum splits the run (`total_steps`, or `epochs` over the data) into stages by
-share; a stage change rebuilds the
-input pipeline at the new size and keeps model and optimizer state. Checkpoints (orbax,
+share; a stage change rebuilds the input pipeline at the new size and keeps model and
+optimizer state. Checkpoints (orbax,
 `workdir/checkpoints`) hold model, optimizer, step, stage and the data iterator; calling
 again with the same workdir resumes. Logs: a progress bar, `workdir/metrics.jsonl`,
 TensorBoard events in `workdir/tensorboard`, sample grids (LQ | output | GT) in
