@@ -11,9 +11,8 @@ cached latents.
 
 The curriculum splits the run (`total_steps`, or `epochs` over the data) into stages by
 share; a stage change rebuilds the input pipeline at the new size and keeps model and
-optimizer state. Checkpoints (orbax,
-`workdir/checkpoints`) hold model, optimizer, step, stage and the data iterator; calling
-again with the same workdir resumes. Logs: a progress bar, `workdir/metrics.jsonl`,
+optimizer state. Checkpoints (orbax, `workdir/checkpoints`) hold model, optimizer, step,
+stage and the data iterator; calling again with the same workdir resumes. Logs: a progress bar, `workdir/metrics.jsonl`,
 TensorBoard events in `workdir/tensorboard`, sample grids (LQ | output | GT) in
 `workdir/samples`. A non-finite loss or gradient norm stops the run with
 `NonFiniteLossError`; only checkpoints from before it exist.
