@@ -308,7 +308,7 @@ def _config_help() -> str:
 _CONFIG_FILE = Path(__file__).resolve().parent.parent / "configs" / "evaluate.py"
 
 if __name__ == "__main__":
-  from absl import app, flags
+  from absl import app
   from ml_collections import config_flags
 
   sys.path.insert(0, str(_CONFIG_FILE.parent.parent))
