@@ -71,12 +71,15 @@ def parse(argv: Sequence[str]):
     raise SystemExit(0)
   fv = flags.FlagValues()
   default = str(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else None
-  holder = config_flags.DEFINE_config_file("config", default, "restore config file[:variant]",
-                                           flag_values=fv, lock_config=True)
   try:
+    holder = config_flags.DEFINE_config_file("config", default, "restore config file[:variant]",
+                                             flag_values=fv, lock_config=True,
+                                             sys_argv=["restore", *argv])
     rest = fv(["restore", *argv])
     value = holder.value
-  except (flags.Error, ValueError, KeyError, AttributeError, TypeError) as e:
+  except (KeyError, AttributeError) as e:
+    raise _Usage(f"unknown config field {str(e).strip(chr(34))} (--help lists them)") from None
+  except (flags.Error, ValueError, TypeError) as e:
     raise _Usage(" ".join(str(e).split())) from None
   if len(rest) > 1:
     raise _Usage(f"unexpected arguments: {' '.join(rest[1:])} (settings are --config.KEY=VALUE)")
