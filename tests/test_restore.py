@@ -253,6 +253,13 @@ def test_input_faults_before_the_model(model_dir, tmp_path, capsys):
   assert restore.main(_args(model_dir, tmp_path / "in", blocker / "out")) == 1
   cap = capsys.readouterr()
   assert "cannot create the output folder" in cap.err and "loading the model" not in cap.out
+  img = tree / "0001.png"
+  assert restore.main(_args(model_dir, img, tree)) == 1  # would overwrite its input
+  assert "overwrite an input" in capsys.readouterr().err
+  bad = tmp_path / "bad.npz"
+  np.savez(bad, positive=np.zeros((3, 7), np.float32), negative=np.zeros((3, 7), np.float32))
+  assert restore.main(_args(model_dir, img, tmp_path / "o", f"--config.prompts={bad}")) == 1
+  assert "bad.npz" in capsys.readouterr().err
   ro = tmp_path / "ro"
   ro.mkdir()
   ro.chmod(0o555)
@@ -264,13 +271,6 @@ def test_input_faults_before_the_model(model_dir, tmp_path, capsys):
     assert "not writable" in cap.err and "loading the model" not in cap.out
   finally:
     ro.chmod(0o755)
-  img = tree / "0001.png"
-  assert restore.main(_args(model_dir, img, tree)) == 1  # would overwrite its input
-  assert "overwrite an input" in capsys.readouterr().err
-  bad = tmp_path / "bad.npz"
-  np.savez(bad, positive=np.zeros((3, 7), np.float32), negative=np.zeros((3, 7), np.float32))
-  assert restore.main(_args(model_dir, img, tmp_path / "o", f"--config.prompts={bad}")) == 1
-  assert "bad.npz" in capsys.readouterr().err
 
 
 def test_noise_is_per_image_and_seeded():
