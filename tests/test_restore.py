@@ -333,3 +333,35 @@ def test_fsdp_tensor_restore_equals_replicated(model_dir, low_compile_effort):
   for a, b, im in zip(restored["replicated"], restored["fsdp_tensor"], images):
     assert a.shape == b.shape == im.shape
     assert np.abs(a.astype(int) - b).max() <= 1
+
+
+@pytest.mark.slow
+def test_drift_data_job(model_dir, tmp_path):
+  """README's drift-corrector data job in miniature: the base model restores the training
+  tree into the layout `data.drift_outputs` reads; the drift pipeline's frame 0 is then the
+  restored image and its last frame the GT."""
+  from vbridge_jax.data import fewshot, pipeline
+  src = tmp_path / "train"
+  fewshot.build(src, per_category=1, size=64, categories=("Blur", "Noise"))
+  out = tmp_path / "base_outputs"
+  assert restore.main(_args(model_dir, src, out)) == 0
+  restored = {p.relative_to(out): np.asarray(Image.open(p)) for p in out.rglob("*.png")}
+  assert len(restored) == 2 and not list(out.rglob("GT"))
+  it = pipeline.make_iterator(str(src), size=64, frames=5, global_batch_size=2, seed=0,
+                              flips=False, drift_outputs=str(out))
+  clip = np.asarray(next(it)["clip"])
+  firsts = {to_uint8(c[0], "round").tobytes() for c in clip}
+  assert firsts == {im.tobytes() for im in restored.values()}
+  gts = {np.asarray(Image.open(p)).tobytes() for p in src.rglob("GT/*")}
+  assert {to_uint8(c[-1], "round").tobytes() for c in clip} == gts
+
+
+def test_video_output(model_dir, tmp_path):
+  """`video=True` writes each sample's frames as an MP4 beside the PNG (the authors' writer)."""
+  pytest.importorskip("vbridge_jax.video")
+  Image.fromarray(np.full((40, 50, 3), 99, np.uint8)).save(tmp_path / "x.png")
+  assert restore.main(_args(model_dir, tmp_path / "x.png", tmp_path / "o", "--config.video=true")) == 0
+  mp4 = tmp_path / "o" / "x.mp4"
+  assert mp4.stat().st_size > 0 and restore_jobs.is_done(tmp_path / "o" / "x.png", video=True)
+  mp4.unlink()
+  assert not restore_jobs.is_done(tmp_path / "o" / "x.png", video=True)  # redone on resume

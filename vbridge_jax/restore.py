@@ -119,8 +119,19 @@ def place(module: Any, mesh, rules) -> Any:
   """An nnx module's state put on `mesh` as `rules` shard it (unannotated arrays replicated)."""
   graphdef, state = nnx.split(module)
   shardings = sh.state_shardings(state, mesh, rules)
-  state = jax.tree.map(np.asarray, state)  # host values: the same on every process
-  return nnx.merge(graphdef, jax.device_put(state, shardings))
+
+  def put(x, s):
+    if isinstance(x, jax.Array) and x.sharding == s:
+      return x  # already there (e.g. read straight into it)
+    return jax.device_put(np.asarray(x), s)  # host values: the same on every process
+
+  return nnx.merge(graphdef, jax.tree.map(put, state, shardings))
+
+
+def load_codec(path: str | Path, mesh) -> Any:
+  """The model folder's VAE, read replicated over `mesh` (every process reads it whole)."""
+  from vbridge_jax.models import load_vae  # pylint: disable=import-outside-toplevel
+  return load_vae(path, sharding=jax.sharding.NamedSharding(mesh, P()))
 
 
 def load_dit_sharded(path: str | Path, mesh, rules, **overrides) -> Any:

@@ -182,6 +182,7 @@ def run(config) -> int:
   status = dict(restored=0, failed=[], seconds=0.0)
   rc = 1 if problems else 0
   if todo:
+    _check_model(config)
     rc = max(rc, _restore(config, todo, out_root, status, jobs_lib, image_size, read_rgb, DataError))
   status["seconds"] = time.time() - t_start
   jobs_lib.write_status(out_root, jax.process_index(), status)
@@ -197,12 +198,24 @@ def run(config) -> int:
   return max(rc, 1 if status["failed"] else 0)
 
 
+def _check_model(config) -> None:
+  """The model folders and the prompt file, checked from their configs (nothing loaded yet)."""
+  from vbridge_jax import restore  # pylint: disable=import-outside-toplevel
+  from vbridge_jax.checkpoints import io  # pylint: disable=import-outside-toplevel
+  from vbridge_jax.models.configs import DiTConfig  # pylint: disable=import-outside-toplevel
+  dcfg = DiTConfig.from_dict(io.read_component_config(io.find_component(Path(config.model), "dit")))
+  if config.drift:
+    io.find_component(Path(config.drift), "dit")
+  io.find_component(Path(config.model), "vae")
+  restore.load_prompts(Path(config.prompts), dcfg.text_dim)
+
+
 def _restore(config, todo, out_root: Path, status: dict, jobs_lib, image_size, read_rgb,
              DataError) -> int:
   import jax  # pylint: disable=import-outside-toplevel
   from vbridge_jax import restore  # pylint: disable=import-outside-toplevel
   from vbridge_jax import sharding as sh  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.models import load_vae, read_model_info  # pylint: disable=import-outside-toplevel
+  from vbridge_jax.models import read_model_info  # pylint: disable=import-outside-toplevel
 
   n_dev = int(config.num_devices)
   mesh = sh.create_mesh(dict(config.mesh), jax.devices()[:n_dev] if n_dev > 0 else None)
@@ -215,7 +228,7 @@ def _restore(config, todo, out_root: Path, status: dict, jobs_lib, image_size, r
   t0 = time.time()
   dit = restore.load_dit_sharded(config.model, mesh, rules, **overrides)
   drift = restore.load_dit_sharded(config.drift, mesh, rules, **overrides) if config.drift else None
-  vae = restore.place(load_vae(config.model), mesh, rules)
+  vae = restore.place(restore.load_codec(config.model, mesh), mesh, rules)
   positive, negative = restore.load_prompts(Path(config.prompts), dit.config.text_dim)
   restorer = restore.Restorer(dit, vae, positive, negative, restore.sampler_config(config),
                               frames, drift, int(config.seed), mesh=mesh, rules=rules,
