@@ -4,8 +4,13 @@ The same command runs in each process (`--config.distributed.*` start `jax.distr
 the mesh (`data=8`) spans both, so every batch is one collective program. The tree has five
 images of one working size and one of another: with a global batch of 8 (4 rows per
 process), process 1 holds one image in the first batch and none in the second (unequal
-and empty shares), which must not hang. The files and bytes equal those of one process with
-8 devices (run beside them), and process 0's summary counts the images of both.
+and empty shares), which must not hang. The files and bytes equal those of one process (run
+beside them) with a global batch of 4: other batches, other process count, same bytes.
+
+The reference has 4 devices like each worker: XLA:CPU's arithmetic depends on how many
+devices share a process (measured: with 8 devices in one process, one pixel of one image
+comes out one level apart from 4 or 2 devices per process, or two processes of 4), an
+effect of the CPU backend's threading, not of the restore's batching or its processes.
 """
 
 import json
@@ -58,7 +63,7 @@ def test_two_processes_write_the_bytes_of_one(model_dir, tmp_path):  # noqa: F81
   for i, (h, w) in enumerate([(40, 50), (33, 64), (47, 35), (64, 60), (50, 41), (20, 90)]):
     Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tree / f"{i}.png")
   address = f"127.0.0.1:{_free_port()}"
-  runs = [(_args(model_dir, tmp_path / "tree", tmp_path / "one"), 8)]  # the one-process reference
+  runs = [(_args(model_dir, tmp_path / "tree", tmp_path / "one"), 4)]  # the one-process reference
   for i in range(2):
     runs.append((_args(model_dir, tmp_path / "tree", tmp_path / "two") + [
         "--config.distributed.enabled=on", f"--config.distributed.coordinator_address={address}",

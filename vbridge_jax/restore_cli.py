@@ -258,7 +258,10 @@ def _restore(config, todo, out_root: Path, status: dict, jobs_lib, image_size, r
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
     bar = tqdm(total=len(jobs), desc="restore", unit="img", file=sys.stderr)
   stop = None
+  seen_sizes = set()
+  status.update(first_batches_seconds=0.0, steady_seconds=0.0, steady_images=0)
   for chunk in batches:
+    t_batch = time.time()
     rows = {}
     for r in held:
       j = chunk[r]
@@ -287,6 +290,13 @@ def _restore(config, todo, out_root: Path, status: dict, jobs_lib, image_size, r
         status["restored"] += 1
       except jobs_lib.OutputError as e:
         stop = str(e)
+    dt = time.time() - t_batch
+    if (plan.work_h, plan.work_w) in seen_sizes:  # compiled: the steady rate
+      status["steady_seconds"] += dt
+      status["steady_images"] += sum(chunk[r] is not None for r in writes)
+    else:  # the first batch of a size compiles the steps
+      status["first_batches_seconds"] += dt
+      seen_sizes.add((plan.work_h, plan.work_w))
     if bar is not None:
       bar.update(sum(j is not None for j in chunk))
     if _any_process(stop is not None):

@@ -1,7 +1,7 @@
 """How an image of any size becomes the model's working size and comes back: the authors' rule.
 
-The released inference code (`V-Bridge/inference.py` and `videox_fun/utils/utils.py` of the
-authors' repository) does, per image of H x W pixels:
+The authors' released inference code (`inference.py` and `videox_fun/utils/utils.py` in their
+public repository, Zhengsh123/V-Bridge) does, per image of H x W pixels:
 
 - **Large images** (`H > 1440` or `W > 2560`, strictly): the working size keeps the aspect
   ratio at an area of `min(2560 * 1440, H * W)`, each side floored to a multiple of 32 (at

@@ -12,6 +12,9 @@ either complete or absent.
   PNG is written to a temporary file and renamed, then the sidecar the same way, so a kill
   at any moment leaves either a verified output or one that the next run redoes; a truncated
   or emptied PNG no longer passes as restored.
+- **Summary** (`write_summary`, process 0, `restore_summary.json`): counts, failures by file,
+  seconds per image over the whole run (loading and compiles included) and the steady rate
+  after each working size's first, compiling batch.
 - **Batches** (`schedule`): the work list sorted by working size, then path; each size group is
   cut into global batches of `batch` images, the last one padded with dummy rows (`None`).
   Every process computes the same schedule from the same file list and image headers, so
@@ -229,9 +232,14 @@ def write_summary(out_root: Path, processes: int, head: dict[str, Any]) -> dict[
   restored = sum(p["restored"] for p in parts)
   seconds = max(p["seconds"] for p in parts)
   failed = head.pop("problems", []) + [f for p in parts for f in p["failed"]]
+  steady_n = sum(p.get("steady_images", 0) for p in parts)
+  steady_s = max(p.get("steady_seconds", 0.0) for p in parts)
   summary = dict(head, restored=restored, failed=len(failed), failures=failed,
                  seconds=round(seconds, 3),
                  seconds_per_image=round(seconds / restored, 3) if restored else None,
+                 # after each working size's first (compiling) batch: the rate a long run sees
+                 steady_images_per_second=round(steady_n / steady_s, 3) if steady_s else None,
+                 first_batches_seconds=round(max(p.get("first_batches_seconds", 0.0) for p in parts), 3),
                  processes=processes)
   _write_atomic((json.dumps(summary, indent=2) + "\n").encode(), out_root / SUMMARY)
   return summary

@@ -45,7 +45,9 @@ _COLS = ("cX", "cA", "cB", "cC", "cE", "pA", "pB", "pC", "pV")
 
 @dataclasses.dataclass(frozen=True)
 class SamplerConfig:
-  """Sampling settings; the defaults are the authors' (reference/vbridge_paper.md)."""
+  """Sampling settings; the defaults are the authors' released inference settings (their
+  eval.sh: 50 UniPC steps on Wan's schedule, shift 5, guidance 6.0, cfg_skip_ratio 0.15), and
+  the one source of them: configs/restore.py and `vbridge_jax.aot` read them from here."""
 
   solver: str = "unipc"
   steps: int = 50
