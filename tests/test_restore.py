@@ -365,3 +365,31 @@ def test_video_output(model_dir, tmp_path):
   assert mp4.stat().st_size > 0 and restore_jobs.is_done(tmp_path / "o" / "x.png", video=True)
   mp4.unlink()
   assert not restore_jobs.is_done(tmp_path / "o" / "x.png", video=True)  # redone on resume
+
+
+def test_frames_come_from_each_model_folder(tmp_path):
+  from vbridge_jax.models import ModelInfo, write_model_info
+  for name, frames in (("base", 9), ("drift", 5)):
+    (tmp_path / name).mkdir()
+    write_model_info(tmp_path / name, ModelInfo(frames=frames))
+  cfg = restore_cli.parse([f"--config.model={tmp_path / 'base'}", f"--config.drift={tmp_path / 'drift'}"])
+  assert restore_cli.frame_counts(cfg) == (9, 5)  # each its own
+  cfg = restore_cli.parse([f"--config.model={tmp_path / 'none'}"])
+  assert restore_cli.frame_counts(cfg) == (5, None)  # no model.json: the authors' 5
+  cfg = restore_cli.parse([f"--config.model={tmp_path / 'base'}", f"--config.drift={tmp_path / 'drift'}",
+                           "--config.frames=13", "--config.drift_frames=9"])
+  assert restore_cli.frame_counts(cfg) == (13, 9)
+
+
+@pytest.mark.slow
+def test_aot_compiles_the_commands_step():
+  from vbridge_jax import aot
+  if not aot.has_libtpu():
+    pytest.skip("libtpu is not installed")
+  from configs import curriculum
+  fn, static = aot.restore_step_lowering(None, None, type("C", (), {"patch_size": (1, 2, 2)}), (),
+                                         vae=False)
+  assert fn is restore.sample_step and static["config"].steps == 50  # SamplerConfig's defaults
+  config = curriculum.get_config("tiny")
+  [r] = aot.run(config, "v5e:2x2", steps=["restore"], restore_size="64x64", restore_frames=5)
+  assert r.step == "restore" and r.batch == 4 and r.tokens == 2 * 2 * 2 and r.fits

@@ -198,6 +198,16 @@ def run(config) -> int:
   return max(rc, 1 if status["failed"] else 0)
 
 
+def frame_counts(config) -> tuple[int, int | None]:
+  """(base frames, corrector frames or None): `frames` / `drift_frames` when given, else what
+  each model folder records (`model.json`; 5 without one)."""
+  from vbridge_jax.models import read_model_info  # pylint: disable=import-outside-toplevel
+  frames = int(config.frames) or read_model_info(config.model).frames
+  if not config.drift:
+    return frames, None
+  return frames, int(config.drift_frames) or read_model_info(config.drift).frames
+
+
 def _check_model(config) -> None:
   """The model folders and the prompt file, checked from their configs (nothing loaded yet)."""
   from vbridge_jax import restore  # pylint: disable=import-outside-toplevel
@@ -215,13 +225,11 @@ def _restore(config, todo, out_root: Path, status: dict, jobs_lib, image_size, r
   import jax  # pylint: disable=import-outside-toplevel
   from vbridge_jax import restore  # pylint: disable=import-outside-toplevel
   from vbridge_jax import sharding as sh  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.models import read_model_info  # pylint: disable=import-outside-toplevel
 
   n_dev = int(config.num_devices)
   mesh = sh.create_mesh(dict(config.mesh), jax.devices()[:n_dev] if n_dev > 0 else None)
   rules = sh.rules_from_config(config.logical_axis_rules)
-  frames = int(config.frames) or read_model_info(config.model).frames
-  drift_frames = (int(config.drift_frames) or read_model_info(config.drift).frames) if config.drift else None
+  frames, drift_frames = frame_counts(config)
   overrides = dict(dtype=config.dtype, param_dtype=config.param_dtype)
   _say(f"loading the model from {config.model} onto mesh {dict(mesh.shape)} "
        f"({mesh.size} devices, {jax.process_count()} process(es)) ...")
