@@ -11,8 +11,10 @@ attached (`jax.experimental.topologies`); the step is lowered over abstract, sha
 and compiled by XLA:TPU. The training step is the trainer's own (`trainer.make_train_step`:
 VAE encode, flow-matching TI2V inputs, DiT, masked MSE, AdamW), at `--size` px with
 `--frames` frames and one clip per data x fsdp shard unless `--batch` says otherwise; the
-restore step encodes frame 0, runs the 50-step UniPC loop with CFG and decodes
-(`--restore_size=704x1280`, `--restore_frames=5`). The DiT runs splash attention on TPU.
+restore step is the restore command's own (`restore.sample_step`: the UniPC loop with CFG
+and `SamplerConfig`'s defaults, from frame-0 latents; with `--vae`, `restore.restore_step`:
+encode, that loop, decode), at `--restore_size=704x1280`, `--restore_frames=5`, with the
+DiT's params as `--config.model.param_dtype` holds them. The DiT runs splash attention on TPU.
 
 The table gives, per chip: XLA's argument / output / temp memory and the peak against the
 chip's HBM (the peak includes the frozen VAE's replicated parameters, which the trainer
