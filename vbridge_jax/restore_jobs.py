@@ -30,6 +30,7 @@ import dataclasses
 import io
 import json
 import os
+import socket
 import zlib
 from pathlib import Path
 from typing import Any, Sequence
@@ -163,7 +164,7 @@ def check_writable(out_root: Path) -> None:
     out_root.mkdir(parents=True, exist_ok=True)
   except OSError as e:
     raise OutputError(f"{out_root}: cannot create the output folder ({e.strerror or e})") from None
-  probe = out_root / f".restore_write_test.{os.getpid()}"
+  probe = out_root / f".restore_write_test.{socket.gethostname()}.{os.getpid()}"  # one per host
   try:
     probe.write_bytes(b"x")
     probe.unlink()
