@@ -25,14 +25,10 @@ On several hosts every host runs the same command (`distributed.*` as in trainin
 
 from __future__ import annotations
 
-import dataclasses
-
 import ml_collections
 
-from vbridge_jax.sampler import SamplerConfig
+from vbridge_jax.sampler import SETTINGS, SamplerConfig
 from vbridge_jax.sharding import DEFAULT_RULES
-
-SAMPLER_FIELDS = ("solver", "steps", "shift", "schedule", "guidance", "cfg_skip")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -45,9 +41,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.frames = 0  # clip length 1 + 4k; 0: the model folder's model.json (5 without one)
   c.drift_frames = 0  # the corrector's; 0: its own folder's model.json
   defaults = SamplerConfig()
-  for f in SAMPLER_FIELDS:  # solver, steps, shift, schedule, guidance, cfg_skip
+  for f in SETTINGS:  # solver, steps, shift, schedule, guidance, cfg_skip
     setattr(c, f, getattr(defaults, f))
-  assert set(SAMPLER_FIELDS) == {f.name for f in dataclasses.fields(SamplerConfig)} - {"patch_size"}
   c.seed = 43
   c.batch = 0  # global images per batch; 0: one per data x fsdp shard
   c.dtype = "bfloat16"  # DiT compute dtype

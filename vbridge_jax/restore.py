@@ -47,9 +47,7 @@ from jax.sharding import PartitionSpec as P
 
 from vbridge_jax import sharding as sh
 from vbridge_jax.restore_geometry import Plan, crop_work, from_work, plan_size, to_uint8, to_work  # noqa: F401
-from vbridge_jax.sampler import Sampler, SamplerConfig
-
-SAMPLER_FIELDS = ("solver", "steps", "shift", "schedule", "guidance", "cfg_skip")
+from vbridge_jax.sampler import SETTINGS, Sampler, SamplerConfig
 
 
 def load_prompts(path: Path, text_dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -325,7 +323,7 @@ def _allgather_images(local: dict[int, np.ndarray], shapes) -> dict[int, np.ndar
 
 def sampler_config(config) -> SamplerConfig:
   """The `SamplerConfig` of a restore config's sampling fields."""
-  return SamplerConfig(**{f: config[f] for f in SAMPLER_FIELDS})
+  return SamplerConfig(**{f: config[f] for f in SETTINGS})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

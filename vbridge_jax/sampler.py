@@ -68,6 +68,10 @@ class SamplerConfig:
       raise ValueError(f"cfg_skip={self.cfg_skip} must be in [0, 1]")
 
 
+# The user-facing sampling settings (patch_size comes from the model): configs/restore.py's fields.
+SETTINGS = tuple(f.name for f in dataclasses.fields(SamplerConfig) if f.name != "patch_size")
+
+
 @dataclasses.dataclass(frozen=True)
 class Schedule:
   sigmas: np.ndarray  # (N + 1,) float32, last 0
