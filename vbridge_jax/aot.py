@@ -334,7 +334,7 @@ def compile_case(config, topo: Topology, devices, *, step: str, frames: int, hw:
                        jax.tree.map(lambda s: s.sharding, state), mesh, vae=vae)
   with jax.set_mesh(mesh), nnx.logical_axis_rules(act_rules):
     if step == "train":
-      lat = (batch, 1 + (frames - 1) // temporal, h // spatial, w // spatial, dcfg.in_channels)
+      lat = (batch, 1 + (frames - 1) // 4, h // 16, w // 16, dcfg.in_channels)
       data = _batched(mesh, (batch, frames, h, w, 3)) if vae else _batched(mesh, lat)
       step_no = _replicated(mesh, (), jnp.int32)
       args = (state, vae_state if vae else None, data, ctx, step_no, step_no)
