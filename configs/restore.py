@@ -48,7 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.dtype = "bfloat16"  # DiT compute dtype
   c.param_dtype = "bfloat16"  # DiT (and corrector) weights as held: bf16 halves the memory
   c.quantize = "truncate"  # frames to uint8 as the authors (x * 255 truncated) | round
-  c.video = False  # also write each sample's frames as <name>.mp4 (imageio defaults, 24 fps as the authors)
+  c.video = False  # also write each sample's frames as <name>.mp4 (imageio defaults, 24 fps)
   c.overwrite = False  # restore images whose output exists
   c.progress = True
   # The run's mesh, exactly as in training (configs/curriculum.py).

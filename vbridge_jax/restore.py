@@ -253,8 +253,8 @@ class Restorer:
           log(f"compiling the restore step for {batch} x {h}x{w} (stage {k}; the first batch of "
               f"this size, may take minutes)")
         self.compiled.add(key)
-        work = self._global({r: to_work(img, self.plan(*img.shape[:2])) for r, img in images.items()},
-                            (batch, h, w, 3))
+        work = self._global({r: to_work(img, self.plan(*img.shape[:2]))
+                             for r, img in images.items()}, (batch, h, w, 3))
         first = encode_step(self.vae_state, work, graphdef=self.vae_graphdef)
         shape = (latent_frames,) + first.shape[2:]
         noise = self._global(dict(enumerate(self.noise(names, shape, k))), (batch,) + shape)

@@ -109,7 +109,8 @@ def check(config) -> None:
     try:
       from vbridge_jax import video  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
     except ImportError as e:
-      raise ValueError(f"--config.video needs vbridge_jax.video and imageio[ffmpeg] ({e})") from None
+      raise ValueError(f"--config.video needs vbridge_jax.video and imageio[ffmpeg] ({e})") \
+          from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -163,7 +164,6 @@ def run(config) -> int:
   from vbridge_jax import sharding as sh  # pylint: disable=import-outside-toplevel
   sh.maybe_initialize_distributed(config.get("distributed"))
   from vbridge_jax import restore_jobs as jobs_lib  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.data.files import DataError, image_size, read_rgb  # pylint: disable=import-outside-toplevel
 
   t_start = time.time()
   inp, out_root = Path(config.input), Path(config.output).resolve()
@@ -183,7 +183,7 @@ def run(config) -> int:
   rc = 1 if problems else 0
   if todo:
     _check_model(config)
-    rc = max(rc, _restore(config, todo, out_root, status, jobs_lib, image_size, read_rgb, DataError))
+    rc = max(rc, _restore(config, todo, out_root, status))
   status["seconds"] = time.time() - t_start
   jobs_lib.write_status(out_root, jax.process_index(), status)
   if jax.process_count() > 1:
@@ -220,9 +220,11 @@ def _check_model(config) -> None:
   restore.load_prompts(Path(config.prompts), dcfg.text_dim)
 
 
-def _restore(config, todo, out_root: Path, status: dict, jobs_lib, image_size, read_rgb,
-             DataError) -> int:
+def _restore(config, todo, out_root: Path, status: dict) -> int:
+  """Loads the models and restores `todo` [(file, relative path)]; fills `status`."""
   import jax  # pylint: disable=import-outside-toplevel
+  from vbridge_jax import restore_jobs as jobs_lib  # pylint: disable=import-outside-toplevel
+  from vbridge_jax.data.files import DataError, image_size, read_rgb  # noqa: E501  pylint: disable=import-outside-toplevel
   from vbridge_jax import restore  # pylint: disable=import-outside-toplevel
   from vbridge_jax import sharding as sh  # pylint: disable=import-outside-toplevel
 
