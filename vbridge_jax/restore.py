@@ -18,7 +18,8 @@ encoded, `frames` frames sampled (UniPC, shift 5, guidance 6 with the last 15% o
 unguided: `SamplerConfig`'s defaults), decoded, the last frame cropped (or zoomed) back. The
 frame count is the model's own (`model.json`; the corrector's from its folder) unless
 `frames` is given. Noise is drawn per image from `seed` and its relative path, so the bytes
-do not depend on batching, devices or processes.
+do not depend on batching or on the number of processes (on XLA:CPU the number of devices
+sharing one process can move a pixel by one level: its threading changes the arithmetic).
 
 Scale: the models are built on the run's mesh with the training config's fields (`mesh.*`,
 `logical_axis_rules`, `num_devices`, `distributed.*`): the model axes (fsdp, tensor) shard
