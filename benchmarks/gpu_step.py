@@ -159,8 +159,8 @@ def bench_restore() -> dict:
   vae = sh.create_sharded(lambda: WanVAE(vcfg, rngs=nnx.Rngs(params=1)), mesh, rules)
   dg, ds = nnx.split(dit)
   vg, vs = nnx.split(vae)
-  fn = aot.restore_step_fn(dg, vg, vae=True)
-  image = jax.random.uniform(jax.random.key(0), (1, 1, H, W, 3), jnp.float32, -1, 1)
+  fn, _ = aot.restore_step_lowering(dg, vg, dcfg, sh.activation_rules(rules), vae=True)
+  image = jax.random.uniform(jax.random.key(0), (1, H, W, 3), jnp.float32, -1, 1)
   lat = (1, 1 + (FRAMES - 1) // 4, H // 16, W // 16, dcfg.in_channels)
   noise = jax.random.normal(jax.random.key(1), lat, jnp.float32)
   pos = jax.random.normal(jax.random.key(2), (1, dcfg.text_len, dcfg.text_dim)) * 0.1

@@ -1,52 +1,78 @@
 """Restoring with V-Bridge: the authors' released inference settings, and a tiny-model check.
 
-Variants (`--config configs/restore.py:VARIANT`):
+Variants (`--config=configs/restore.py:VARIANT`):
 
-- (none): the released test code (reference/vbridge_paper.md, "Inference"): 5 frames,
-  flow UniPC with Wan's schedule, 50 steps, shift 5, guidance 6.0 with the last 15% of
-  the steps unguided, bf16 DiT compute, seed 43. `model`, `prompts`, `input` and `output`
-  must be given (flags or `--config.KEY=VALUE`); `drift` optionally.
-- `tiny`: the random model from `convert/tiny_repo.py` on a CPU: float32 compute and
-  4 steps (the output is noise; this checks the wiring in a minute).
+- (none): the authors' released test code: flow UniPC with Wan's schedule, 50 steps, shift 5,
+  guidance 6.0 with the last 15% of the steps unguided (`vbridge_jax.sampler.SamplerConfig`'s
+  defaults, the one source of them), the DiT in bf16 (params and compute, as their
+  inference casts it), seed 43, the frame count the model folder records (`model.json`; 5,
+  as their eval.sh, when it records none). `model`, `prompts`, `input` and `output` must be
+  given; `drift` optionally. One image per device, weights replicated (`mesh.data=-1`); for
+  a model that does not fit one chip, `--config.mesh.data=1 --config.mesh.fsdp=-1` (FSDP), or
+  a `tensor` axis, exactly as in training.
+- `tiny`: the random model from `convert/tiny_repo.py` on a CPU: float32 and 4 steps (the
+  output is noise; this checks the wiring in a minute).
 
 Launch:
 
-    python -m vbridge_jax.restore --config configs/restore.py --model wan22 \\
-        --prompts prompts.npz --input FoundIR/test --output restored [--drift DRIFT_DIR]
-    python -m vbridge_jax.restore --config configs/restore.py:tiny --model tiny \\
-        --prompts tiny/prompts.npz --input demo --output restored_tiny
+    python -m vbridge_jax.restore --config=configs/restore.py --config.model=wan22 \\
+        --config.prompts=prompts.npz --config.input=FoundIR/test --config.output=restored
+    python -m vbridge_jax.restore --config=configs/restore.py:tiny --config.model=tiny \\
+        --config.prompts=tiny/prompts.npz --config.input=demo --config.output=restored_tiny
 
-Command-line flags override these values; every flag of `vbridge_jax.restore` is a key here
-(`cfg_skip` for `--cfg-skip`).
+On several hosts every host runs the same command (`distributed.*` as in training).
 """
 
 from __future__ import annotations
 
 import ml_collections
 
+from vbridge_jax.sampler import SETTINGS, SamplerConfig
+from vbridge_jax.sharding import DEFAULT_RULES
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.model = ""  # required: converter output with dit/ and vae/ (convert/wan_to_jax.py)
+  c.drift = ""  # converted drift-corrector DiT; empty: none
+  c.prompts = ""  # required: .npz from convert/encode_prompts.py
+  c.input = ""  # required: an image or a folder tree
+  c.output = ""  # required: output folder, PNGs at the same relative paths
+  c.frames = 0  # clip length 1 + 4k; 0: the model folder's model.json (5 without one)
+  c.drift_frames = 0  # the corrector's; 0: its own folder's model.json
+  defaults = SamplerConfig()
+  for f in SETTINGS:  # solver, steps, shift, schedule, guidance, cfg_skip
+    setattr(c, f, getattr(defaults, f))
+  c.seed = 43
+  c.batch = 0  # global images per batch; 0: one per data x fsdp shard
+  c.dtype = "bfloat16"  # DiT compute dtype
+  c.param_dtype = "bfloat16"  # DiT (and corrector) weights as held: bf16 halves the memory
+  c.quantize = "truncate"  # frames to uint8 as the authors (x * 255 truncated) | round
+  c.video = False  # also write each sample's frames as <name>.mp4 (imageio defaults, 24 fps)
+  c.overwrite = False  # restore images whose output exists
+  c.progress = True
+  # The run's mesh, exactly as in training (configs/curriculum.py).
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, context=1, tensor=1))
+  c.num_devices = 0  # use the first N devices (0: all)
+  c.logical_axis_rules = [list(r) for r in DEFAULT_RULES]
+  c.distributed = ml_collections.ConfigDict(dict(enabled="auto", coordinator_address="",
+                                                 num_processes=0, process_id=-1))
+  return c
+
+
+def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  c.steps = 4
+  c.dtype = "float32"  # bf16 matmuls are slow on CPUs
+  c.param_dtype = "float32"
+  return c
+
+
+VARIANTS = {"": lambda c: c, "tiny": tiny}
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = arg or ""
-  if arg not in ("", "tiny"):
-    raise ValueError(f"unknown variant {arg!r} of configs/restore.py; one of '', 'tiny'")
-  c = ml_collections.ConfigDict()
-  c.model = ""  # converter output with dit/ and vae/ (convert/wan_to_jax.py)
-  c.drift = ""  # converted drift-corrector DiT; empty: none
-  c.prompts = ""  # .npz from convert/encode_prompts.py
-  c.input = ""  # an image or a folder tree
-  c.output = ""  # output folder: PNGs at the same relative paths
-  c.frames = 5
-  c.steps = 50
-  c.guidance = 6.0
-  c.cfg_skip = 0.15
-  c.shift = 5.0
-  c.solver = "unipc"
-  c.schedule = "wan"
-  c.seed = 43
-  c.batch = 0  # images per batch; 0: the local device count
-  c.dtype = "bfloat16"
-  c.overwrite = False
-  if arg == "tiny":
-    c.steps = 4
-    c.dtype = "float32"  # bf16 matmuls are slow on CPUs
-  return c
+  if arg not in VARIANTS:
+    raise ValueError(f"unknown variant {arg!r} of configs/restore.py; one of "
+                     f"{', '.join(repr(v) for v in VARIANTS)}")
+  return VARIANTS[arg](base_config())

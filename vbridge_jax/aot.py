@@ -11,8 +11,10 @@ attached (`jax.experimental.topologies`); the step is lowered over abstract, sha
 and compiled by XLA:TPU. The training step is the trainer's own (`trainer.make_train_step`:
 VAE encode, flow-matching TI2V inputs, DiT, masked MSE, AdamW), at `--size` px with
 `--frames` frames and one clip per data x fsdp shard unless `--batch` says otherwise; the
-restore step encodes frame 0, runs the 50-step UniPC loop with CFG and decodes
-(`--restore_size=704x1280`, `--restore_frames=5`). The DiT runs splash attention on TPU.
+restore step is the restore command's own (`restore.sample_step`: the UniPC loop with CFG
+and `SamplerConfig`'s defaults, from frame-0 latents; with `--vae`, `restore.restore_step`:
+encode, that loop, decode), at `--restore_size=704x1280`, `--restore_frames=5`, with the
+DiT's params as `--config.model.param_dtype` holds them. The DiT runs splash attention on TPU.
 
 The table gives, per chip: XLA's argument / output / temp memory and the peak against the
 chip's HBM (the peak includes the frozen VAE's replicated parameters, which the trainer
@@ -30,6 +32,7 @@ analytic count is the one to trust.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -292,21 +295,18 @@ def train_step_fn(graphdef, vae_graphdef, config, dcfg, wrt, state_sh, mesh, *, 
                          state_shardings=state_sh, batch_sharding=sh.batch_sharding(mesh, 5))
 
 
-def restore_step_fn(dit_graphdef, vae_graphdef, *, vae: bool, steps: int = 50):
-  """The restore path: frame-0 latent -> 50-step UniPC with CFG -> final latent; with
-  `vae=True` from the image (VAE encode) to the decoded last frame."""
-  from vbridge_jax.sampler import Sampler, SamplerConfig  # pylint: disable=import-outside-toplevel
-
-  def restore(dit_state, vae_state, first, noise, positive, negative):
-    model = nnx.merge(dit_graphdef, dit_state)
-    if vae:
-      codec = nnx.merge(vae_graphdef, vae_state)
-      first = codec.normalize(codec.encode(first))
-    sampler = Sampler(model, SamplerConfig(steps=steps, patch_size=tuple(model.config.patch_size)))
-    latent = sampler(noise, positive, negative, first)
-    return codec.decode(codec.denormalize(latent))[:, -1] if vae else latent
-
-  return jax.jit(restore)
+def restore_step_lowering(dit_graphdef, vae_graphdef, dcfg, rules, *, vae: bool):
+  """(function, static keywords) of the restore command's own step (`vbridge_jax.restore`):
+  `sample_step` (frame-0 latent -> the UniPC loop with CFG -> final latent, with
+  `SamplerConfig`'s defaults), or with `vae=True` `restore_step` (image -> encode -> that
+  step -> the decoded last frame)."""
+  from vbridge_jax import restore  # pylint: disable=import-outside-toplevel
+  from vbridge_jax.sampler import SamplerConfig  # pylint: disable=import-outside-toplevel
+  scfg = dataclasses.replace(SamplerConfig(), patch_size=tuple(dcfg.patch_size))
+  if vae:
+    return jax.jit(functools.partial(restore.restore_step, dit_graphdef=dit_graphdef,
+                                     vae_graphdef=vae_graphdef, config=scfg, rules=rules)), {}
+  return restore.sample_step, dict(graphdef=dit_graphdef, config=scfg, rules=rules)
 
 
 def compile_case(config, topo: Topology, devices, *, step: str, frames: int, hw: tuple[int, int],
@@ -325,6 +325,10 @@ def compile_case(config, topo: Topology, devices, *, step: str, frames: int, hw:
   tokens = flops.video_tokens(frames, h, w, dcfg.patch_size)
   ctx = _replicated(mesh, (1, dcfg.text_len, dcfg.text_dim))
   t0 = time.time()
+  static: dict[str, Any] = {}
+  from vbridge_jax.train_utils import setup  # pylint: disable=import-outside-toplevel
+  vcfg = setup.vae_config(config)
+  spatial, temporal = int(vcfg.scale_factor_spatial), int(vcfg.scale_factor_temporal)
   if step == "train":  # built outside the mesh: it may create host constants (the RNG key)
     fn = train_step_fn(graphdef, vae_graphdef, config, dcfg, wrt,
                        jax.tree.map(lambda s: s.sharding, state), mesh, vae=vae)
@@ -340,17 +344,21 @@ def compile_case(config, topo: Topology, devices, *, step: str, frames: int, hw:
                                   lora_targets=[t.strip() for t in str(config.lora.targets).split(",")])
       model_f, hw_f = sf.model, sf.hardware
     elif step == "restore":
+      from vbridge_jax.sampler import SamplerConfig, guided_steps  # pylint: disable=import-outside-toplevel
       dit_graphdef, dit_state = st.dit
-      fn = restore_step_fn(dit_graphdef, vae_graphdef, vae=vae)
-      lat = (batch, 1 + (frames - 1) // 4, h // 16, w // 16, dcfg.in_channels)
-      first = _batched(mesh, (batch, 1, h, w, 3)) if vae else _batched(mesh, (batch, 1) + lat[2:])
-      args = (dit_state, vae_state if vae else None, first, _batched(mesh, lat), ctx, ctx)
-      from vbridge_jax.sampler import guided_steps  # pylint: disable=import-outside-toplevel
-      guided = int(guided_steps(50, 0.15).sum())
-      model_f = hw_f = flops.sampling_flops(dcfg, tokens, batch, steps=50, guided_steps=guided)
+      fn, static = restore_step_lowering(dit_graphdef, vae_graphdef, dcfg, act_rules, vae=vae)
+      lat = (batch, 1 + (frames - 1) // temporal, h // spatial, w // spatial, dcfg.in_channels)
+      if vae:
+        args = (dit_state, vae_state, _batched(mesh, (batch, h, w, 3)), _batched(mesh, lat), ctx, ctx)
+      else:
+        args = (dit_state, _batched(mesh, (batch, 1) + lat[2:]), _batched(mesh, lat), ctx, ctx)
+      scfg = SamplerConfig()
+      guided = int(guided_steps(scfg.steps, scfg.cfg_skip).sum())
+      model_f = hw_f = flops.sampling_flops(dcfg, tokens, batch, steps=scfg.steps,
+                                            guided_steps=guided)
     else:
       raise AOTError(f"unknown step {step!r}: train or restore")
-    compiled = fn.lower(*args).compile()
+    compiled = fn.lower(*args, **static).compile()
   spec = topo.spec
   xla_f, xla_b = _xla_cost(compiled)
   roofline = max(hw_f / (topo.chips * spec.peak_bf16_flops), xla_b / spec.hbm_bandwidth)

@@ -1,93 +1,54 @@
 """Restore degraded images with a converted V-Bridge model (and optionally the drift corrector).
 
-  python -m vbridge_jax.restore --model DIR [--drift DIR] --prompts FILE.npz \
-      --input PATH --output DIR [--frames 5] [--steps 50] [--guidance 6.0] \
-      [--cfg-skip 0.15] [--seed 43] [--overwrite]
+    python -m vbridge_jax.restore --config=configs/restore.py[:tiny] --config.model=DIR \
+        --config.prompts=FILE.npz --config.input=PATH --config.output=DIR [--config.drift=DIR] \
+        [--config.steps=50 --config.mesh.fsdp=-1 --config.mesh.data=1 ...]
 
-`--model` is a converter output holding `dit/` and `vae/` (convert/wan_to_jax.py); `--drift`
-a second converted DiT (the corrector, sharing the VAE). `--prompts` is the `.npz` from
-convert/encode_prompts.py. `--input` is an image or a folder tree; every image gets a PNG of
-the same size at the same relative path under `--output` (existing ones are skipped unless
-`--overwrite`). Per image, as the authors' test code does: images up to 2560x1440 are
-reflect-padded (bottom/right) to a multiple of 32, larger ones resized to about 2560x1440
-pixels (multiples of 32) and resized back at the end; the image in [-1, 1] is VAE-encoded
-as frame 0, `--frames` frames are sampled (UniPC, shift 5, guidance with the last
-`--cfg-skip` of the steps unguided), decoded, and the last frame is cropped back. With
-`--drift` the corrector runs the same way from that output. In a folder, images under `GT/`
-folders are skipped (the ground truth of a paired `<category>/{LQ,GT}/<id>` tree). Noise is
-drawn per image from `--seed` and the image's relative path, so results do not depend on
-batching. Images of the same working size are batched and sharded over all local devices.
-A file that cannot be read is reported by name, the rest still run, and the exit status is
-then 1.
+Settings come from `configs/restore.py` (absl + ml_collections `config_flags`, as training;
+`--help` lists the variants and every field with its default). `model` is a converter output
+holding `dit/` and `vae/` (convert/wan_to_jax.py, or `python -m vbridge_jax.export`); `drift`
+a second converted DiT (the corrector, sharing the VAE); `prompts` the `.npz` from
+convert/encode_prompts.py. `input` is an image or a folder tree; every image gets a PNG of the
+same size at the same relative path under `output` (`vbridge_jax.restore_jobs`: which inputs,
+finished outputs, batches and process shares).
 
-`--config configs/restore.py[:tiny]` gives every option a value from a config file
-(ml_collections; see its docstring); flags on the command line override it.
+Per image, as the authors' inference code does (`vbridge_jax.restore_geometry`): reflect
+padding to a multiple of the codec x patch size (or their resize for large images), frame 0
+encoded, `frames` frames sampled (UniPC, shift 5, guidance 6 with the last 15% of the steps
+unguided: `SamplerConfig`'s defaults), decoded, the last frame cropped (or zoomed) back. The
+frame count is the model's own (`model.json`; the corrector's from its folder) unless
+`frames` is given. Noise is drawn per image from `seed` and its relative path, so the bytes
+do not depend on batching or on the number of processes (on XLA:CPU the number of devices
+sharing one process can move a pixel by one level: its threading changes the arithmetic).
+
+Scale: the models are built on the run's mesh with the training config's fields (`mesh.*`,
+`logical_axis_rules`, `num_devices`, `distributed.*`): the model axes (fsdp, tensor) shard
+the weights, same-size images are batched over the data-parallel axes (data x fsdp). Every
+process of a multi-host job runs the same command; `vbridge_jax.aot --steps=restore`
+compiles `sample_step`, the step this command runs. Rerunning skips verified outputs and
+redoes half-written ones; process 0 writes `restore_summary.json` (counts, failures by file,
+seconds per image). A file that cannot be read is reported by name, the rest still run, and
+the exit status is then 1.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import os
+import functools
 import sys
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from flax import nnx
+from jax.sharding import PartitionSpec as P
 
-from vbridge_jax import cli_config
-from vbridge_jax.data.files import IMAGE_EXTS, DataError, read_rgb
-from vbridge_jax.sampler import Sampler, SamplerConfig
-
-MAX_H, MAX_W, MULTIPLE = 1440, 2560, 32
-
-
-@dataclasses.dataclass(frozen=True)
-class Plan:
-  """How one image is brought to the working size and back."""
-
-  height: int  # original
-  width: int
-  work_h: int  # what the model sees
-  work_w: int
-  resize: bool  # True: resized (large image), False: reflect-padded
-
-
-def plan_size(height: int, width: int) -> Plan:
-  """The authors' rule: pad up to a multiple of 32, or resize (about 2560x1440 area) if larger."""
-  if height > MAX_H or width > MAX_W:
-    area = min(MAX_H * MAX_W, height * width)
-    aspect = width / height
-    new_h = (area / aspect) ** 0.5
-    new_w = new_h * aspect
-    return Plan(height, width, max(MULTIPLE, int(new_h // MULTIPLE) * MULTIPLE),
-                max(MULTIPLE, int(new_w // MULTIPLE) * MULTIPLE), True)
-  up = lambda n: -(-n // MULTIPLE) * MULTIPLE
-  return Plan(height, width, up(height), up(width), False)
-
-
-def to_work(img: np.ndarray, plan: Plan) -> np.ndarray:
-  """uint8 (H, W, 3) -> float32 (work_h, work_w, 3) in [-1, 1]."""
-  if plan.resize:
-    from PIL import Image  # pylint: disable=import-outside-toplevel
-    img = np.asarray(Image.fromarray(img).resize((plan.work_w, plan.work_h), Image.BICUBIC))
-  else:
-    img = np.pad(img, ((0, plan.work_h - plan.height), (0, plan.work_w - plan.width), (0, 0)),
-                 mode="reflect" if min(img.shape[:2]) > 1 else "edge")
-  return img.astype(np.float32) / 127.5 - 1.0
-
-
-def from_work(x: np.ndarray, plan: Plan) -> np.ndarray:
-  """float (work_h, work_w, 3) in [-1, 1] -> uint8 (H, W, 3), cropped or resized back."""
-  img = np.clip(np.round((np.asarray(x, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
-  if plan.resize:
-    from PIL import Image  # pylint: disable=import-outside-toplevel
-    return np.asarray(Image.fromarray(img).resize((plan.width, plan.height), Image.BICUBIC))
-  return img[:plan.height, :plan.width]
+from vbridge_jax import sharding as sh
+from vbridge_jax.restore_geometry import Plan, crop_work, from_work, plan_size, to_uint8, to_work  # noqa: F401
+from vbridge_jax.sampler import SETTINGS, Sampler, SamplerConfig
 
 
 def load_prompts(path: Path, text_dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -102,179 +63,274 @@ def load_prompts(path: Path, text_dim: int) -> tuple[np.ndarray, np.ndarray]:
   return pos, neg
 
 
-def find_inputs(path: Path) -> list[tuple[Path, Path]]:
-  """(file, path relative to the input root) for an image or every image under a folder.
+# ------------------------------------------------------------------------------------ steps
 
-  In a folder, images under a `GT` folder are left out: in a paired tree
-  (`<category>/{LQ,GT}/<id>`) they are the ground truth, not something to restore.
+
+def _batch_spec(ndim: int) -> P:
+  """The leading axis over data x fsdp of the current mesh (as `sharding.batch_sharding`)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  axes = tuple(a for a in sh.BATCH_AXES if not mesh.empty and mesh.shape.get(a, 1) > 1)
+  lead = None if not axes else axes[0] if len(axes) == 1 else axes
+  return P(lead, *([None] * (ndim - 1)))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "config", "rules"))
+def sample_step(dit_state, first, noise, positive, negative, *, graphdef, config: SamplerConfig,
+                rules):
+  """The restore step: frame-0 latents `(B, 1, h, w, C)` -> sampled latents `(B, F, h, w, C)`.
+
+  The DiT's state is sharded by `rules` on the current mesh (`jax.set_mesh`); the batch over
+  data x fsdp. `vbridge_jax.aot --steps=restore` compiles this function.
   """
-  if path.is_file():
-    return [(path, Path(path.name))]
-  if not path.is_dir():
-    raise FileNotFoundError(f"{path}: no such file or folder")
-  return [(f, f.relative_to(path)) for f in sorted(path.rglob("*"))
-          if f.is_file() and f.suffix.lower() in IMAGE_EXTS
-          and "GT" not in f.relative_to(path).parts[:-1]]
+  with nnx.logical_axis_rules(rules):
+    return Sampler(nnx.merge(graphdef, dit_state), config)(noise, positive, negative, first)
 
 
-def _replicate(model: Any, mesh: Mesh) -> Any:
-  from flax import nnx  # pylint: disable=import-outside-toplevel
-  graphdef, state = nnx.split(model)
-  state = jax.device_put(state, NamedSharding(mesh, P()))
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def encode_step(vae_state, images, *, graphdef):
+  """`(B, H, W, 3)` in [-1, 1] -> normalised frame-0 latents `(B, 1, h, w, C)`."""
+  codec = nnx.merge(graphdef, vae_state)
+  return codec.normalize(codec.encode(images[:, None]))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "all_frames"))
+def decode_step(vae_state, latent, *, graphdef, all_frames: bool = False):
+  """Latents -> the last frame `(B, H, W, 3)` (or every frame `(B, T, H, W, 3)`) in [-1, 1]."""
+  codec = nnx.merge(graphdef, vae_state)
+  video = codec.decode(codec.denormalize(latent))
+  out = video if all_frames else video[:, -1]
+  return jax.lax.with_sharding_constraint(out, _batch_spec(out.ndim))
+
+
+def restore_step(dit_state, vae_state, images, noise, positive, negative, *, dit_graphdef,
+                 vae_graphdef, config: SamplerConfig, rules, all_frames: bool = False):
+  """Images to restored frames: encode, `sample_step`, decode (AOT `--vae` compiles this)."""
+  first = encode_step(vae_state, images, graphdef=vae_graphdef)
+  latent = sample_step(dit_state, first, noise, positive, negative, graphdef=dit_graphdef,
+                       config=config, rules=rules)
+  return decode_step(vae_state, latent, graphdef=vae_graphdef, all_frames=all_frames)
+
+
+# ---------------------------------------------------------------------------------- models
+
+
+def place(module: Any, mesh, rules) -> Any:
+  """An nnx module's state put on `mesh` as `rules` shard it (unannotated arrays replicated)."""
+  graphdef, state = nnx.split(module)
+  shardings = sh.state_shardings(state, mesh, rules)
+
+  def put(x, s):
+    if isinstance(x, jax.Array) and x.sharding == s:
+      return x  # already there (e.g. read straight into it)
+    return jax.device_put(np.asarray(x), s)  # host values: the same on every process
+
+  return nnx.merge(graphdef, jax.tree.map(put, state, shardings))
+
+
+def load_codec(path: str | Path, mesh) -> Any:
+  """The model folder's VAE, read replicated over `mesh` (every process reads it whole)."""
+  from vbridge_jax.models import load_vae  # pylint: disable=import-outside-toplevel
+  return load_vae(path, sharding=jax.sharding.NamedSharding(mesh, P()))
+
+
+def load_dit_sharded(path: str | Path, mesh, rules, **overrides) -> Any:
+  """A converted DiT read straight into its shardings on `mesh` (each process reads only the
+  chunks its devices hold; the full model is never assembled on one host)."""
+  from vbridge_jax.checkpoints import io  # pylint: disable=import-outside-toplevel
+  from vbridge_jax.models.configs import DiTConfig  # pylint: disable=import-outside-toplevel
+  from vbridge_jax.models.wan_dit import WanDiT  # pylint: disable=import-outside-toplevel
+
+  folder = io.find_component(Path(path), "dit")
+  cfg = DiTConfig.from_dict(io.read_component_config(folder), **overrides)
+  with nnx.use_eager_sharding(False):
+    abstract = nnx.eval_shape(lambda: WanDiT(cfg, rngs=nnx.Rngs(0)))
+  graphdef, state = nnx.split(abstract)
+  shardings = nnx.to_pure_dict(sh.state_shardings(state, mesh, rules))
+  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        nnx.to_pure_dict(state), shardings)
+  nnx.replace_by_pure_dict(state, io.restore_params(folder, target))
   return nnx.merge(graphdef, state)
 
 
+# -------------------------------------------------------------------------------- restorer
+
+
 class Restorer:
-  """Base model (+ optional drift corrector): batches of same-size images in, uint8 images out."""
+  """Base model (+ optional drift corrector): batches of images in, uint8 images out.
+
+  `mesh=None` builds a one-process mesh over the local devices and puts the models on it
+  (replicated, or as `rules` say); given a mesh, the models are used as they are (already
+  sharded on it, e.g. the trainer's live model or the command's loaded ones). `frames` is
+  the base model's clip length, `drift_frames` the corrector's (default: `frames`).
+  """
 
   def __init__(self, dit: Any, vae: Any, positive: np.ndarray, negative: np.ndarray,
-               config: SamplerConfig, frames: int = 5, drift: Any = None, seed: int = 43):
-    if frames < 1 or (frames - 1) % 4:
-      raise ValueError(f"--frames {frames}: must be 1 + 4k")
-    self.mesh = Mesh(np.array(jax.local_devices()), ("data",))
-    self.vae = _replicate(vae, self.mesh)
-    self.samplers = [Sampler(_replicate(dit, self.mesh), config)]
-    if drift is not None:
-      self.samplers.append(Sampler(_replicate(drift, self.mesh), config))
-    self.positive, self.negative = positive[None], negative[None]
-    self.frames, self.seed = frames, seed
-    self.latent_frames = 1 + (frames - 1) // 4
+               config: SamplerConfig, frames: int = 5, drift: Any = None, seed: int = 43,
+               mesh=None, rules=None, drift_frames: int | None = None,
+               quantize: str = "truncate"):
+    self.rules = sh.rules_from_config(rules)
+    self.act_rules = sh.activation_rules(self.rules)
+    if mesh is None:
+      mesh = sh.create_mesh({"data": -1}, jax.local_devices())
+      dit, vae = place(dit, mesh, self.rules), place(vae, mesh, self.rules)
+      drift = None if drift is None else place(drift, mesh, self.rules)
+    self.mesh = mesh
+    temporal = int(vae.config.scale_factor_temporal)
+    self.multiple = int(vae.config.scale_factor_spatial) * int(dit.config.patch_size[1])
+    self.vae_graphdef, self.vae_state = nnx.split(vae)
+    self.stages = []
+    for model, f in ((dit, frames), (drift, drift_frames or frames)):
+      if model is None:
+        continue
+      if f < 1 or (f - 1) % temporal:
+        raise ValueError(f"frames={f}: must be 1 + {temporal}k for this codec")
+      graphdef, state = nnx.split(model)
+      self.stages.append((graphdef, state, 1 + (f - 1) // temporal))
+    self.config = dataclasses.replace(config, patch_size=tuple(dit.config.patch_size))
+    put = lambda a: sh.replicated(mesh, a[None])
+    self.positive, self.negative = put(positive), put(negative)
+    self.seed, self.quantize = seed, quantize
+    self.compiled: set[tuple[int, ...]] = set()
 
   @property
   def batch_multiple(self) -> int:
-    return self.mesh.devices.size
+    return sh.batch_shards(self.mesh)
 
-  def noise(self, names: list[str], shape: tuple[int, ...], stage: int) -> jax.Array:
+  def plan(self, height: int, width: int) -> Plan:
+    return plan_size(height, width, self.multiple)
+
+  def noise(self, names: Sequence[str | None], shape: tuple[int, ...], stage: int) -> np.ndarray:
+    """Per-image noise from the seed and the image's name (zeros for a dummy row)."""
     base = jax.random.key(self.seed)
-    keys = [jax.random.fold_in(jax.random.fold_in(base, zlib.crc32(n.encode())), stage) for n in names]
-    # Drawn flat and reshaped: the same numbers, and XLA:CPU compiles a rank-1 draw in about
-    # a second where a rank-4 one takes ten (jax 0.10).
     size = int(np.prod(shape))
-    return jnp.stack([jax.random.normal(k, (size,), jnp.float32).reshape(shape) for k in keys])
+    out = []
+    for n in names:
+      if n is None:
+        out.append(np.zeros(shape, np.float32))
+        continue
+      key = jax.random.fold_in(jax.random.fold_in(base, zlib.crc32(n.encode())), stage)
+      # Drawn flat and reshaped: XLA:CPU compiles a rank-1 draw much faster than rank 4.
+      out.append(np.asarray(jax.random.normal(key, (size,), jnp.float32)).reshape(shape))
+    return np.stack(out)
 
-  def run_stage(self, sampler: Sampler, work: np.ndarray, names: list[str], stage: int) -> np.ndarray:
-    """work (B, H, W, 3) in [-1, 1] -> last frames (B, H, W, 3) in [-1, 1]."""
-    n = len(names)
-    pad = -n % self.batch_multiple
-    if pad:  # fill the batch up to the device count with copies of the last image
-      work = np.concatenate([work, np.repeat(work[-1:], pad, axis=0)])
-      names = names + [names[-1]] * pad
-    shard = NamedSharding(self.mesh, P("data"))
-    video = jax.device_put(jnp.asarray(work)[:, None], shard)
-    first = self.vae.normalize(self.vae.encode(video))
-    shape = (self.latent_frames,) + first.shape[2:]
-    noise = jax.device_put(self.noise(names, shape, stage), shard)
-    latent = sampler(noise, self.positive, self.negative, first)
-    decoded = self.vae.decode(self.vae.denormalize(latent))
-    return np.asarray(decoded[:, -1], np.float32)[:n]
+  def _global(self, rows: dict[int, np.ndarray], shape: tuple[int, ...]) -> jax.Array:
+    """A global batch from the rows this process holds (missing rows: zeros)."""
+    sharding = sh.batch_sharding(self.mesh, len(shape))
+    zero = np.zeros(shape[1:], np.float32)
+
+    def fetch(idx):
+      rs = range(*idx[0].indices(shape[0]))
+      return np.stack([rows.get(r, zero) for r in rs])[(slice(None),) + tuple(idx[1:])]
+
+    return jax.make_array_from_callback(shape, sharding, fetch)
+
+  @staticmethod
+  def _local(x: jax.Array) -> dict[int, np.ndarray]:
+    out = {}
+    for shard in x.addressable_shards:
+      data = np.asarray(shard.data)
+      for j, r in enumerate(range(*shard.index[0].indices(x.shape[0]))):
+        out[r] = data[j]
+    return out
+
+  def run_batch(self, rows: dict[int, tuple[np.ndarray, str]], batch: int, plan: Plan, *,
+                all_frames: bool = False, log=None) -> dict[int, tuple[np.ndarray, Any]]:
+    """One global batch of images of `plan`'s working size.
+
+    `rows` maps the batch rows this process holds to (uint8 image, name); rows held by no
+    image are dummy work. Every process calls this the same number of times. Returns, per
+    row held, (the restored uint8 image, its frames at working size in [-1, 1] with
+    `all_frames`, else None).
+    """
+    images = {r: img for r, (img, _) in rows.items()}
+    names = [rows[r][1] if r in rows else None for r in range(batch)]
+    h, w = plan.work_h, plan.work_w
+    out: dict[int, tuple[np.ndarray, Any]] = {}
+    with jax.set_mesh(self.mesh):
+      for k, (graphdef, state, latent_frames) in enumerate(self.stages):
+        last = k == len(self.stages) - 1
+        key = (k, batch, h, w)
+        if log is not None and key not in self.compiled:
+          log(f"compiling the restore step for {batch} x {h}x{w} (stage {k}; the first batch of "
+              f"this size, may take minutes)")
+        self.compiled.add(key)
+        work = self._global({r: to_work(img, self.plan(*img.shape[:2]))
+                             for r, img in images.items()}, (batch, h, w, 3))
+        first = encode_step(self.vae_state, work, graphdef=self.vae_graphdef)
+        shape = (latent_frames,) + first.shape[2:]
+        noise = self._global(dict(enumerate(self.noise(names, shape, k))), (batch,) + shape)
+        latent = sample_step(state, first, noise, self.positive, self.negative, graphdef=graphdef,
+                             config=self.config, rules=self.act_rules)
+        video = decode_step(self.vae_state, latent, graphdef=self.vae_graphdef,
+                            all_frames=all_frames and last)
+        for r, frames in self._local(video).items():
+          if r not in images:
+            continue
+          lastf = frames[-1] if frames.ndim == 4 else frames
+          restored = from_work(lastf, self.plan(*images[r].shape[:2]), self.quantize)
+          out[r] = (restored, frames if frames.ndim == 4 else None)
+        images = {r: o[0] for r, o in out.items()}
+    return out
 
   def restore(self, images: list[np.ndarray], names: list[str]) -> list[np.ndarray]:
-    """Same-work-size uint8 images -> restored uint8 images of their own sizes."""
-    plans = [plan_size(*im.shape[:2]) for im in images]
-    for stage, sampler in enumerate(self.samplers):
-      work = np.stack([to_work(im, p) for im, p in zip(images, plans)])
-      out = self.run_stage(sampler, work, names, stage)
-      images = [from_work(o, p) for o, p in zip(out, plans)]
-    return images
+    """uint8 images (the same lists on every process) -> restored uint8 images of their sizes.
+
+    Images are grouped by working size and batched over the data-parallel axes; on several
+    processes every one gets every result.
+    """
+    results: list[np.ndarray | None] = [None] * len(images)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, im in enumerate(images):
+      p = self.plan(*im.shape[:2])
+      groups.setdefault((p.work_h, p.work_w), []).append(i)
+    m = self.batch_multiple
+    for idx in groups.values():
+      batch = -(-len(idx) // m) * m
+      plan = self.plan(*images[idx[0]].shape[:2])
+      held, _ = _rows(self.mesh, batch)
+      rows = {r: (images[idx[r]], names[idx[r]]) for r in held if r < len(idx)}
+      out = self.run_batch(rows, batch, plan)
+      local = {r: o[0] for r, o in out.items()}
+      if jax.process_count() > 1:  # every process gets every image
+        local = _allgather_images(local, [images[i].shape for i in idx])
+      for r, i in enumerate(idx):
+        results[i] = local[r]
+    return results
 
 
-def _write_png(img: np.ndarray, path: Path) -> None:
-  from PIL import Image  # pylint: disable=import-outside-toplevel
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.tmp")
-  Image.fromarray(img).save(tmp, format="PNG")
-  os.replace(tmp, path)
+def _rows(mesh, batch: int) -> tuple[list[int], list[int]]:
+  from vbridge_jax.restore_jobs import process_rows  # pylint: disable=import-outside-toplevel
+  return process_rows(sh.batch_sharding(mesh, 1), batch)
 
 
-def run(args: argparse.Namespace) -> int:
-  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.models.wan_dit import load_dit  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.models.wan_vae import load_vae  # pylint: disable=import-outside-toplevel
-
-  inputs = find_inputs(args.input)
-  out_root = args.output.resolve()
-  in_files = {f.resolve() for f, _ in inputs}
-  jobs = []
-  for f, rel in inputs:
-    dst = out_root / rel.with_suffix(".png")
-    if dst.resolve() in in_files:
-      raise ValueError(f"{dst}: output would overwrite an input; choose another --output")
-    if dst.exists() and not args.overwrite:
-      continue
-    jobs.append((f, rel, dst))
-  print(f"{len(inputs)} image(s) found, {len(inputs) - len(jobs)} already restored, {len(jobs)} to do")
-  if not jobs:
-    return 0
-  overrides = {"dtype": args.dtype}
-  dit = load_dit(args.model, **overrides)
-  drift = load_dit(args.drift, **overrides) if args.drift else None
-  vae = load_vae(args.model)
-  positive, negative = load_prompts(args.prompts, dit.config.text_dim)
-  config = SamplerConfig(solver=args.solver, steps=args.steps, shift=args.shift,
-                         schedule=args.schedule, guidance=args.guidance, cfg_skip=args.cfg_skip,
-                         patch_size=tuple(dit.config.patch_size))
-  restorer = Restorer(dit, vae, positive, negative, config, args.frames, drift, args.seed)
-  failed = []
-  groups: dict[tuple[int, int], list] = {}
-  bar = tqdm(total=len(jobs), desc="restore", unit="img")
-  for f, rel, dst in jobs:
-    try:
-      img = read_rgb(f)
-    except DataError as e:  # its message names the file
-      failed.append(str(e))
-      print(f"error: {e}", file=sys.stderr)
-      bar.update(1)
-      continue
-    p = plan_size(*img.shape[:2])
-    groups.setdefault((p.work_h, p.work_w), []).append((img, rel, dst))
-  size = max(1, args.batch or restorer.batch_multiple)
-  for items in groups.values():
-    for i in range(0, len(items), size):
-      chunk = items[i:i + size]
-      outs = restorer.restore([c[0] for c in chunk], [c[1].as_posix() for c in chunk])
-      for out, (_, _, dst) in zip(outs, chunk):
-        _write_png(out, dst)
-      bar.update(len(chunk))
-  bar.close()
-  if failed:
-    print(f"error: {len(failed)} image(s) could not be read: {', '.join(failed)}", file=sys.stderr)
-    return 1
-  return 0
+def _allgather_images(local: dict[int, np.ndarray], shapes) -> dict[int, np.ndarray]:
+  """Rows held by some process -> every row on every process (padded to one shape to gather)."""
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  hmax, wmax = max(s[0] for s in shapes), max(s[1] for s in shapes)
+  buf = np.zeros((len(shapes), hmax, wmax, 3), np.int32)
+  have = np.zeros((len(shapes),), np.int32)
+  for r, img in local.items():
+    if r < len(shapes):
+      buf[r, :img.shape[0], :img.shape[1]] = img
+      have[r] = 1
+  all_buf = np.asarray(multihost_utils.process_allgather(buf))
+  all_have = np.asarray(multihost_utils.process_allgather(have))
+  out = {}
+  for r, s in enumerate(shapes):
+    p = int(np.argmax(all_have[:, r]))
+    out[r] = all_buf[p, r, :s[0], :s[1]].astype(np.uint8)
+  return out
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--config", metavar="FILE[:VARIANT]",
-                 help="settings from configs/restore.py (flags override; --config.KEY=VALUE too)")
-  p.add_argument("--model", type=Path, help="converted model (dit/ and vae/); required")
-  p.add_argument("--drift", type=Path, default=None, help="converted drift-corrector DiT")
-  p.add_argument("--prompts", type=Path, help=".npz from convert/encode_prompts.py; required")
-  p.add_argument("--input", type=Path, help="an image or a folder tree; required")
-  p.add_argument("--output", type=Path, help="output folder (PNG, same tree); required")
-  p.add_argument("--frames", type=int, default=5, help="video frames, 1 + 4k (default 5)")
-  p.add_argument("--steps", type=int, default=50)
-  p.add_argument("--guidance", type=float, default=6.0)
-  p.add_argument("--cfg-skip", type=float, default=0.15, help="fraction of final steps unguided")
-  p.add_argument("--shift", type=float, default=5.0)
-  p.add_argument("--solver", default="unipc", choices=["unipc", "euler"])
-  p.add_argument("--schedule", default="wan", choices=["wan", "diffusers"],
-                 help="sigma schedule: the authors' Wan scheduler (default) or diffusers'")
-  p.add_argument("--seed", type=int, default=43)
-  p.add_argument("--batch", type=int, default=0, help="images per batch (default: local device count)")
-  p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
-                 help="DiT compute dtype (default bfloat16, as the authors)")
-  p.add_argument("--overwrite", action="store_true", help="restore images whose output exists")
-  return cli_config.parse(p, sys.argv[1:] if argv is None else list(argv),
-                          required=["model", "prompts", "input", "output"])
+def sampler_config(config) -> SamplerConfig:
+  """The `SamplerConfig` of a restore config's sampling fields."""
+  return SamplerConfig(**{f: config[f] for f in SETTINGS})
 
 
-def main(argv: list[str] | None = None) -> int:
-  args = parse_args(argv)
-  try:
-    return run(args)
-  except (FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+def main(argv: Sequence[str] | None = None) -> int:
+  """The command (`vbridge_jax.restore_cli`): argv without the program name; exit status."""
+  from vbridge_jax import restore_cli  # pylint: disable=import-outside-toplevel
+  return restore_cli.main(argv)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,9 @@ _COLS = ("cX", "cA", "cB", "cC", "cE", "pA", "pB", "pC", "pV")
 
 @dataclasses.dataclass(frozen=True)
 class SamplerConfig:
-  """Sampling settings; the defaults are the authors' (reference/vbridge_paper.md)."""
+  """Sampling settings; the defaults are the authors' released inference settings (their
+  eval.sh: 50 UniPC steps on Wan's schedule, shift 5, guidance 6.0, cfg_skip_ratio 0.15), and
+  the one source of them: configs/restore.py and `vbridge_jax.aot` read them from here."""
 
   solver: str = "unipc"
   steps: int = 50
@@ -64,6 +66,10 @@ class SamplerConfig:
       raise ValueError(f"steps={self.steps} must be at least 1")
     if not 0.0 <= self.cfg_skip <= 1.0:
       raise ValueError(f"cfg_skip={self.cfg_skip} must be in [0, 1]")
+
+
+# The user-facing sampling settings (patch_size comes from the model): configs/restore.py's fields.
+SETTINGS = tuple(f.name for f in dataclasses.fields(SamplerConfig) if f.name != "patch_size")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -300,10 +300,12 @@ def _filled(state, params: dict):
   return state
 
 
-def load_vae(path: str | Path, **overrides) -> WanVAE:
+def load_vae(path: str | Path, sharding: Any = None, **overrides) -> WanVAE:
   """Loads a converted VAE from `OUT` or `OUT/vae` (written by convert/wan_to_jax.py).
 
   `overrides` set run-time switches (`dtype`, `param_dtype`, `precision`, `attn_block`).
+  `sharding` (e.g. replicated over a mesh that spans processes): every parameter is read
+  straight into it, as a multi-process restore needs.
   """
   from vbridge_jax.checkpoints import io  # pylint: disable=import-outside-toplevel
 
@@ -312,6 +314,9 @@ def load_vae(path: str | Path, **overrides) -> WanVAE:
   abstract = nnx.eval_shape(lambda: WanVAE(cfg, rngs=nnx.Rngs(0)))
   graphdef, state = nnx.split(abstract)
   pure = state.to_pure_dict()
-  params = io.restore_params(folder, _str_keys(pure))
+  target = _str_keys(pure)
+  if sharding is not None:
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), target)
+  params = io.restore_params(folder, target)
   nnx.replace_by_pure_dict(state, _like(pure, params))
   return nnx.merge(graphdef, state)

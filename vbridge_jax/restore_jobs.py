@@ -1,0 +1,243 @@
+"""The restore command's work: what to restore, which process does what, and outputs that are
+either complete or absent.
+
+- **Inputs** (`find_inputs`): an image, or every image under a folder in sorted order, leaving
+  out ground-truth folders (`data.files.is_ground_truth`: `GT`, `gt`, `HQ`, `hq`) and the output
+  tree when it lies inside the input (so a resume does not take its own outputs as inputs). A
+  dangling symlink is reported by name, never skipped in silence. Two inputs that would write
+  the same output (`0001.png` and `0001.jpg` in one folder) are refused up front, naming both:
+  outputs keep the `<stem>.png` names that `evaluate` and `data.drift_outputs` pair by.
+- **Finished outputs** (`is_done`): a PNG counts as restored only when its sidecar
+  `.<name>.png.done` exists and records the PNG's byte size (and the MP4's, with `video`). The
+  PNG is written to a temporary file and renamed, then the sidecar the same way, so a kill
+  at any moment leaves either a verified output or one that the next run redoes; a truncated
+  or emptied PNG no longer passes as restored.
+- **Summary** (`write_summary`, process 0, `restore_summary.json`): counts, failures by file,
+  seconds per image over the whole run (loading and compiles included) and the steady rate
+  after each working size's first, compiling batch.
+- **Batches** (`schedule`): the work list sorted by working size, then path; each size group is
+  cut into global batches of `batch` images, the last one padded with dummy rows (`None`).
+  Every process computes the same schedule from the same file list and image headers, so
+  all agree on the number of steps (each step is one collective program over the mesh) and
+  a process whose share is short or empty runs dummy rows instead of hanging the others.
+  Within a global batch, a process restores the contiguous block of rows its devices hold
+  (`process_rows`); the lowest process holding a row writes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import socket
+import zlib
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from vbridge_jax.data.files import IMAGE_EXTS, is_ground_truth
+from vbridge_jax.restore_geometry import Plan
+
+STATUS_DIR = ".restore_status"
+SUMMARY = "restore_summary.json"
+
+
+class OutputError(OSError):
+  """An output that cannot be written (read-only folder, disk full); one-line message."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+  src: Path  # the input image
+  rel: str  # its path relative to the input root (posix): names the noise and the output
+  dst: Path  # the output PNG
+  plan: Plan | None = None  # from the image header (None: the header is unreadable)
+
+
+def _inside(path: Path, root: Path) -> bool:
+  try:
+    path.relative_to(root)
+    return True
+  except ValueError:
+    return False
+
+
+def find_inputs(path: Path, exclude: Path | None = None) -> tuple[list[tuple[Path, Path]], list[str]]:
+  """([(file, path relative to the input root)], [problems]) for an image or a folder tree.
+
+  `exclude` (resolved) is a folder left out of the walk: the output tree. Problems are
+  one-line messages (dangling symlinks).
+  """
+  if path.is_file():
+    return [(path, Path(path.name))], []
+  if not path.is_dir():
+    raise FileNotFoundError(f"{path}: no such file or folder")
+  found, problems = [], []
+  for folder, dirs, files in os.walk(path):
+    here = Path(folder)
+    dirs[:] = sorted(d for d in dirs if exclude is None
+                     or not _inside((here / d).resolve(), exclude))
+    for name in sorted(files):
+      f = here / name
+      rel = f.relative_to(path)
+      if name.startswith(".") or f.suffix.lower() not in IMAGE_EXTS or is_ground_truth(rel):
+        continue
+      if f.is_symlink() and not f.exists():
+        problems.append(f"dangling symlink: {f} -> {os.readlink(f)}")
+        continue
+      if f.is_file():
+        found.append((f, rel))
+  found.sort(key=lambda x: x[1].as_posix())
+  return found, problems
+
+
+def output_path(out_root: Path, rel: Path) -> Path:
+  return out_root / rel.with_suffix(".png")
+
+
+def sidecar(dst: Path) -> Path:
+  return dst.with_name(f".{dst.name}.done")
+
+
+def is_done(dst: Path, video: bool = False) -> bool:
+  """Whether `dst` is a finished output: its sidecar exists and records its size (see above)."""
+  try:
+    rec = json.loads(sidecar(dst).read_text())
+    if int(rec["png_bytes"]) != dst.stat().st_size:
+      return False
+    if video:
+      return int(rec.get("mp4_bytes", -1)) == dst.with_suffix(".mp4").stat().st_size
+    return True
+  except (OSError, ValueError, KeyError, TypeError):
+    return False
+
+
+def _write_atomic(data: bytes, path: Path) -> None:
+  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+  try:
+    with open(tmp, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except OSError as e:
+    try:
+      tmp.unlink()
+    except OSError:
+      pass
+    raise OutputError(f"{path}: cannot write ({e.strerror or e})") from None
+
+
+def write_output(img: np.ndarray, dst: Path, record: dict[str, Any],
+                 video: list[np.ndarray] | None = None) -> None:
+  """PNG (+ MP4) then the sidecar, each atomically; an `OutputError` leaves no partial file."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  try:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise OutputError(f"{dst.parent}: cannot create the folder ({e.strerror or e})") from None
+  buf = io.BytesIO()
+  Image.fromarray(img).save(buf, format="PNG")
+  png = buf.getvalue()
+  rec = dict(record, png_bytes=len(png))
+  sidecar(dst).unlink(missing_ok=True)  # an output being replaced is unfinished until the end
+  if video is not None:
+    from vbridge_jax import video as video_lib  # pylint: disable=import-outside-toplevel
+    mp4 = dst.with_suffix(".mp4")
+    try:  # complete or absent (write_mp4 renames into place); the authors' 24 fps
+      video_lib.write_mp4(mp4, video)
+    except (OSError, video_lib.VideoError) as e:
+      raise OutputError(f"{mp4}: cannot write ({getattr(e, 'strerror', None) or e})") from None
+    rec["mp4_bytes"] = mp4.stat().st_size
+  _write_atomic(png, dst)
+  _write_atomic(json.dumps(rec).encode(), sidecar(dst))
+
+
+def check_writable(out_root: Path) -> None:
+  """Fails with one line, before any model is loaded, when `out_root` cannot take files."""
+  try:
+    out_root.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise OutputError(f"{out_root}: cannot create the output folder ({e.strerror or e})") from None
+  probe = out_root / f".restore_write_test.{socket.gethostname()}.{os.getpid()}"  # one per host
+  try:
+    probe.write_bytes(b"x")
+    probe.unlink()
+  except OSError as e:
+    raise OutputError(f"{out_root}: the output folder is not writable ({e.strerror or e})") from None
+
+
+def check_unique(jobs: Sequence[tuple[Path, Path]], out_root: Path, inputs: set[Path]) -> None:
+  """Refuses two inputs with one output, and an output that would overwrite an input."""
+  seen: dict[Path, Path] = {}
+  for src, rel in jobs:
+    dst = output_path(out_root, rel)
+    if dst in seen:
+      raise ValueError(f"{seen[dst]} and {src} would both be restored to {dst}; rename one")
+    seen[dst] = src
+    if dst.resolve() in inputs:
+      raise ValueError(f"{dst}: output would overwrite an input; choose another --config.output")
+
+
+def schedule(jobs: Sequence[Job], batch: int) -> list[list[Job | None]]:
+  """Global batches of same-working-size jobs (see the module docstring)."""
+  groups: dict[tuple[int, int], list[Job]] = {}
+  for j in sorted(jobs, key=lambda j: j.rel):
+    groups.setdefault((j.plan.work_h, j.plan.work_w), []).append(j)
+  out: list[list[Job | None]] = []
+  for key in sorted(groups):
+    items = groups[key]
+    for i in range(0, len(items), batch):
+      chunk: list[Job | None] = list(items[i:i + batch])
+      out.append(chunk + [None] * (batch - len(chunk)))
+  return out
+
+
+def process_rows(sharding: Any, batch: int) -> tuple[list[int], list[int]]:
+  """(rows this process's devices hold, rows it writes) of a global batch under `sharding`."""
+  import jax  # pylint: disable=import-outside-toplevel
+  owners: dict[int, set[int]] = {}
+  for device, idx in sharding.devices_indices_map((batch,)).items():
+    for r in range(*idx[0].indices(batch)):
+      owners.setdefault(r, set()).add(device.process_index)
+  me = jax.process_index()
+  held = sorted(r for r, ps in owners.items() if me in ps)
+  return held, [r for r in held if min(owners[r]) == me]
+
+
+def fingerprint(jobs: Sequence[Job]) -> int:
+  """A checksum of the work list, to check that every process sees the same one."""
+  text = "\n".join(f"{j.rel}:{j.plan and (j.plan.work_h, j.plan.work_w)}" for j in jobs)
+  return zlib.crc32(text.encode()) & 0x7FFFFFFF
+
+
+def write_status(out_root: Path, process: int, status: dict[str, Any]) -> None:
+  folder = out_root / STATUS_DIR
+  folder.mkdir(parents=True, exist_ok=True)
+  _write_atomic(json.dumps(status, indent=1).encode(), folder / f"process_{process}.json")
+
+
+def write_summary(out_root: Path, processes: int, head: dict[str, Any]) -> dict[str, Any]:
+  """Process 0: the run's counts, failures by file and time per image over all processes."""
+  parts = []
+  for i in range(processes):
+    try:
+      parts.append(json.loads((out_root / STATUS_DIR / f"process_{i}.json").read_text()))
+    except (OSError, ValueError):
+      parts.append({"restored": 0, "failed": [f"process {i} wrote no status"], "seconds": 0.0})
+  restored = sum(p["restored"] for p in parts)
+  seconds = max(p["seconds"] for p in parts)
+  failed = head.pop("problems", []) + [f for p in parts for f in p["failed"]]
+  steady_n = sum(p.get("steady_images", 0) for p in parts)
+  steady_s = max(p.get("steady_seconds", 0.0) for p in parts)
+  summary = dict(head, restored=restored, failed=len(failed), failures=failed,
+                 seconds=round(seconds, 3),
+                 seconds_per_image=round(seconds / restored, 3) if restored else None,
+                 # after each working size's first (compiling) batch: the rate a long run sees
+                 steady_images_per_second=round(steady_n / steady_s, 3) if steady_s else None,
+                 first_batches_seconds=round(max(p.get("first_batches_seconds", 0.0) for p in parts), 3),
+                 processes=processes)
+  _write_atomic((json.dumps(summary, indent=2) + "\n").encode(), out_root / SUMMARY)
+  return summary
