@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import load_script
-from vbridge_jax import restore, restore_cli, restore_jobs
+from vbridge_jax import prompts, restore, restore_cli, restore_jobs
 from vbridge_jax.restore_geometry import from_work, plan_size, to_uint8, to_work, zoom_to
 
 TEXT_DIM = 32
@@ -304,7 +304,7 @@ def test_fsdp_tensor_restore_equals_replicated(model_dir, low_compile_effort):
   from vbridge_jax.sampler import SamplerConfig
 
   rng = np.random.default_rng(0)
-  pos, neg = restore.load_prompts(model_dir / "prompts.npz", TEXT_DIM)
+  pos, neg = prompts.load_prompts(model_dir / "prompts.npz", TEXT_DIM)
   first = rng.standard_normal((8, 1, 4, 4, 8)).astype(np.float32)
   noise = rng.standard_normal((8, 2, 4, 4, 8)).astype(np.float32)
   images = [rng.integers(0, 256, (40 + i, 50, 3), dtype=np.uint8) for i in range(3)]

@@ -51,18 +51,6 @@ from vbridge_jax.restore_geometry import Plan, crop_work, from_work, plan_size, 
 from vbridge_jax.sampler import SETTINGS, Sampler, SamplerConfig
 
 
-def load_prompts(path: Path, text_dim: int) -> tuple[np.ndarray, np.ndarray]:
-  try:
-    with np.load(path) as data:
-      pos, neg = data["positive"].astype(np.float32), data["negative"].astype(np.float32)
-  except (OSError, KeyError, ValueError) as e:
-    raise ValueError(f"{path}: not a prompt file with 'positive' and 'negative' ({e})") from None
-  for name, a in (("positive", pos), ("negative", neg)):
-    if a.ndim != 2 or a.shape[1] != text_dim:
-      raise ValueError(f"{path}: {name} has shape {a.shape}, the model needs (L, {text_dim})")
-  return pos, neg
-
-
 # ------------------------------------------------------------------------------------ steps
 
 

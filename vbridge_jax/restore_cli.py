@@ -210,14 +210,14 @@ def frame_counts(config) -> tuple[int, int | None]:
 
 def _check_model(config) -> None:
   """The model folders and the prompt file, checked from their configs (nothing loaded yet)."""
-  from vbridge_jax import restore  # pylint: disable=import-outside-toplevel
+  from vbridge_jax import prompts, restore  # pylint: disable=import-outside-toplevel
   from vbridge_jax.checkpoints import io  # pylint: disable=import-outside-toplevel
   from vbridge_jax.models.configs import DiTConfig  # pylint: disable=import-outside-toplevel
   dcfg = DiTConfig.from_dict(io.read_component_config(io.find_component(Path(config.model), "dit")))
   if config.drift:
     io.find_component(Path(config.drift), "dit")
   io.find_component(Path(config.model), "vae")
-  restore.load_prompts(Path(config.prompts), dcfg.text_dim)
+  prompts.load_prompts(Path(config.prompts), dcfg.text_dim)
 
 
 def _restore(config, todo, out_root: Path, status: dict) -> int:
@@ -225,7 +225,7 @@ def _restore(config, todo, out_root: Path, status: dict) -> int:
   import jax  # pylint: disable=import-outside-toplevel
   from vbridge_jax import restore_jobs as jobs_lib  # pylint: disable=import-outside-toplevel
   from vbridge_jax.data.files import DataError, image_size, read_rgb  # noqa: E501  pylint: disable=import-outside-toplevel
-  from vbridge_jax import restore  # pylint: disable=import-outside-toplevel
+  from vbridge_jax import prompts, restore  # pylint: disable=import-outside-toplevel
   from vbridge_jax import sharding as sh  # pylint: disable=import-outside-toplevel
 
   n_dev = int(config.num_devices)
@@ -239,7 +239,7 @@ def _restore(config, todo, out_root: Path, status: dict) -> int:
   dit = restore.load_dit_sharded(config.model, mesh, rules, **overrides)
   drift = restore.load_dit_sharded(config.drift, mesh, rules, **overrides) if config.drift else None
   vae = restore.place(restore.load_codec(config.model, mesh), mesh, rules)
-  positive, negative = restore.load_prompts(Path(config.prompts), dit.config.text_dim)
+  positive, negative = prompts.load_prompts(Path(config.prompts), dit.config.text_dim)
   restorer = restore.Restorer(dit, vae, positive, negative, restore.sampler_config(config),
                               frames, drift, int(config.seed), mesh=mesh, rules=rules,
                               drift_frames=drift_frames, quantize=config.quantize)
