@@ -210,7 +210,7 @@ def frame_counts(config) -> tuple[int, int | None]:
 
 def _check_model(config) -> None:
   """The model folders and the prompt file, checked from their configs (nothing loaded yet)."""
-  from vbridge_jax import prompts, restore  # pylint: disable=import-outside-toplevel
+  from vbridge_jax import prompts  # pylint: disable=import-outside-toplevel
   from vbridge_jax.checkpoints import io  # pylint: disable=import-outside-toplevel
   from vbridge_jax.models.configs import DiTConfig  # pylint: disable=import-outside-toplevel
   dcfg = DiTConfig.from_dict(io.read_component_config(io.find_component(Path(config.model), "dit")))
