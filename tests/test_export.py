@@ -223,3 +223,15 @@ def test_export_trains_further_with_init_from(lora_run, jax_export, tmp_path):
       np.testing.assert_array_equal(np.asarray(x.get_value()), np.asarray(y.get_value()), err_msg=str(p))
   with pytest.raises(export.ExportError, match="overlaps the run's init_from"):
     export.export_run(tmp_path / "run2", jax_export / "sub", log=lambda _: None)
+
+
+def test_pixel_codec_folder(tmp_path):
+  """A run on the pixel codec exports `vae/config.json` alone, as the codec's contract says."""
+  pytest.importorskip("vbridge_jax.models.pixel_codec")
+  c = curriculum.get_config("tiny")
+  c.model.vae = "pixel"
+  assert export._write_vae(c, tmp_path) == "pixel"  # pylint: disable=protected-access
+  assert sorted(p.name for p in (tmp_path / "vae").iterdir()) == ["config.json"]
+  assert json.loads((tmp_path / "vae" / "config.json").read_text()) == {
+      "_class_name": "PixelCodec", "patch": 4, "temporal": 4}
+  assert type(load_vae(tmp_path)).__name__ == "PixelCodec"

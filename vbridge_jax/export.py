@@ -183,7 +183,7 @@ def _numpy_params(module, dtype) -> dict:
       return {str(k): conv(v) for k, v in node.items()}
     a = np.asarray(node)
     floating = a.dtype.kind == "f" or a.dtype.name == "bfloat16"
-    return a.astype(dtype) if dtype is not None and floating else a
+    return a.astype(dtype, copy=False) if dtype is not None and floating else a
   return conv(nnx.to_pure_dict(nnx.state(module)))
 
 
@@ -196,6 +196,13 @@ def _codec_of(vae_folder: Path) -> str:
   except (OSError, ValueError):
     return "wan22"
   return "pixel" if meta.get("_class_name") == "PixelCodec" else "wan22"
+
+
+def _run_codec(config) -> str:
+  """The codec a run trained with: its init_from folder's, else its `model.vae` preset's."""
+  if config.init_from:
+    return _codec_of(Path(config.init_from) / "vae")
+  return "pixel" if str(config.model.vae) == "pixel" else "wan22"
 
 
 def _write_vae(config, staging: Path) -> str:
@@ -285,9 +292,7 @@ def export_run(workdir: str | os.PathLike, out: str | os.PathLike, *, step: int 
       io.write_safetensors(folder, tensors, max_shard_bytes=max_shard_bytes)
       meta = dit_ckpt.wan_config(cfg) if fmt == "wan" else dit_ckpt.diffusers_config(cfg)
       (folder / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
-      codec = "pixel" if str(config.model.get("vae", "")) == "pixel" else "wan22"
-      if config.init_from:
-        codec = _codec_of(Path(config.init_from) / "vae")
+      codec = _run_codec(config)
     write_model_info(staging, ModelInfo(frames=int(config.data.frames), codec=codec))
     if out.exists():
       old = out.parent / f".{out.name}.old"
