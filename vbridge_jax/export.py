@@ -323,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
   args = p.parse_args(argv)
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+  # orbax warns that a state item has no step-level metadata file: true, and harmless here.
+  absl_logging.set_verbosity(absl_logging.ERROR)
   from vbridge_jax.checkpoints.io import CheckpointError  # pylint: disable=import-outside-toplevel
   from vbridge_jax.models.model_info import ModelInfoError  # pylint: disable=import-outside-toplevel
   from vbridge_jax.train_utils.setup import ConfigError  # pylint: disable=import-outside-toplevel
