@@ -70,8 +70,8 @@ def find_components(src: Path) -> list[Found]:
 
 def _source_info(src: Path, frames: int | None):
   """The ModelInfo to record: the source's model.json (beside or above its DiT), `frames` wins."""
-  from vbridge_jax.models.model_info import (FILENAME, ModelInfo, ModelInfoError,  # pylint: disable=import-outside-toplevel
-                                             read_model_info)
+  # pylint: disable-next=import-outside-toplevel
+  from vbridge_jax.models.model_info import FILENAME, ModelInfo, ModelInfoError, read_model_info
   src = Path(src)
   info = ModelInfo()
   for folder in (src, src.parent) if src.is_dir() else (src.parent,):

@@ -392,7 +392,10 @@ _ST_NAMES = {np.dtype(v).name: k for k, v in _ST_DTYPES.items()}
 WEIGHTS_NAME = "diffusion_pytorch_model"
 
 
-def write_safetensors(folder: Path, tensors: Sequence[tuple[str, tuple[int, ...], Any, Callable[[], np.ndarray]]],
+TensorSpec = tuple[str, tuple[int, ...], Any, Callable[[], np.ndarray]]  # key, shape, dtype, get
+
+
+def write_safetensors(folder: Path, tensors: Sequence[TensorSpec],
                       max_shard_bytes: int = 5 << 30, name: str = WEIGHTS_NAME) -> list[Path]:
   """Writes `(key, shape, dtype, get)` tensors as `name.safetensors`, or as shards
   `name-0000i-of-0000n.safetensors` plus `name.safetensors.index.json` (the layout of
