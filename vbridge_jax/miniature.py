@@ -111,13 +111,15 @@ def _export(run: Path, out: Path) -> bool:
 
 def _restore(model: Path, prompts: Path, split: Path, out: Path, samples, *, drift: Path | None,
              steps: int | None) -> None:
-  """`python -m vbridge_jax.restore` over a split (already restored images are skipped)."""
+  """`python -m vbridge_jax.restore` over a split (already restored images are skipped).
+
+  No `--frames`: restore takes each model's clip length from its `model.json` (the tiny
+  configs' 5 frames are also restore's default).
+  """
   from vbridge_jax import restore  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.models.model_info import read_model_info  # pylint: disable=import-outside-toplevel
   argv = ["--model", str(model), "--prompts", str(prompts), "--input", str(split),
-          "--output", str(out), "--frames", str(read_model_info(model).frames),
-          "--steps", str(steps or int(samples.steps)), "--solver", str(samples.solver),
-          "--shift", str(float(samples.shift)), "--schedule", "diffusers", "--guidance", "1.0",
+          "--output", str(out), "--steps", str(steps or int(samples.steps)),
+          "--solver", str(samples.solver), "--shift", str(float(samples.shift)), "--schedule", "diffusers", "--guidance", "1.0",
           "--cfg-skip", "0", "--dtype", "float32"]
   if drift is not None:
     argv += ["--drift", str(drift)]
