@@ -1,8 +1,8 @@
 """The paper in miniature, shrunk to a smoke run: every phase once, then a rerun that resumes.
 
-Costs about 75 s of CPU time, 2-5 minutes of wall time on a loaded 2-core machine (compiles:
-the base step, the corrector step and
-the sampler; two categories, one pair each, 2 + 1 training steps, 2 sampler steps).
+Costs about 55 s of CPU time, 2-5 minutes of wall time on a busy 2-core machine (mostly
+compiles: the base step, the corrector step and the sampler; two categories, one pair each,
+2 + 1 training steps, 2 sampler steps).
 """
 
 import numpy as np
