@@ -3,7 +3,12 @@
 Each component module (`dit`, `vae`) provides a `Converter`: `find(path)` returns the places
 under `path` that hold that component (in any layout it knows), `convert(found, dtype)`
 returns `(config_dict, params)`. `convert_path` runs every converter, writes the results
-to a staging folder and moves them into `OUT/<name>/` only when all of them succeeded.
+to a staging folder and moves them into `OUT/<name>/` only when all of them succeeded, then
+writes `OUT/model.json` (`vbridge_jax.models.model_info`; kept as it is when only a VAE was
+converted into a folder that has one): the frame count the DiT samples
+with and the codec. The frame count is `frames` when given, else the source's own
+`model.json` (a folder written by `python -m vbridge_jax.export --format wan|diffusers`),
+else 5, the length the authors' eval.sh samples the released checkpoint with.
 """
 
 from __future__ import annotations
@@ -63,12 +68,35 @@ def find_components(src: Path) -> list[Found]:
   return found
 
 
+def _source_info(src: Path, frames: int | None):
+  """The ModelInfo to record: the source's model.json (beside or above its DiT), `frames` wins."""
+  # pylint: disable-next=import-outside-toplevel
+  from vbridge_jax.models.model_info import FILENAME, ModelInfo, ModelInfoError, read_model_info
+  src = Path(src)
+  info = ModelInfo()
+  for folder in (src, src.parent) if src.is_dir() else (src.parent,):
+    if (folder / FILENAME).is_file():
+      try:
+        info = read_model_info(folder)
+      except ModelInfoError as e:
+        raise CheckpointError(str(e)) from None
+      break
+  if frames is not None:
+    if frames < 1 or (frames - 1) % 4:
+      raise CheckpointError(f"--frames {frames}: must be 1 + 4k")
+    info = dataclasses.replace(info, frames=int(frames))
+  return info
+
+
 def convert_path(src: Path, out: Path, dtype: str = "float32",
-                 log: Callable[[str], None] = print) -> list[Path]:
-  """Converts every component under `src` into `out/<name>/`; all or nothing."""
+                 log: Callable[[str], None] = print, frames: int | None = None) -> list[Path]:
+  """Converts every component under `src` into `out/<name>/`, then writes `out/model.json`;
+  all or nothing. `frames`: the clip length to record (see the module docstring)."""
+  from vbridge_jax.models.model_info import write_model_info  # pylint: disable=import-outside-toplevel
   if dtype not in DTYPES:
     raise CheckpointError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
   found = find_components(src)
+  info = _source_info(Path(src), frames)
   out = Path(out).resolve()
   out.mkdir(parents=True, exist_ok=True)
   staging = Path(tempfile.mkdtemp(prefix=".convert.", dir=out))
@@ -87,6 +115,10 @@ def convert_path(src: Path, out: Path, dtype: str = "float32",
       os.replace(staging / f.name, final)
       written.append(final)
       log(f"{f.name}: wrote {final}")
+    if any(f.name == "dit" for f in found) or not (out / "model.json").is_file():
+      # A VAE converted on its own keeps the frame count recorded with the DiT beside it.
+      write_model_info(out, info)
+      log(f"model.json: {info.frames} frames, codec {info.codec}")
     return written
   finally:
     shutil.rmtree(staging, ignore_errors=True)

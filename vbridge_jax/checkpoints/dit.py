@@ -6,15 +6,19 @@
 
 Both map onto the parameter tree of `vbridge_jax.models.WanDiT` (blocks stacked on a
 leading layer axis); `inverse_key_map` gives the reverse renaming, used by tests to build an
-original-layout file from a diffusers state dict.
+original-layout file from a diffusers state dict. `export_tensors` runs each plan backwards
+(a JAX parameter tree -> the PyTorch tensors of either layout), and `wan_config` /
+`diffusers_config` write the matching `config.json`: this is how `vbridge_jax.export` hands a
+trained model back to the PyTorch code.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -58,23 +62,26 @@ def _entries():
     yield ("blocks",) + path, f"blocks.{{i}}.{wan}", f"blocks.{{i}}.{dif}", kind, True
 
 
-def _params_of(kind: str, cfg: DiTConfig, path: tuple[str, ...]) -> list[tuple[str, str, tuple, Any]]:
-  """(target leaf, source suffix, source shape, transform) for one entry."""
+def _params_of(kind: str, cfg: DiTConfig, path: tuple[str, ...]) -> list[tuple[str, str, tuple, Any, Any]]:
+  """(target leaf, source suffix, source shape, transform, inverse transform) for one entry."""
   d = cfg.dim
   patch = math.prod(cfg.patch_size)
   if kind == "table":
     rows = 6 if path[0] == "blocks" else 2
-    return [("", "", (1, rows, d), lambda a: a[0])]
+    return [("", "", (1, rows, d), lambda a: a[0], lambda a: a[None])]
   if kind == "rms":
-    return [("scale", ".weight", (d,), None)]
+    return [("scale", ".weight", (d,), None, None)]
   if kind == "layernorm":
-    return [("scale", ".weight", (d,), None), ("bias", ".bias", (d,), None)]
+    return [("scale", ".weight", (d,), None, None), ("bias", ".bias", (d,), None, None)]
   if kind == "patch":
     shape = (d, cfg.in_channels) + cfg.patch_size
-    return [("kernel", ".weight", shape, lambda a: a.transpose(2, 3, 4, 1, 0).reshape(-1, a.shape[0])),
-            ("bias", ".bias", (d,), None)]
+    # torch Conv3d (out, in, t, h, w) <-> our (t * h * w * in, out) patch matmul.
+    return [("kernel", ".weight", shape, lambda a: a.transpose(2, 3, 4, 1, 0).reshape(-1, a.shape[0]),
+             lambda a: a.reshape(cfg.patch_size + (cfg.in_channels, d)).transpose(4, 3, 0, 1, 2)),
+            ("bias", ".bias", (d,), None, None)]
   din, dout = _linear_dims(cfg, path, patch)
-  return [("kernel", ".weight", (dout, din), lambda a: a.T), ("bias", ".bias", (dout,), None)]
+  return [("kernel", ".weight", (dout, din), lambda a: a.T, lambda a: a.T),
+          ("bias", ".bias", (dout,), None, None)]
 
 
 def _linear_dims(cfg: DiTConfig, path: tuple[str, ...], patch: int) -> tuple[int, int]:
@@ -87,21 +94,72 @@ def _linear_dims(cfg: DiTConfig, path: tuple[str, ...], patch: int) -> tuple[int
   return dims.get(path, (d, d))
 
 
-def conversion_plan(cfg: DiTConfig, layout: str) -> dict[tuple[str, ...], Rule]:
-  """Target parameter path -> `Rule` for a checkpoint in `layout` ('wan' or 'diffusers')."""
+def _plan(cfg: DiTConfig, layout: str):
+  """Yields (target path, source keys, source shape, transform, inverse, stacked)."""
   if layout not in LAYOUTS:
     raise ValueError(f"layout {layout!r} is not one of {LAYOUTS}")
-  plan = {}
   for path, wan, dif, kind, per_block in _entries():
     prefix = wan if layout == "wan" else dif
-    for leaf, suffix, shape, fn in _params_of(kind, cfg, path):
+    for leaf, suffix, shape, fn, inv in _params_of(kind, cfg, path):
       target = path + ((leaf,) if leaf else ())
       if per_block:
         keys = tuple(prefix.format(i=i) + suffix for i in range(cfg.num_layers))
-        plan[target] = Rule(keys, shape, fn, stacked=True)
       else:
-        plan[target] = Rule((prefix + suffix,), shape, fn)
-  return plan
+        keys = (prefix + suffix,)
+      yield target, keys, shape, fn, inv, per_block
+
+
+def conversion_plan(cfg: DiTConfig, layout: str) -> dict[tuple[str, ...], Rule]:
+  """Target parameter path -> `Rule` for a checkpoint in `layout` ('wan' or 'diffusers')."""
+  return {target: Rule(keys, shape, fn, stacked=stacked)
+          for target, keys, shape, fn, _, stacked in _plan(cfg, layout)}
+
+
+def export_tensors(cfg: DiTConfig, layout: str, params: dict, dtype: Any = np.float32
+                   ) -> list[tuple[str, tuple[int, ...], Callable[[], np.ndarray]]]:
+  """The PyTorch tensors of `layout` for a JAX parameter tree: `conversion_plan` backwards.
+
+  `params` is the nested dict the converter writes (blocks stacked on a leading axis).
+  Returns `(key, shape, get)` per tensor in key order (blocks in numeric order); `get()`
+  makes that one tensor (cast to `dtype`, C-contiguous), so a writer holds one at a time.
+  Every leaf of `params` must be used by the plan, and with the shape it implies.
+  """
+  out = []
+  used = set()
+  for target, keys, shape, fn, inv, stacked in _plan(cfg, layout):
+    node = params
+    for p in target:
+      if not isinstance(node, dict) or p not in node:
+        raise CheckpointError(f"parameter {'/'.join(target)} is missing from the model")
+      node = node[p]
+    used.add(target)
+    probe = np.broadcast_to(np.zeros((), np.float32), shape)
+    want = ((len(keys),) if stacked else ()) + tuple((fn(probe) if fn else probe).shape)
+    if tuple(node.shape) != want:
+      raise CheckpointError(f"parameter {'/'.join(target)} has shape {tuple(node.shape)}, "
+                            f"the config implies {want}")
+    for i, key in enumerate(keys):
+      def get(v=node, i=i, inv=inv, stacked=stacked):
+        a = np.asarray(v[i] if stacked else v)
+        return np.ascontiguousarray((inv(a) if inv else a).astype(dtype))
+      out.append((key, tuple(shape), get))
+  extra = sorted("/".join(k) for k in _leaf_paths(params) if k not in used)
+  if extra:
+    raise CheckpointError(f"parameter(s) {', '.join(extra[:4])} have no PyTorch name in the "
+                          f"{layout} layout")
+  return sorted(out, key=lambda item: _natural(item[0]))
+
+
+def _leaf_paths(tree: dict, prefix: tuple[str, ...] = ()):
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      yield from _leaf_paths(v, prefix + (str(k),))
+    else:
+      yield prefix + (str(k),)
+
+
+def _natural(key: str) -> list:
+  return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)]
 
 
 def inverse_key_map(num_layers: int) -> dict[str, str]:
@@ -114,6 +172,29 @@ def inverse_key_map(num_layers: int) -> dict[str, str]:
       for s in suffixes[kind]:
         out[dif.format(i=i) + s] = wan.format(i=i) + s
   return out
+
+
+def wan_config(cfg: DiTConfig) -> dict[str, Any]:
+  """The original Wan2.2 `config.json` of `cfg` (the keys of Wan2.2-TI2V-5B's, which the
+  authors' `WanModel.from_pretrained` reads; `DiTConfig.from_wan` reads them back)."""
+  return {"_class_name": "WanModel", "_diffusers_version": "0.33.0", "model_type": "ti2v",
+          "patch_size": list(cfg.patch_size), "text_len": cfg.text_len, "in_dim": cfg.in_channels,
+          "dim": cfg.dim, "ffn_dim": cfg.ffn_dim, "freq_dim": cfg.freq_dim, "text_dim": cfg.text_dim,
+          "out_dim": cfg.out_channels, "num_heads": cfg.num_heads, "num_layers": cfg.num_layers,
+          "window_size": [-1, -1], "qk_norm": True, "cross_attn_norm": True, "eps": cfg.eps}
+
+
+def diffusers_config(cfg: DiTConfig) -> dict[str, Any]:
+  """A diffusers `WanTransformer3DModel` `config.json` for `cfg` (diffusers has no
+  `text_len`: its pipeline pads prompts to 512 tokens, and so does `from_diffusers`)."""
+  return {"_class_name": "WanTransformer3DModel", "_diffusers_version": "0.35.0",
+          "patch_size": list(cfg.patch_size), "num_attention_heads": cfg.num_heads,
+          "attention_head_dim": cfg.head_dim, "in_channels": cfg.in_channels,
+          "out_channels": cfg.out_channels, "text_dim": cfg.text_dim, "freq_dim": cfg.freq_dim,
+          "ffn_dim": cfg.ffn_dim, "num_layers": cfg.num_layers, "cross_attn_norm": True,
+          "qk_norm": "rms_norm_across_heads", "eps": cfg.eps, "image_dim": None,
+          "added_kv_proj_dim": None, "rope_max_seq_len": cfg.rope_max_seq_len,
+          "pos_embed_seq_len": None}
 
 
 # -------------------------------------------------------------------------------------------

@@ -382,3 +382,65 @@ def flatten(tree: Mapping, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple
       yield from flatten(v, prefix + (str(k),))
     else:
       yield prefix + (str(k),), v
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing PyTorch layouts: safetensors files, sharded above a size limit
+# ---------------------------------------------------------------------------------------------
+
+_ST_NAMES = {np.dtype(v).name: k for k, v in _ST_DTYPES.items()}
+WEIGHTS_NAME = "diffusion_pytorch_model"
+
+
+TensorSpec = tuple[str, tuple[int, ...], Any, Callable[[], np.ndarray]]  # key, shape, dtype, get
+
+
+def write_safetensors(folder: Path, tensors: Sequence[TensorSpec],
+                      max_shard_bytes: int = 5 << 30, name: str = WEIGHTS_NAME) -> list[Path]:
+  """Writes `(key, shape, dtype, get)` tensors as `name.safetensors`, or as shards
+  `name-0000i-of-0000n.safetensors` plus `name.safetensors.index.json` (the layout of
+  diffusers' `save_pretrained` and of the Wan2.2 release) when they exceed `max_shard_bytes`.
+
+  Each tensor is made by its `get()` only when its bytes are written (one at a time). No
+  torch: the format is an 8-byte header length, a JSON header, then the raw bytes.
+  """
+  folder = Path(folder)
+  folder.mkdir(parents=True, exist_ok=True)
+  sizes = [int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize for _, shape, dtype, _ in tensors]
+  shards: list[list[int]] = [[]]
+  used = 0
+  for i, size in enumerate(sizes):
+    if shards[-1] and used + size > max_shard_bytes:
+      shards.append([])
+      used = 0
+    shards[-1].append(i)
+    used += size
+  n = len(shards)
+  names = ([f"{name}.safetensors"] if n == 1 else
+           [f"{name}-{k + 1:05d}-of-{n:05d}.safetensors" for k in range(n)])
+  for fname, idx in zip(names, shards):
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for i in idx:
+      key, shape, dtype, _ = tensors[i]
+      if np.dtype(dtype).name not in _ST_NAMES:
+        raise CheckpointError(f"{key}: dtype {np.dtype(dtype).name} has no safetensors name")
+      header[key] = {"dtype": _ST_NAMES[np.dtype(dtype).name], "shape": list(shape),
+                     "data_offsets": [offset, offset + sizes[i]]}
+      offset += sizes[i]
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(folder / fname, "wb") as fh:
+      fh.write(struct.pack("<Q", len(raw)))
+      fh.write(raw)
+      for i in idx:
+        key, shape, dtype, get = tensors[i]
+        a = get()
+        if a.shape != tuple(shape) or a.dtype != np.dtype(dtype):
+          raise CheckpointError(f"{key}: made {a.shape} {a.dtype}, declared {tuple(shape)} {np.dtype(dtype)}")
+        fh.write(np.ascontiguousarray(a).tobytes())
+  if n > 1:
+    weight_map = {tensors[i][0]: fname for fname, idx in zip(names, shards) for i in idx}
+    index = {"metadata": {"total_size": sum(sizes)}, "weight_map": weight_map}
+    (folder / f"{name}.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+  return [folder / f for f in names]

@@ -10,6 +10,10 @@ with the rest of the block.
 
 Targets name linears by role: `q`, `k`, `v`, `o` (self- and cross-attention `to_q`,
 `to_k`, `to_v`, `to_out`) and `ffn` (`fc1`, `fc2`).
+
+`merge_lora(model)` undoes the wrapping for export: each `LoRADense` becomes its base
+`Dense` with kernel `W + (alpha / rank) A B`, so the model has the plain parameter tree of
+the base architecture (what `vbridge_jax.export` writes).
 """
 
 from __future__ import annotations
@@ -66,18 +70,42 @@ def apply_lora(model: nnx.Module, *, rank: int, alpha: float,
     raise ValueError(f"LoRA rank must be >= 1, got {rank}")
   names = _target_names(targets)
   rngs = nnx.Rngs(params=seed)
+  found = _find(model, lambda path, m: isinstance(m, Dense) and path[-1] in names)
+  if not found:
+    raise ValueError(f"no linear named {sorted(names)} found for LoRA in {type(model).__name__}")
+  for parent, attr, module in found:
+    setattr(parent, attr, LoRADense(module, rank, alpha, rngs=rngs))
+  return len(found)
+
+
+def _find(model: nnx.Module, pred) -> list[tuple[nnx.Module, str, nnx.Module]]:
+  """(parent, attribute, module) for every submodule with `pred(path, module)`."""
   found = []
   for path, module in nnx.iter_graph(model):
-    if not isinstance(module, Dense) or not path or path[-1] not in names:
+    if not path or not pred(path, module):
       continue
     parent = model
     for key in path[:-1]:
       parent = parent[key] if isinstance(key, int) else getattr(parent, key)
     found.append((parent, path[-1], module))
-  if not found:
-    raise ValueError(f"no linear named {sorted(names)} found for LoRA in {type(model).__name__}")
+  return found
+
+
+def merge_lora(model: nnx.Module) -> int:
+  """Folds every `LoRADense` of `model` into its base `Dense`, in place; returns the count.
+
+  The kernel becomes `W + (alpha / rank) * A @ B`, with the product and the sum in float32
+  (HIGHEST precision) and the result cast back to the kernel's dtype; the bias is unchanged.
+  The merged model computes the same function as the wrapped one, up to float rounding.
+  """
+  found = _find(model, lambda path, m: isinstance(m, LoRADense))
   for parent, attr, module in found:
-    setattr(parent, attr, LoRADense(module, rank, alpha, rngs=rngs))
+    w = module.base.kernel.get_value()
+    a = jnp.asarray(module.lora_a.get_value(), jnp.float32)
+    b = jnp.asarray(module.lora_b.get_value(), jnp.float32)
+    delta = jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
+    module.base.kernel.set_value((w.astype(jnp.float32) + module.scale * delta).astype(w.dtype))
+    setattr(parent, attr, module.base)
   return len(found)
 
 

@@ -1,0 +1,310 @@
+"""The paper in miniature: the whole V-Bridge recipe at tiny scale, on the demo data, on a CPU.
+
+  python -m vbridge_jax.miniature --workdir DIR [--base-steps N] [--drift-steps N]
+      [--restore-steps N] [--categories A,B,...] [--per-category N] [--heldout-per-category N]
+
+Phases, each with its outputs in DIR:
+
+1. `demo_data/{train,heldout}/<category>/{LQ,GT}/<id>.png`: the demo training split and a
+   held-out split (`_demo_splits`);
+2. `base/`: curriculum training of the base model (`configs/curriculum.py:tiny`) on the
+   training split (`python -m vbridge_jax.train`'s code path);
+3. `base_model/`: its export (`python -m vbridge_jax.export`), then `restored/train_base/`:
+   the training split restored by it (`python -m vbridge_jax.restore`), in the layout
+   `data.drift_outputs` reads;
+4. `drift/`: the drift corrector (`configs/drift.py:tiny`, `init_from` = `base_model/`)
+   trained on (base output -> GT) clips, and its export `drift_model/`;
+5. `restored/heldout_base/` and `restored/heldout_drift/`: the held-out split restored by
+   the base model alone and by base + corrector;
+6. `scores/{input,base,drift}/` (`vbridge_jax.evaluate`, the `vbridge` protocol: PSNR/SSIM
+   on luma Y), then `table.md`, shaped like the paper's Table 1 (per category: input, base,
+   base + corrector; averages per image and per category), also printed, and `picture.png`
+   (one row per category: LQ | base | base + corrector | GT).
+
+Rerunning resumes: a finished phase is skipped (training resumes from its last checkpoint,
+restore skips the images already written); delete a phase's folder to redo it. The
+restores use the sampler settings the base run's sample grids use (`config.samples`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_CATEGORIES = None  # all 21 demo categories
+COLUMNS = ("input", "base", "base + corrector")
+
+
+# ------------------------------------------------------------------------------- data
+
+
+def _demo_splits(workdir: Path, *, per_category: int = 4, heldout_per_category: int = 2,
+                 categories: Sequence[str] | None = None, size: int | None = None
+                 ) -> tuple[Path, Path]:
+  """The demo training and held-out splits, `DIR/demo_data/{train,heldout}/<category>/{LQ,GT}/`.
+
+  Built with `vbridge_jax.data.fewshot.build` from two seeds: the held-out pairs are other
+  crops and degradations, but drawn from the same few built-in photos as the training
+  pairs. One place to point at another pair of splits.
+  """
+  from vbridge_jax.data import fewshot  # pylint: disable=import-outside-toplevel
+  from vbridge_jax.data.degrade import CATEGORIES  # pylint: disable=import-outside-toplevel
+
+  cats = tuple(categories or CATEGORIES)
+  root = workdir / "demo_data"
+  for name, n, seed in (("train", per_category, 0), ("heldout", heldout_per_category, 1)):
+    out = root / name
+    if not (out / ".complete").is_file():
+      fewshot.build(out, per_category=n, seed=seed, categories=cats, size=size)
+      (out / ".complete").touch()
+  return root / "train", root / "heldout"
+
+
+def _write_prompts(path: Path, dit_config) -> Path:
+  """Zero prompt embeddings: the tiny configs train with an all-zero context."""
+  if not path.is_file():
+    zeros = np.zeros((dit_config.text_len, dit_config.text_dim), np.float32)
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez(tmp, positive=zeros, negative=zeros)
+    os.replace(tmp, path)
+  return path
+
+
+# ------------------------------------------------------------------------------- phases
+
+
+def _devices_for(batch: int) -> int:
+  """The largest device count (of this host's) that divides the global batch."""
+  import jax  # pylint: disable=import-outside-toplevel
+  n = jax.device_count()
+  while batch % n:
+    n -= 1
+  return n
+
+
+def _train(config, workdir: Path, log) -> bool:
+  """Trains (or resumes) a run; False when it had already finished."""
+  from vbridge_jax import trainer  # pylint: disable=import-outside-toplevel
+  final = workdir / "final.json"
+  if final.is_file() and json.loads(final.read_text()).get("step") == int(config.total_steps):
+    return False
+  config.num_devices = _devices_for(int(config.data.batch_size))
+  trainer.train_and_evaluate(config, str(workdir))
+  return True
+
+
+def _export(run: Path, out: Path) -> bool:
+  from vbridge_jax import export  # pylint: disable=import-outside-toplevel
+  if (out / "model.json").is_file():
+    return False
+  export.export_run(run, out)
+  return True
+
+
+def _restore(model: Path, prompts: Path, split: Path, out: Path, samples, *, drift: Path | None,
+             steps: int | None) -> None:
+  """`python -m vbridge_jax.restore` over a split (already restored images are skipped).
+
+  No `--frames`: restore takes each model's clip length from its `model.json` (the tiny
+  configs' 5 frames are also restore's default).
+  """
+  from vbridge_jax import restore  # pylint: disable=import-outside-toplevel
+  argv = ["--model", str(model), "--prompts", str(prompts), "--input", str(split),
+          "--output", str(out), "--steps", str(steps or int(samples.steps)),
+          "--solver", str(samples.solver), "--shift", str(float(samples.shift)), "--schedule", "diffusers", "--guidance", "1.0",
+          "--cfg-skip", "0", "--dtype", "float32"]
+  if drift is not None:
+    argv += ["--drift", str(drift)]
+  if restore.main(argv) != 0:
+    raise RuntimeError(f"restoring {split} into {out} failed (see above)")
+
+
+def _done(split: Path, out: Path) -> bool:
+  """Every LQ image of the split has its restored PNG."""
+  from vbridge_jax import restore  # pylint: disable=import-outside-toplevel
+  return out.is_dir() and all((out / rel.with_suffix(".png")).is_file()
+                              for _, rel in restore.find_inputs(split))
+
+
+# ------------------------------------------------------------------------------- report
+
+
+def table(scores: dict[str, dict[str, Any]]) -> str:
+  """Markdown shaped like the paper's Table 1: PSNR-Y / SSIM-Y per category and column."""
+  cats = list(scores["input"]["per_category"])
+  head = ["category", "n"] + list(COLUMNS)
+  lines = ["PSNR-Y (dB) / SSIM-Y on the held-out split (`vbridge` protocol).", "",
+           "| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * len(COLUMNS)]
+
+  def cell(vals: dict[str, float] | None) -> str:
+    return f"{vals['psnr_y']:.2f} / {vals['ssim_y']:.4f}" if vals else "-"
+
+  keys = ("input", "base", "drift")
+  for cat in cats:
+    row = [cat, str(scores["input"]["per_category"][cat]["count"])]
+    row += [cell(scores[k]["per_category"].get(cat)) for k in keys]
+    lines.append("| " + " | ".join(row) + " |")
+  n = str(len(scores["input"]["per_image"]))
+  for label, field in (("average per image", "average_per_image"),
+                       ("average per category", "average_per_category")):
+    lines.append("| " + " | ".join([f"**{label}**", n] + [cell(scores[k][field]) for k in keys])
+                 + " |")
+  return "\n".join(lines) + "\n"
+
+
+def picture(path: Path, heldout: Path, restored: dict[str, Path]) -> Path:
+  """One row per category (its first held-out image): LQ | base | base + corrector | GT."""
+  from PIL import Image, ImageDraw  # pylint: disable=import-outside-toplevel
+  from vbridge_jax.data.files import read_rgb  # pylint: disable=import-outside-toplevel
+
+  rows = []
+  for cat in sorted(p.name for p in heldout.iterdir() if p.is_dir()):
+    lq = sorted((heldout / cat / "LQ").iterdir())
+    if not lq:
+      continue
+    stem = lq[0].stem
+    gt = next(iter(sorted((heldout / cat / "GT").glob(f"{stem}.*"))))
+    cells = [read_rgb(lq[0])] + [read_rgb(restored[k] / cat / "LQ" / f"{stem}.png")
+                                 for k in ("base", "drift")] + [read_rgb(gt)]
+    rows.append((cat, cells))
+  h, w = rows[0][1][0].shape[:2]
+  scale = max(1, -(-128 // w))  # small crops are enlarged (nearest) so the labels fit
+  h, w = h * scale, w * scale
+  label_w, head_h, gap = 120, 18, 2
+  canvas = Image.new("RGB", (label_w + 4 * (w + gap), head_h + len(rows) * (h + gap)), "white")
+  draw = ImageDraw.Draw(canvas)
+  for j, name in enumerate(("LQ", "base", "base + corrector", "GT")):
+    draw.text((label_w + j * (w + gap) + 4, 3), name, fill="black")
+  for i, (cat, cells) in enumerate(rows):
+    y = head_h + i * (h + gap)
+    draw.text((4, y + h // 2 - 6), cat, fill="black")
+    for j, img in enumerate(cells):
+      canvas.paste(Image.fromarray(img).resize((w, h), Image.NEAREST), (label_w + j * (w + gap), y))
+  tmp = path.with_name(f".{path.name}.tmp")
+  canvas.save(tmp, format="PNG")
+  os.replace(tmp, path)
+  return path
+
+
+# ------------------------------------------------------------------------------- the recipe
+
+
+def run(workdir: str | os.PathLike, *, base_steps: int | None = None, base_stages: str | None = None,
+        drift_steps: int | None = None, drift_stage: str | None = None,
+        restore_steps: int | None = None, categories: Sequence[str] | None = None,
+        per_category: int = 4, heldout_per_category: int = 2, size: int | None = None,
+        progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+  """Runs (or resumes) the recipe in `workdir`; returns `{"table", "phases"}`.
+
+  `phases` maps each phase to "ran" or "skipped". The defaults are the tiny configs'
+  (`configs/curriculum.py:tiny`, `configs/drift.py:tiny`); the arguments shrink them (the
+  smoke test) or grow them.
+  """
+  if str(REPO) not in sys.path:  # configs/ is a folder of the repository, beside the package
+    sys.path.insert(0, str(REPO))
+  from configs import curriculum, drift as drift_configs  # pylint: disable=import-outside-toplevel
+  from vbridge_jax import evaluate  # pylint: disable=import-outside-toplevel
+  from vbridge_jax.train_utils import setup  # pylint: disable=import-outside-toplevel
+
+  wd = Path(workdir).resolve()
+  wd.mkdir(parents=True, exist_ok=True)
+  phases: dict[str, str] = {}
+  t0 = time.time()
+
+  def phase(name: str, ran: bool) -> None:
+    phases[name] = "ran" if ran else "skipped"
+    log(f"[miniature] {name}: {phases[name]} ({time.time() - t0:.0f} s so far)")
+
+  train, heldout = _demo_splits(wd, per_category=per_category,
+                                heldout_per_category=heldout_per_category,
+                                categories=categories, size=size)
+  base = curriculum.get_config("tiny")
+  base.data.source = str(train)
+  base.progress = progress
+  if base_steps:
+    base.total_steps = base_steps
+  if base_stages:
+    base.stages = base_stages
+  phase("1 train base", _train(base, wd / "base", log))
+  phase("2 export base", _export(wd / "base", wd / "base_model"))
+  prompts = _write_prompts(wd / "prompts.npz", setup.dit_config(base))
+  restored = {"train": wd / "restored" / "train_base", "base": wd / "restored" / "heldout_base",
+              "drift": wd / "restored" / "heldout_drift"}
+  todo = not _done(train, restored["train"])
+  if todo:
+    _restore(wd / "base_model", prompts, train, restored["train"], base.samples, drift=None,
+             steps=restore_steps)
+  phase("2 restore training split (base)", todo)
+
+  corr = drift_configs.get_config("tiny")
+  corr.data.source = str(train)
+  corr.data.drift_outputs = str(restored["train"])
+  corr.init_from = str(wd / "base_model")
+  corr.prompts = str(prompts)
+  corr.progress = progress
+  if drift_steps:
+    corr.total_steps = drift_steps
+  if drift_stage:
+    corr.stages = drift_stage
+  phase("3 train drift corrector", _train(corr, wd / "drift", log))
+  phase("3 export drift corrector", _export(wd / "drift", wd / "drift_model"))
+
+  for key, drift in (("base", None), ("drift", wd / "drift_model")):
+    todo = not _done(heldout, restored[key])
+    if todo:
+      _restore(wd / "base_model", prompts, heldout, restored[key], base.samples, drift=drift,
+               steps=restore_steps)
+    phase(f"4 restore held-out ({'base + corrector' if drift else 'base'})", todo)
+
+  scores = {}
+  for key, pred in (("input", heldout), ("base", restored["base"]), ("drift", restored["drift"])):
+    scores[key] = evaluate.evaluate(pred, heldout, "vbridge", progress=False)
+    evaluate.write(scores[key], wd / "scores" / key)
+  text = table(scores)
+  (wd / "table.md").write_text(text)
+  picture(wd / "picture.png", heldout, restored)
+  phase("5 evaluate", True)
+  log(text)
+  log(f"wrote {wd / 'table.md'} and {wd / 'picture.png'} in {time.time() - t0:.0f} s")
+  return {"table": text, "phases": phases}
+
+
+def main(argv: list[str] | None = None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--workdir", required=True, type=Path, help="folder for every phase's outputs")
+  p.add_argument("--base-steps", type=int, default=None, help="base training steps (tiny: 150)")
+  p.add_argument("--drift-steps", type=int, default=None, help="corrector steps (tiny: 50)")
+  p.add_argument("--restore-steps", type=int, default=None,
+                 help="sampler steps when restoring (default: the run's sample-grid steps)")
+  p.add_argument("--categories", default="", help="comma-separated subset (default: all 21)")
+  p.add_argument("--per-category", type=int, default=4, help="training pairs per category")
+  p.add_argument("--heldout-per-category", type=int, default=2, help="held-out pairs per category")
+  args = p.parse_args(argv)
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+  absl_logging.set_verbosity(absl_logging.WARNING)  # orbax is chatty at INFO
+  from vbridge_jax.checkpoints.io import CheckpointError  # pylint: disable=import-outside-toplevel
+  from vbridge_jax.data.files import DataError  # pylint: disable=import-outside-toplevel
+  from vbridge_jax.export import ExportError  # pylint: disable=import-outside-toplevel
+  from vbridge_jax.train_utils.setup import ConfigError  # pylint: disable=import-outside-toplevel
+  cats = [c for c in args.categories.split(",") if c] or None
+  try:
+    run(args.workdir, base_steps=args.base_steps, drift_steps=args.drift_steps,
+        restore_steps=args.restore_steps, categories=cats, per_category=args.per_category,
+        heldout_per_category=args.heldout_per_category)
+  except (ConfigError, CheckpointError, DataError, ExportError, RuntimeError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
