@@ -117,21 +117,22 @@ def _restore(model: Path, prompts: Path, split: Path, out: Path, samples, *, dri
   configs' 5 frames are also restore's default).
   """
   from vbridge_jax import restore  # pylint: disable=import-outside-toplevel
-  argv = ["--model", str(model), "--prompts", str(prompts), "--input", str(split),
-          "--output", str(out), "--steps", str(steps or int(samples.steps)),
-          "--solver", str(samples.solver), "--shift", str(float(samples.shift)), "--schedule", "diffusers", "--guidance", "1.0",
-          "--cfg-skip", "0", "--dtype", "float32"]
+  argv = [f"--config.model={model}", f"--config.prompts={prompts}", f"--config.input={split}",
+          f"--config.output={out}", f"--config.steps={steps or int(samples.steps)}",
+          f"--config.solver={samples.solver}", f"--config.shift={float(samples.shift)}",
+          "--config.schedule=diffusers", "--config.guidance=1.0", "--config.cfg_skip=0.0",
+          "--config.dtype=float32", "--config.param_dtype=float32", "--config.quantize=round"]
   if drift is not None:
-    argv += ["--drift", str(drift)]
+    argv.append(f"--config.drift={drift}")
   if restore.main(argv) != 0:
     raise RuntimeError(f"restoring {split} into {out} failed (see above)")
 
 
 def _done(split: Path, out: Path) -> bool:
   """Every LQ image of the split has its restored PNG."""
-  from vbridge_jax import restore  # pylint: disable=import-outside-toplevel
-  return out.is_dir() and all((out / rel.with_suffix(".png")).is_file()
-                              for _, rel in restore.find_inputs(split))
+  from vbridge_jax import restore_jobs  # pylint: disable=import-outside-toplevel
+  found, _ = restore_jobs.find_inputs(split)
+  return out.is_dir() and all(restore_jobs.output_path(out, rel).is_file() for _, rel in found)
 
 
 # ------------------------------------------------------------------------------- report
