@@ -143,15 +143,20 @@ class DictSource(TensorSource):
 
 
 class TorchPickleSource(DictSource):
-  """A `.pth`/`.pt` state dict, opened only with torch's `weights_only=True` loader."""
+  """A `.pth`/`.pt` state dict, opened only with torch's `weights_only=True` loader.
+
+  Zip files (torch >= 1.6) are memory-mapped; a legacy (non-zip) file cannot be, and is
+  read whole, still with `weights_only=True`."""
 
   def __init__(self, path: Path):
     try:
       import torch  # pylint: disable=import-outside-toplevel
     except ImportError:
       raise CheckpointError(f"{path}: reading .pth needs torch (pip install 'vbridge_jax[convert]')") from None
+    import zipfile  # pylint: disable=import-outside-toplevel
     try:
-      sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+      sd = torch.load(path, map_location="cpu", weights_only=True,
+                      mmap=zipfile.is_zipfile(path))
     except Exception as e:  # torch raises many types for a bad pickle
       raise CheckpointError(f"{path}: cannot load with torch.load(weights_only=True): {str(e).splitlines()[0]}") from None
     for wrap in ("state_dict", "model", "module"):
