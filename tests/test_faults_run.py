@@ -284,3 +284,45 @@ def test_lora_targets_with_spaces_parse_once_for_setup_and_flops(demo, latent_di
   cfg.lora.rank = 4
   assert setup.lora_targets(cfg) == ["q", "k"]
   assert trainer.train_and_evaluate(cfg, str(tmp_path))["step"] == 1
+
+
+# ------------------------------------------------- 15.5 / 15.6: help, ETA, progress, profile
+
+
+def test_train_help_lists_variants_and_fields_and_exits_0():
+  r = subprocess.run([sys.executable, "-m", "vbridge_jax.train", "--help"], capture_output=True,
+                     text=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+  assert r.returncode == 0, r.stderr[-1500:]
+  assert "'tiny'" in r.stdout and "--config.data.batch_size=8" in r.stdout
+  assert "--config.profile.start_step=-1" in r.stdout and "--workdir" in r.stdout
+
+
+def test_eta_after_warm_up_and_plain_progress_lines_in_a_file(tmp_path, caplog):
+  """The first line's rate includes compiling: no ETA from it. Not on a terminal (here
+  pytest captures stderr), progress is one log line per row, no tqdm carriage returns."""
+  from vbridge_jax.train_utils.metrics import MetricsLogger
+  logger = MetricsLogger(str(tmp_path), total_steps=10, start_step=0, progress=True)
+  assert logger._bar is None  # pylint: disable=protected-access
+  with caplog.at_level("INFO", logger="vbridge_jax.trainer"):
+    first = logger.log(2, {"loss": 1.0})
+    second = logger.log(4, {"loss": 0.5})
+  logger.close()
+  assert first["eta_sec"] is None and second["eta_sec"] is not None
+  lines = [r.getMessage() for r in caplog.records]
+  assert len(lines) == 2 and "ETA warming up" in lines[0] and "\r" not in "".join(lines)
+
+
+def test_profile_traces_the_configured_steps(tmp_path):
+  import ml_collections
+  import jax.numpy as jnp
+  prof = trainer._Profile(ml_collections.ConfigDict(dict(start_step=2, stop_step=3)),
+                          str(tmp_path))
+  f = jax.jit(lambda x: x * 2)
+  x = jnp.ones(4)
+  for step in range(5):
+    prof.before(step)
+    assert prof.active == (step in (1, 2))  # steps 2..3 (from 1) are running
+    x = f(x)
+    prof.after(step + 1, x)
+  assert not prof.active
+  assert [p for p in (tmp_path / "profile").rglob("*") if p.is_file()]

@@ -219,6 +219,7 @@ class _Run:
                              use_async=bool(config.checkpoint.use_async))
     resumed, self.state, self.saved_data, self.saved_meta = self.ckpt.restore_latest(self.state)
     self.step = 0 if resumed is None else int(self.saved_meta["step"])
+    self.first_step = self.step
     if resumed is not None and (self.saved_meta.get("stages") != str(config.stages)
                                 or self.saved_meta.get("total_steps") != self.total):
       log.warning("resuming with a different schedule: checkpoint has stages=%s total=%s",
@@ -274,6 +275,8 @@ class _Run:
   def train_one_step(self, iterator) -> dict[str, Any]:
     """Dispatches one step (asynchronously); its metrics wait in `pending`."""
     batch = next(iterator)
+    if not self.pending and not self.last_row and self.step == self.first_step:
+      self.logger.write("compiling the train step (the first step takes longer)")
     self.profile.before(self.step)
     with nnx.logical_axis_rules(self.act_rules):
       self.state, metrics = self.train_step(

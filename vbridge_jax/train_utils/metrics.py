@@ -163,4 +163,6 @@ def save_grid(path: str, rows: list[list[np.ndarray]]) -> None:
       pix = np.clip((np.asarray(img, np.float32) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
       canvas[i * (h + 2):i * (h + 2) + h, j * (w + 2):j * (w + 2) + w] = pix
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  Image.fromarray(canvas).save(path)
+  tmp = path + ".tmp"
+  Image.fromarray(canvas).save(tmp, format="PNG")
+  os.replace(tmp, path)
