@@ -166,8 +166,7 @@ def _rate_fields(config, dcfg, crop: int):
   return lambda sps: flops.throughput(sps, step, kind, n)
 
 
-def _stop_step(config) -> int:
-  total = int(config.total_steps)
+def _stop_step(config, total: int) -> int:
   stop_at = int(config.get("stop_at_step", -1))
   return total if stop_at < 0 else min(stop_at, total)
 
@@ -198,10 +197,10 @@ class _Run:
   them (`_fetch_metrics`), so the host never waits for a step it does not have to.
   """
 
-  def __init__(self, config, workdir: str, devices: list):
-    self.config, self.workdir = config, workdir
-    self.stages = setup.parse_stages(config.stages, int(config.total_steps))
-    self.total, self.stop_at = int(config.total_steps), _stop_step(config)
+  def __init__(self, config, workdir: str, devices: list, source: str, total: int):
+    self.config, self.workdir, self.source = config, workdir, source
+    self.stages = setup.parse_stages(config.stages, total)
+    self.total, self.stop_at = total, _stop_step(config, total)
     self.mesh = sh.create_mesh(dict(config.mesh), devices)
     rules = sh.rules_from_config(config.logical_axis_rules)
     self.act_rules = sh.activation_rules(rules)
@@ -233,7 +232,6 @@ class _Run:
     self.encoder = (latents.make_encoder(self.vae_graphdef, self.mesh, compiler_options(config))
                     if self.cached else None)
     self.nan_at = jnp.asarray(int(config.get("debug_nan_at_step", -1)), jnp.int32)
-    self.source = setup.data_source(config, workdir)
     self.logger = MetricsLogger(workdir, self.total, self.step,
                                 enabled=jax.process_index() == 0, progress=bool(config.progress))
     self.logger.write(f"mesh {dict(self.mesh.shape)} on {self.mesh.size} devices; {n_train:,} "
@@ -392,13 +390,15 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   setup.check_config(config)
   sh.maybe_initialize_distributed(config.get("distributed"))
   devices = setup.check_devices(config)
-  finished = _finished(workdir, _stop_step(config))
+  source = setup.data_source(config, workdir)  # 'demo': built once into workdir/demo_data
+  total = int(config.total_steps)
+  finished = _finished(workdir, _stop_step(config, total))
   if finished is not None:
     log.info("%s already reached step %d; nothing to do", workdir, finished["step"])
     return finished
   os.makedirs(workdir, exist_ok=True)
   _write_config(config, workdir)
-  run = _Run(config, workdir, devices)
+  run = _Run(config, workdir, devices, source, total)
   failed = True
   try:
     with jax.set_mesh(run.mesh):

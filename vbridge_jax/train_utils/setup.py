@@ -139,11 +139,16 @@ def check_config(config) -> None:
   """
   if config.finetune not in FINETUNE:
     raise ConfigError(f"finetune={config.finetune!r} is not one of {', '.join(FINETUNE)}")
-  _positive(config, "total_steps", "data.batch_size", "data.frames", "log_every",
-            "checkpoint.every_steps")
+  _positive(config, "data.batch_size", "data.frames", "log_every", "checkpoint.every_steps")
   if (int(config.data.frames) - 1) % 4:
     raise ConfigError(f"data.frames={config.data.frames} must be 1 + a multiple of 4 (5, 9, ...)")
-  parse_stages(config.stages, int(config.total_steps))
+  if int(config.total_steps) > 0:
+    parse_stages(config.stages, int(config.total_steps))
+  elif int(config.get("epochs", 0)) > 0:  # the length comes from the data: the spec alone
+    parse_stages(config.stages, 1 << 30)
+  else:
+    raise ConfigError(f"total_steps={config.total_steps} must be >= 1" +
+                      (f" (or set epochs, now {config.epochs})" if "epochs" in config else ""))
   lora_targets(config)
   if int(config.lora.rank) < 1:
     raise ConfigError(f"lora.rank={config.lora.rank!r} must be >= 1")
