@@ -139,6 +139,8 @@ def base_config() -> ml_collections.ConfigDict:
   # XLA options for the train step and VAE-encode compiles, e.g. the tests'
   # {"xla_backend_optimization_level": 0} (tiny programs: compile time dominates).
   c.compiler_options = ml_collections.ConfigDict()
+  # A jax.profiler trace of steps start..stop (from 1, inclusive) into workdir/profile; -1: off.
+  c.profile = ml_collections.ConfigDict(dict(start_step=-1, stop_step=-1))
   c.stop_at_step = -1  # stop (with a checkpoint) at this step, as if preempted
   c.debug_nan_at_step = -1  # tests: make the loss NaN at this step
   return c

@@ -149,7 +149,7 @@ def test_bad_tensors_named(ref, tmp_path, case):
   out = tmp_path / "out"
   with pytest.raises(CheckpointError, match=pattern):
     convert_path(src, out, log=lambda _: None)
-  assert not any(out.iterdir())  # no dit/, no staging folder
+  assert not out.exists()  # no dit/, no staging folder, no empty --out (issue 16.10)
 
 
 def test_bad_config_truncated_file_and_cli_exit(ref, tmp_path):

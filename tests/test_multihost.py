@@ -151,7 +151,7 @@ def test_two_processes_match_one_and_resume(demo, tmp_path):
     assert rs[0]["out"]["step"] == rs[1]["out"]["step"] == (1 if name == "first" else 3)
     # Logs: process 0 writes them all, process 1 nothing outside checkpoints/.
     assert rs[1]["writes"] == [], name
-    w0 = rs[0]["writes"]
+    w0 = [w.removesuffix(".tmp") for w in rs[0]["writes"]]  # atomic writes go through .tmp
     assert {"metrics.jsonl", "config.json", "final.json"} <= set(w0), name
     assert sum(w.startswith("tensorboard/") for w in w0) == 1, name
     # Samples: both processes run the sampler over the sharded model; process 0 writes.

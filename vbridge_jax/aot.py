@@ -196,9 +196,9 @@ def state_builder(config):
   def build():
     model = WanDiT(dcfg, rngs=nnx.Rngs(params=0))
     if config.finetune == "lora":
-      targets = [t.strip() for t in str(config.lora.targets).split(",") if t.strip()]
+      from vbridge_jax.train_utils import setup  # pylint: disable=import-outside-toplevel
       lora_lib.apply_lora(model, rank=int(config.lora.rank), alpha=float(config.lora.alpha),
-                          targets=targets)
+                          targets=setup.lora_targets(config))
     return model, nnx.Optimizer(model, tx, wrt=wrt)
 
   return build, dcfg, vcfg, wrt
@@ -219,6 +219,11 @@ def abstract_state(config, mesh, rules) -> AbstractState:
     vae = nnx.eval_shape(lambda: WanVAE(vcfg, rngs=nnx.Rngs(params=0)))
     return AbstractState(train=split((model, opt)), dit=split(model), vae=split(vae),
                          dit_config=dcfg, wrt=wrt)
+
+
+def _lora_targets(config) -> list[str]:
+  from vbridge_jax.train_utils import setup  # pylint: disable=import-outside-toplevel
+  return setup.lora_targets(config)
 
 
 def _replicated(mesh, shape, dtype=jnp.float32):
@@ -341,7 +346,7 @@ def compile_case(config, topo: Topology, devices, *, step: str, frames: int, hw:
       args = (state, vae_state if vae else None, data, ctx2, step_no, step_no)
       sf = flops.train_step_flops(dcfg, tokens, batch, finetune=config.finetune,
                                   lora_rank=int(config.lora.rank),
-                                  lora_targets=[t.strip() for t in str(config.lora.targets).split(",")])
+                                  lora_targets=_lora_targets(config))
       model_f, hw_f = sf.model, sf.hardware
     elif step == "restore":
       from vbridge_jax.sampler import SamplerConfig, guided_steps  # pylint: disable=import-outside-toplevel

@@ -1,13 +1,18 @@
 """Command line: `python -m vbridge_jax.train --config=configs/curriculum.py[:variant] --workdir=DIR`.
 
-`--config.x=y` overrides any config field. Rerunning the same command in the same workdir
-resumes from the last checkpoint. Exit status 1 with a one-line message on a bad config,
-missing weights or data, or a non-finite loss.
+`--config.x=y` overrides any config field (`--help` lists the variants and every field
+with its default). Rerunning the same command in the same workdir resumes from the last
+intact checkpoint; a finished run is left as it is. Exit status 1 with a one-line message
+on a bad config or flag, missing weights or data, a damaged checkpoint, a failed save
+(a full disk) or a non-finite loss.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import sys
+from pathlib import Path
 
 from absl import app, flags
 from absl import logging as absl_logging
@@ -18,11 +23,88 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "training config file[
 _WORKDIR = flags.DEFINE_string("workdir", None, "run folder (checkpoints, logs, samples)")
 flags.mark_flags_as_required(["config", "workdir"])
 
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "curriculum.py"
+_HELP = ("-h", "--help", "--helpshort", "--helpfull", "-?")
+
+
+def _config_module(argv: list[str]):
+  """The config file named by --config (default configs/curriculum.py), as a module."""
+  path = str(DEFAULT_CONFIG)
+  for i, a in enumerate(argv):
+    if a.startswith("--config="):
+      path = a.split("=", 1)[1]
+    elif a == "--config" and i + 1 < len(argv):
+      path = argv[i + 1]
+  path = path.split(":", 1)[0]
+  spec = importlib.util.spec_from_file_location("_vbridge_help_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return path, module
+
+
+def _fields(node, prefix: str = "") -> list[tuple[str, object]]:
+  out = []
+  for k, v in node.items():
+    if hasattr(v, "to_dict") and not len(v):
+      v = v.to_dict()
+    if hasattr(v, "items") and len(v):
+      out.extend(_fields(v, f"{prefix}{k}."))
+    else:
+      out.append((f"{prefix}{k}", v))
+  return out
+
+
+def help_text(argv: list[str]) -> str:
+  """Usage, the config file's variants and every field with its default."""
+  lines = [__doc__.strip(), ""]
+  try:
+    path, module = _config_module(argv)
+  except (OSError, ImportError, SyntaxError) as e:
+    return "\n".join(lines + [f"(cannot read the config file to list its fields: {e})"])
+  variants = list(getattr(module, "VARIANTS", {}) or [""])
+  lines += [f"Config file {path}: {(module.__doc__ or '').strip().splitlines()[0]}",
+            "Variants (--config=FILE:VARIANT): " +
+            ", ".join(repr(v) if v else "(none)" for v in variants), "",
+            "Fields (--config.FIELD=VALUE; the defaults of the plain config):"]
+  lines += [f"  --config.{k}={v!r}" for k, v in _fields(module.get_config(""))]
+  lines += ["", "Flags:", "  --config=FILE[:VARIANT]  the training config (required)",
+            "  --workdir=DIR            run folder: checkpoints, logs, samples (required)"]
+  return "\n".join(lines)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing with `--help` that lists the config, and one-line errors."""
+  if any(a in _HELP for a in argv[1:]):
+    print(help_text(argv[1:]))
+    sys.exit(0)
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f"error: {e}", file=sys.stderr)
+  except (KeyError, AttributeError, TypeError, ValueError) as e:  # an unknown --config.x
+    msg = " ".join(str(e).strip("'\"").split()).strip("'\"")
+    print(f"error: bad --config override: {msg} (--help lists the fields)", file=sys.stderr)
+  sys.exit(1)
+
+
+class _ProjectInfo(logging.Filter):
+  """Lets the project's INFO lines through the absl handler; the libraries' INFO (orbax is
+  chatty) stays hidden. Warnings and errors pass, except orbax's logged tracebacks of a
+  failed save, which the trainer reports as one line (`CheckpointError`)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.name.startswith("vbridge_jax"):
+      return True
+    if "/orbax/" in record.pathname and record.levelno >= logging.ERROR:
+      return False
+    return record.levelno >= logging.WARNING
+
 
 def main(argv: list[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  absl_logging.set_verbosity(absl_logging.WARNING)  # orbax is chatty at INFO
+  absl_logging.set_verbosity(absl_logging.INFO)
+  absl_logging.get_absl_handler().addFilter(_ProjectInfo())
   from vbridge_jax import trainer  # pylint: disable=import-outside-toplevel
   from vbridge_jax.checkpoints.io import CheckpointError  # pylint: disable=import-outside-toplevel
   from vbridge_jax.data.files import DataError  # pylint: disable=import-outside-toplevel
@@ -33,9 +115,12 @@ def main(argv: list[str]) -> int:
   except (ConfigError, CheckpointError, DataError, trainer.NonFiniteLossError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
+  except OSError as e:  # a full disk or an unwritable workdir
+    print(f"error: {e.strerror or e}: {e.filename or _WORKDIR.value}", file=sys.stderr)
+    return 1
   print(f"done: step {result['step']}, loss {result.get('loss')}")
   return 0
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -9,13 +9,16 @@ step is one jitted, donating function. With `config.latent_cache.enabled` the VA
 each stage's batches once up front (`train_utils/latents.py`) and the step trains on the
 cached latents.
 
-The curriculum splits the run (`total_steps`, or `epochs` over the data) into stages by
-share; a stage change rebuilds the input pipeline at the new size and keeps model and
-optimizer state. Checkpoints (orbax, `workdir/checkpoints`) hold model, optimizer, step,
-stage and the data iterator; calling again with the same workdir resumes. Logs: a progress bar, `workdir/metrics.jsonl`,
-TensorBoard events in `workdir/tensorboard`, sample grids (LQ | output | GT) in
-`workdir/samples`. A non-finite loss or gradient norm stops the run with
-`NonFiniteLossError`; only checkpoints from before it exist.
+The curriculum splits the run (`total_steps`, or `epochs` over the data) into stages by share; a stage change rebuilds the
+input pipeline at the new size and keeps model and optimizer state. Checkpoints (orbax,
+`workdir/checkpoints`) hold model, optimizer, step, stage and the data iterator; calling
+again with the same workdir resumes (from the newest intact checkpoint; see
+`train_utils/checkpointing.py`), and a run that already finished writes nothing. Logs:
+progress lines (a bar on a terminal), `workdir/metrics.jsonl`, TensorBoard events in
+`workdir/tensorboard` (`train_utils/metrics.py`), sample grids (LQ | output | GT) in
+`workdir/samples`, a `jax.profiler` trace with `config.profile`. A non-finite loss or
+gradient norm stops the run with `NonFiniteLossError`, a failed checkpoint save with a
+`CheckpointError`; only checkpoints from before either exist.
 """
 
 from __future__ import annotations
@@ -170,9 +173,16 @@ def _stage_iterator(config, source: str, stage, mesh, workdir: str, encoder, vae
 
 
 def _write_config(config, workdir: str) -> None:
+  """`workdir/config.json` (atomic), written only once the config has been validated."""
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    _write_json(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+
+
+def _write_json(path: str, text: str) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write(text)
+  os.replace(tmp, path)
 
 
 def _rate_fields(config, dcfg, crop: int):
@@ -181,129 +191,253 @@ def _rate_fields(config, dcfg, crop: int):
   tokens = frames * (crop // 16 // dcfg.patch_size[1]) * (crop // 16 // dcfg.patch_size[2])
   step = flops.train_step_flops(dcfg, tokens, int(config.data.batch_size), finetune=config.finetune,
                                 lora_rank=int(config.lora.rank),
-                                lora_targets=str(config.lora.targets).split(","))
+                                lora_targets=setup.lora_targets(config))
   kind, n = jax.devices()[0].device_kind, jax.device_count()
   return lambda sps: flops.throughput(sps, step, kind, n)
 
 
-def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
-  """Runs (or resumes) the curriculum in `workdir`; returns the last logged metrics."""
-  setup.check_config(config)
-  sh.maybe_initialize_distributed(config.get("distributed"))
-  os.makedirs(workdir, exist_ok=True)
-  _write_config(config, workdir)
-  source = setup.data_source(config, workdir)
-  total = setup.total_steps(config, source)  # total_steps, or epochs over the data
-  stages = setup.parse_stages(config.stages, total)
-
-  # ---------------------------------------------------------------- mesh and state
-  n_dev = int(config.get("num_devices", 0))
-  mesh = sh.create_mesh(dict(config.mesh), jax.devices()[:n_dev] if n_dev > 0 else None)
-  rules = sh.rules_from_config(config.logical_axis_rules)
-  act_rules = sh.activation_rules(rules)
-  model, opt, vae, schedule = setup.build_state(config, mesh, rules)
-  dcfg = model.config
-  wrt = nnx.LoRAParam if config.finetune == "lora" else nnx.Param
-  graphdef, state = nnx.split((model, opt))
-  vae_graphdef, vae_state = nnx.split(vae)
-  del model, opt
-  state_shardings = jax.tree.map(lambda x: x.sharding, state)
-  context = _context(config, dcfg, mesh)
-  n_train = sum(x.size for x in jax.tree.leaves(nnx.state(nnx.merge(graphdef, state)[0], wrt)))
-
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"),
-                      every_steps=int(config.checkpoint.every_steps),
-                      keep=int(config.checkpoint.keep), use_async=bool(config.checkpoint.use_async))
-  start, saved_data, saved_meta = 0, None, {}
-  latest = ckpt.latest_step()
-  if latest is not None:
-    state, saved_data, saved_meta = ckpt.restore(latest, state)
-    start = int(saved_meta["step"])
-    if saved_meta.get("stages") != str(config.stages) or saved_meta.get("total_steps") != total:
-      log.warning("resuming with a different schedule: checkpoint has stages=%s total=%s",
-                  saved_meta.get("stages"), saved_meta.get("total_steps"))
-
-  train_step = make_train_step(graphdef, vae_graphdef, config, patch_size=dcfg.patch_size,
-                               wrt=wrt, state_shardings=state_shardings,
-                               batch_sharding=sh.batch_sharding(mesh, 5))
-  cached = bool(config.latent_cache.enabled)
-  encoder = latents.make_encoder(vae_graphdef, mesh, compiler_options(config)) if cached else None
-  nan_at = jnp.asarray(int(config.get("debug_nan_at_step", -1)), jnp.int32)
-  logger = MetricsLogger(workdir, total, start, enabled=jax.process_index() == 0,
-                         progress=bool(config.progress))
-  logger.write(f"mesh {dict(mesh.shape)} on {mesh.size} devices; {n_train:,} trainable "
-               f"parameters ({config.finetune}); " +
-               (f"resumed at step {start}" if latest is not None else "starting at step 0"))
+def _stop_step(config, total: int) -> int:
   stop_at = int(config.get("stop_at_step", -1))
-  stop_at = total if stop_at < 0 else min(stop_at, total)
-  log_every = max(1, int(config.log_every))
-  sample_every = int(config.samples.every_steps)
-  pending: list[tuple[int, dict[str, jax.Array]]] = []
-  last_row: dict[str, Any] = {}
-  step = start
+  return total if stop_at < 0 else min(stop_at, total)
 
-  def flush(stage, do_log: bool) -> None:
-    """Fetches pending metrics; stops on a non-finite value; logs the mean."""
-    nonlocal last_row
-    if not pending:
-      return
-    fetched = jax.device_get([m for _, m in pending])
-    for (s, _), m in zip(pending, fetched):
+
+def _finished(workdir: str, stop_at: int) -> dict[str, Any] | None:
+  """The recorded result of a run that already reached `stop_at`, or None.
+
+  Reads only the checkpoint folder names and `final.json`, so a rerun of a finished run
+  builds nothing and writes nothing (its records stay as they are).
+  """
+  folder = os.path.join(workdir, "checkpoints")
+  steps = [int(n) for n in os.listdir(folder) if n.isdigit()] if os.path.isdir(folder) else []
+  if not steps or max(steps) < stop_at:
+    return None
+  try:
+    with open(os.path.join(workdir, "final.json"), encoding="utf-8") as f:
+      final = json.load(f)
+  except (OSError, ValueError):
+    final = {}
+  return dict(final.get("last") or {}) | {"step": max(steps)}
+
+
+class _Run:
+  """One launch of the curriculum: the live state and the loop's parts.
+
+  `train_stage` runs one stage's steps; after each step `_after_step` logs, saves and
+  writes samples when due. Metrics stay on the device until a log line or a save needs
+  them (`_fetch_metrics`), so the host never waits for a step it does not have to.
+  """
+
+  def __init__(self, config, workdir: str, devices: list, source: str, total: int):
+    self.config, self.workdir, self.source = config, workdir, source
+    self.stages = setup.parse_stages(config.stages, total)
+    self.total, self.stop_at = total, _stop_step(config, total)
+    self.mesh = sh.create_mesh(dict(config.mesh), devices)
+    rules = sh.rules_from_config(config.logical_axis_rules)
+    self.act_rules = sh.activation_rules(rules)
+    model, opt, vae, self.schedule = setup.build_state(config, self.mesh, rules)
+    self.dcfg = model.config
+    wrt = nnx.LoRAParam if config.finetune == "lora" else nnx.Param
+    self.graphdef, self.state = nnx.split((model, opt))
+    self.vae_graphdef, self.vae_state = nnx.split(vae)
+    n_train = sum(x.size for x in jax.tree.leaves(nnx.state(model, wrt)))
+    del model, opt, vae
+    self.context = _context(config, self.dcfg, self.mesh)
+    self.ckpt = Checkpointer(os.path.join(workdir, "checkpoints"),
+                             every_steps=int(config.checkpoint.every_steps),
+                             keep=int(config.checkpoint.keep),
+                             use_async=bool(config.checkpoint.use_async))
+    resumed, self.state, self.saved_data, self.saved_meta = self.ckpt.restore_latest(self.state)
+    self.step = 0 if resumed is None else int(self.saved_meta["step"])
+    self.first_step = self.step
+    if resumed is not None and (self.saved_meta.get("stages") != str(config.stages)
+                                or self.saved_meta.get("total_steps") != self.total):
+      log.warning("resuming with a different schedule: checkpoint has stages=%s total=%s",
+                  self.saved_meta.get("stages"), self.saved_meta.get("total_steps"))
+    state_shardings = jax.tree.map(lambda x: x.sharding, self.state)
+    self.train_step = make_train_step(self.graphdef, self.vae_graphdef, config,
+                                      patch_size=self.dcfg.patch_size, wrt=wrt,
+                                      state_shardings=state_shardings,
+                                      batch_sharding=sh.batch_sharding(self.mesh, 5))
+    self.cached = bool(config.latent_cache.enabled)
+    self.encoder = (latents.make_encoder(self.vae_graphdef, self.mesh, compiler_options(config))
+                    if self.cached else None)
+    self.nan_at = jnp.asarray(int(config.get("debug_nan_at_step", -1)), jnp.int32)
+    self.logger = MetricsLogger(workdir, self.total, self.step,
+                                enabled=jax.process_index() == 0, progress=bool(config.progress))
+    self.logger.write(f"mesh {dict(self.mesh.shape)} on {self.mesh.size} devices; {n_train:,} "
+                      f"trainable parameters ({config.finetune}); " +
+                      (f"resumed at step {self.step}" if resumed is not None
+                       else "starting at step 0"))
+    self.pending: list[tuple[int, dict[str, jax.Array]]] = []
+    self.last_row: dict[str, Any] = {}
+    self.profile = _Profile(config.get("profile"), workdir)
+
+  # ------------------------------------------------------------------------ the stage
+
+  def stage_iterator(self, stage) -> Any:
+    """The stage's iterator, at the checkpoint's position when it was saved in this stage."""
+    iterator = _stage_iterator(self.config, self.source, stage, self.mesh, self.workdir,
+                               self.encoder, self.vae_state)
+    if self.saved_data is not None and self.saved_meta.get("stage") == stage.index:
+      if self.saved_meta.get("latent_cache", False) == self.cached:
+        set_iterator_state(iterator, self.saved_data)
+      else:
+        log.warning("latent_cache changed since the checkpoint: the stage's data restarts")
+    self.saved_data = None
+    return iterator
+
+  def train_stage(self, stage) -> None:
+    """Runs `stage` from the current step to its end (or the stop step)."""
+    self.logger.write(f"stage {stage.index}: {stage.size}px, steps {stage.start}..{stage.end} "
+                      f"(from {self.step})")
+    iterator = self.stage_iterator(stage)
+    self.logger.rate_fields = _rate_fields(self.config, self.dcfg,
+                                           setup.crop_size(stage.size))
+    end = min(stage.end, self.stop_at)
+    while self.step < end:
+      batch = self.train_one_step(iterator)
+      self._after_step(stage, end, iterator, batch)
+
+  # ------------------------------------------------------------------------- the step
+
+  def train_one_step(self, iterator) -> dict[str, Any]:
+    """Dispatches one step (asynchronously); its metrics wait in `pending`."""
+    batch = next(iterator)
+    if not self.pending and not self.last_row and self.step == self.first_step:
+      self.logger.write("compiling the train step (the first step takes longer)")
+    self.profile.before(self.step)
+    with nnx.logical_axis_rules(self.act_rules):
+      self.state, metrics = self.train_step(
+          self.state, self.vae_state, batch["latents" if self.cached else "clip"],
+          self.context, jnp.asarray(self.step, jnp.int32), self.nan_at)
+    self.pending.append((self.step, metrics))
+    self.step += 1
+    self.profile.after(self.step, metrics)
+    return batch
+
+  def _after_step(self, stage, end: int, iterator, batch) -> None:
+    step = self.step
+    save = step == end or self.ckpt.should_save(step)
+    if save or step % int(self.config.log_every) == 0 or step == end:
+      self.ckpt.check()  # a failed background save stops the run before the next line
+      fetched = self._fetch_metrics(stage)
+      if step % int(self.config.log_every) == 0 or step == end:
+        self._log(stage, fetched)
+    if save:
+      self._save(stage, iterator, force=step == end)
+    if self._samples_due(stage):
+      self._write_samples(iterator, batch)
+
+  def _fetch_metrics(self, stage) -> list[dict[str, Any]]:
+    """The pending steps' metrics on the host; a non-finite one stops the run."""
+    fetched = jax.device_get([m for _, m in self.pending])
+    for (s, _), m in zip(self.pending, fetched):
       bad = {k: float(v) for k, v in m.items() if not math.isfinite(float(v))}
       if bad:
-        ckpt.wait()
-        good = ckpt.latest_step()
-        logger.close()
+        self.ckpt.wait()
+        good = self.ckpt.latest_step()
         raise NonFiniteLossError(
             f"non-finite {', '.join(f'{k}={v}' for k, v in bad.items())} at step {s + 1} "
             f"(stage {stage.index}, {stage.size}px); stopped. Last good checkpoint: "
-            f"{'none' if good is None else f'step {good}'} in {ckpt.directory}")
-    pending.clear()
-    if do_log:
-      means = {k: float(np.mean([float(m[k]) for m in fetched])) for k in fetched[0]}
-      last_row = logger.log(step, means | {"lr": float(schedule(step - 1)), "stage": stage.index,
-                                           "size": stage.size})
+            f"{'none' if good is None else f'step {good}'} in {self.ckpt.directory}")
+    self.pending.clear()
+    return fetched
 
+  def _log(self, stage, fetched: list[dict[str, Any]]) -> None:
+    if not fetched:
+      return
+    means = {k: float(np.mean([float(m[k]) for m in fetched])) for k in fetched[0]}
+    self.last_row = self.logger.log(self.step, means | {
+        "lr": float(self.schedule(self.step - 1)), "stage": stage.index, "size": stage.size})
+
+  # ------------------------------------------------------------------ checkpoints, samples
+
+  def _save(self, stage, iterator, *, force: bool) -> None:
+    meta = {"step": self.step, "stage": stage.index, "stage_size": stage.size,
+            "stages": str(self.config.stages), "total_steps": self.total,
+            "latent_cache": self.cached}
+    self.ckpt.save(self.step, self.state, iterator_state(iterator), meta, force=force)
+
+  def _samples_due(self, stage) -> bool:
+    every = int(self.config.samples.every_steps)
+    return every >= 0 and ((every > 0 and self.step % every == 0) or self.step == stage.end)
+
+  def _write_samples(self, iterator, batch) -> None:
+    model, _ = nnx.merge(self.graphdef, self.state)
+    vae = nnx.merge(self.vae_graphdef, self.vae_state)
+    lq, gt, z = _sample_inputs(vae, batch, iterator, int(self.config.samples.count), self.mesh)
+    write_samples(model, vae, lq, gt, z, self.context, self.config,
+                  os.path.join(self.workdir, "samples", f"step_{self.step:07d}.png"), self.mesh)
+
+  def close(self, failed: bool) -> None:
+    """Waits for the last save and closes the logs; while failing, only the first error counts."""
+    try:
+      self.profile.close()
+      self.ckpt.close()
+    except Exception:  # pylint: disable=broad-except
+      if not failed:
+        raise
+    finally:
+      self.logger.close()
+
+
+class _Profile:
+  """`config.profile`: a `jax.profiler` trace of steps `start_step..stop_step` (inclusive,
+  counted from 1 like the logs) into `workdir/profile` (TensorBoard's profile plugin or
+  Perfetto read it)."""
+
+  def __init__(self, cfg, workdir: str):
+    self.start = int(cfg.start_step) if cfg is not None else -1
+    self.stop = int(cfg.stop_step) if cfg is not None else -1
+    self.dir = os.path.join(workdir, "profile")
+    self.active = False
+
+  def before(self, step: int) -> None:
+    """`step` steps are done; the next one is `step + 1`."""
+    if self.start >= 1 and step + 1 == self.start and not self.active:
+      jax.profiler.start_trace(self.dir)
+      self.active = True
+
+  def after(self, step: int, metrics) -> None:
+    if self.active and step >= self.stop:
+      jax.block_until_ready(metrics)
+      self.close()
+      log.info("profile of steps %d..%d written to %s", self.start, self.stop, self.dir)
+
+  def close(self) -> None:
+    if self.active:
+      self.active = False
+      jax.profiler.stop_trace()
+
+
+def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
+  """Runs (or resumes) the curriculum in `workdir`; returns the last logged metrics.
+
+  Everything is validated before anything is written: a rejected config leaves the
+  workdir as it was. A run that already reached its last step returns its recorded result
+  and writes nothing.
+  """
+  setup.check_config(config)
+  sh.maybe_initialize_distributed(config.get("distributed"))
+  devices = setup.check_devices(config)
+  source = setup.data_source(config, workdir)  # 'demo': built once into workdir/demo_data
+  total = setup.total_steps(config, source)  # total_steps, or epochs over the data
+  finished = _finished(workdir, _stop_step(config, total))
+  if finished is not None:
+    log.info("%s already reached step %d; nothing to do", workdir, finished["step"])
+    return finished
+  os.makedirs(workdir, exist_ok=True)
+  _write_config(config, workdir)
+  run = _Run(config, workdir, devices, source, total)
+  failed = True
   try:
-    with jax.set_mesh(mesh):
-      while step < stop_at:
-        stage = setup.stage_at(stages, step)
-        iterator = _stage_iterator(config, source, stage, mesh, workdir, encoder, vae_state)
-        if saved_data is not None and saved_meta.get("stage") == stage.index:
-          if saved_meta.get("latent_cache", False) == cached:
-            set_iterator_state(iterator, saved_data)
-          else:
-            log.warning("latent_cache changed since the checkpoint: the stage's data restarts")
-        saved_data = None
-        logger.write(f"stage {stage.index}: {stage.size}px, steps {stage.start}..{stage.end} "
-                     f"(from {step})")
-        logger.rate_fields = _rate_fields(config, dcfg, setup.crop_size(stage.size))
-        end = min(stage.end, stop_at)
-        while step < end:
-          batch = next(iterator)
-          with nnx.logical_axis_rules(act_rules):
-            state, metrics = train_step(state, vae_state, batch["latents" if cached else "clip"],
-                                        context, jnp.asarray(step, jnp.int32), nan_at)
-          pending.append((step, metrics))
-          step += 1
-          save_due = step % int(config.checkpoint.every_steps) == 0 or step == end
-          flush(stage, do_log=step % log_every == 0 or step == end) if (
-              save_due or step % log_every == 0) else None
-          if save_due:
-            meta = {"step": step, "stage": stage.index, "stage_size": stage.size,
-                    "stages": str(config.stages), "total_steps": total, "latent_cache": cached}
-            ckpt.save(step, state, iterator_state(iterator), meta, force=True)
-          if sample_every >= 0 and ((sample_every > 0 and step % sample_every == 0)
-                                    or step == stage.end):
-            m, _ = nnx.merge(graphdef, state)
-            vae = nnx.merge(vae_graphdef, vae_state)
-            lq, gt, z = _sample_inputs(vae, batch, iterator, int(config.samples.count), mesh)
-            write_samples(m, vae, lq, gt, z, context, config,
-                          os.path.join(workdir, "samples", f"step_{step:07d}.png"), mesh)
+    with jax.set_mesh(run.mesh):
+      while run.step < run.stop_at:
+        run.train_stage(setup.stage_at(run.stages, run.step))
+    failed = False
   finally:
-    ckpt.close()
-    logger.close()
+    run.close(failed)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "final.json"), "w", encoding="utf-8") as f:
-      json.dump({"step": step, "last": last_row}, f)
-  return {"step": step, **last_row}
+    _write_json(os.path.join(workdir, "final.json"),
+                json.dumps({"step": run.step, "last": run.last_row}))
+  return {"step": run.step, **run.last_row}

@@ -88,20 +88,47 @@ def _source_info(src: Path, frames: int | None):
   return info
 
 
+def _make_out(out: Path) -> list[Path]:
+  """Creates `out` (and missing parents); returns the folders created. One-line errors for
+  an existing file or a place that cannot be written, before anything is converted."""
+  if out.exists() and not out.is_dir():
+    raise CheckpointError(f"--out {out} is an existing file, not a folder")
+  created = [p for p in [out, *out.parents] if not p.exists()][::-1]
+  try:
+    out.mkdir(parents=True, exist_ok=True)
+    tempfile.TemporaryFile(dir=out).close()  # writable? (also for root on a read-only mount)
+  except OSError as e:
+    _remove_empty(created)
+    raise CheckpointError(f"--out {out}: cannot write there ({e.strerror or e})") from None
+  return created
+
+
+def _remove_empty(created: list[Path]) -> None:
+  for p in reversed(created):
+    try:
+      p.rmdir()  # only when empty
+    except OSError:
+      break
+
+
 def convert_path(src: Path, out: Path, dtype: str = "float32",
                  log: Callable[[str], None] = print, frames: int | None = None) -> list[Path]:
   """Converts every component under `src` into `out/<name>/`, then writes `out/model.json`;
-  all or nothing. `frames`: the clip length to record (see the module docstring)."""
+  all or nothing. `frames`: the clip length to record (see the module docstring).
+
+  A failed conversion (bad input, a full disk) leaves `out` as it was: earlier components
+  untouched, and no empty `out` folder that the call created."""
   from vbridge_jax.models.model_info import write_model_info  # pylint: disable=import-outside-toplevel
   if dtype not in DTYPES:
     raise CheckpointError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
   found = find_components(src)
   info = _source_info(Path(src), frames)
   out = Path(out).resolve()
-  out.mkdir(parents=True, exist_ok=True)
-  staging = Path(tempfile.mkdtemp(prefix=".convert.", dir=out))
+  created = _make_out(out)
   by_name = {c.name: c for c in converters()}
+  staging = None
   try:
+    staging = Path(tempfile.mkdtemp(prefix=".convert.", dir=out))
     for f in found:
       log(f"{f.name}: {f.layout} layout at {f.path}")
       config, params = by_name[f.name].convert(f, DTYPES[dtype])
@@ -120,5 +147,10 @@ def convert_path(src: Path, out: Path, dtype: str = "float32",
       write_model_info(out, info)
       log(f"model.json: {info.frames} frames, codec {info.codec}")
     return written
+  except OSError as e:  # a full disk, a folder that went read-only
+    raise CheckpointError(f"--out {out}: writing failed ({e.strerror or e}"
+                          f"{': ' + str(e.filename) if e.filename else ''})") from None
   finally:
-    shutil.rmtree(staging, ignore_errors=True)
+    if staging is not None:
+      shutil.rmtree(staging, ignore_errors=True)
+    _remove_empty(created)

@@ -143,15 +143,20 @@ class DictSource(TensorSource):
 
 
 class TorchPickleSource(DictSource):
-  """A `.pth`/`.pt` state dict, opened only with torch's `weights_only=True` loader."""
+  """A `.pth`/`.pt` state dict, opened only with torch's `weights_only=True` loader.
+
+  Zip files (torch >= 1.6) are memory-mapped; a legacy (non-zip) file cannot be, and is
+  read whole, still with `weights_only=True`."""
 
   def __init__(self, path: Path):
     try:
       import torch  # pylint: disable=import-outside-toplevel
     except ImportError:
       raise CheckpointError(f"{path}: reading .pth needs torch (pip install 'vbridge_jax[convert]')") from None
+    import zipfile  # pylint: disable=import-outside-toplevel
     try:
-      sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+      sd = torch.load(path, map_location="cpu", weights_only=True,
+                      mmap=zipfile.is_zipfile(path))
     except Exception as e:  # torch raises many types for a bad pickle
       raise CheckpointError(f"{path}: cannot load with torch.load(weights_only=True): {str(e).splitlines()[0]}") from None
     for wrap in ("state_dict", "model", "module"):
@@ -270,6 +275,7 @@ def write_component(out: Path, name: str, config: Mapping[str, Any], params: dic
   final = out / name
   tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=out))
   try:
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would outlive the rename
     meta = {"component": name, "format": FORMAT_VERSION, "config": dict(config), "source": source}
     (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
     _save_params(tmp / "params", params)
@@ -285,6 +291,12 @@ def write_component(out: Path, name: str, config: Mapping[str, Any], params: dic
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   return final
+
+
+def _umask() -> int:
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
 
 
 def _save_params(path: Path, params: dict) -> None:
@@ -316,15 +328,18 @@ def _save_params(path: Path, params: dict) -> None:
 
 
 def find_component(path: Path, name: str) -> Path:
-  """`path` is a converter output `OUT` (holding `OUT/<name>`) or the component folder."""
+  """`path` is a converter output `OUT` (holding `OUT/<name>`) or the component folder.
+
+  A `config.json` that is there but cannot be read is a `CheckpointError` naming it."""
   path = Path(path)
   for cand in (path / name, path):
     meta = cand / "config.json"
     if meta.is_file():
       try:
         comp = json.loads(meta.read_text()).get("component")
-      except (OSError, json.JSONDecodeError):
-        comp = None
+      except (OSError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{meta}: damaged component config ({_reason(e)}); convert the "
+                              f"model again (convert/wan_to_jax.py)") from None
       if comp == name:
         return cand
   raise CheckpointError(f"{path}: no converted {name!r} component here (expected {path}/{name}/config.json "
@@ -332,10 +347,23 @@ def find_component(path: Path, name: str) -> Path:
 
 
 def read_component_config(folder: Path) -> dict[str, Any]:
-  meta = json.loads((Path(folder) / "config.json").read_text())
+  try:
+    meta = json.loads((Path(folder) / "config.json").read_text())
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f"{folder}/config.json: cannot read it ({_reason(e)})") from None
   if meta.get("format") != FORMAT_VERSION:
     raise CheckpointError(f"{folder}/config.json: format {meta.get('format')} is not {FORMAT_VERSION}")
+  if not isinstance(meta.get("config"), dict):
+    raise CheckpointError(f"{folder}/config.json: holds no model config")
   return meta["config"]
+
+
+def _reason(e: BaseException) -> str:
+  """The innermost cause of an error, on one short line (tensorstore's are pages long)."""
+  while (nxt := e.__cause__ or e.__context__) is not None and not isinstance(nxt, StopIteration):
+    e = nxt
+  text = " ".join(str(e).split()) or type(e).__name__
+  return text if len(text) <= 240 else text[:240] + " ..."
 
 
 def restore_params(folder: Path, abstract: Any) -> Any:
@@ -346,22 +374,35 @@ def restore_params(folder: Path, abstract: Any) -> Any:
   its devices hold, so the full tensors are never assembled on one host; values are cast to
   the abstract dtypes. Before anything is read,
   the stored names and shapes are checked against `abstract`, and a mismatch is reported
-  by parameter name.
+  by parameter name. A damaged folder (no `params/`, unreadable metadata, a missing or
+  truncated chunk) is a one-line `CheckpointError` naming the folder and what is wrong.
   """
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
 
   path = Path(folder).resolve() / "params"
+  if not path.is_dir():
+    raise CheckpointError(f"{Path(folder).resolve()}: the converted parameters (params/) are "
+                          f"missing; convert the model again (convert/wan_to_jax.py)")
   with ocp.StandardCheckpointer() as ckptr:
     try:
-      stored = ckptr.metadata(path).item_metadata.tree
-    except (ValueError, KeyError, FileNotFoundError, OSError) as e:
-      raise CheckpointError(f"{path}: cannot read the stored parameters: "
-                            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+      meta = ckptr.metadata(path)
+      stored = meta.item_metadata.tree if meta is not None and meta.item_metadata else None
+    except Exception as e:  # pylint: disable=broad-except - orbax raises many types
+      raise CheckpointError(f"{path}: cannot read the stored parameters' metadata: "
+                            f"{_reason(e)}") from None
+    if not isinstance(stored, Mapping):
+      raise CheckpointError(f"{path}: the stored parameters' metadata is missing or damaged "
+                            f"(_METADATA); convert the model again")
     _check_tree(path, stored, abstract)
     try:
       return ckptr.restore(path, abstract)
     except (ValueError, KeyError, FileNotFoundError) as e:
-      raise CheckpointError(f"{path}: does not match the model: {str(e).splitlines()[0]}") from None
+      if "OUT_OF_RANGE" in _reason(e) or "NOT_FOUND" in _reason(e) or "DATA_LOSS" in _reason(e):
+        raise CheckpointError(f"{path}: a stored chunk is missing or truncated: "
+                              f"{_reason(e)}") from None
+      raise CheckpointError(f"{path}: does not match the model: {_reason(e)}") from None
+    except Exception as e:  # pylint: disable=broad-except - tensorstore's read errors
+      raise CheckpointError(f"{path}: a stored chunk is missing or damaged: {_reason(e)}") from None
 
 
 def _check_tree(path: Path, stored: Mapping, abstract: Mapping) -> None:

@@ -143,10 +143,20 @@ def load_diffusers_encoder(folder: Path, dtype: str = "float32"):
   import torch  # pylint: disable=import-outside-toplevel
   from transformers import UMT5EncoderModel  # pylint: disable=import-outside-toplevel
 
+  import pickle  # pylint: disable=import-outside-toplevel
+  import warnings  # pylint: disable=import-outside-toplevel
   try:
-    model = UMT5EncoderModel.from_pretrained(folder, torch_dtype=getattr(torch, dtype))
-  except (OSError, ValueError) as e:
-    raise CheckpointError(f"{folder}: cannot load a UMT5EncoderModel: {str(e).splitlines()[0]}") from None
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")  # torch's pickle-protocol notes: the error says it
+      model = UMT5EncoderModel.from_pretrained(folder, torch_dtype=getattr(torch, dtype))
+  except pickle.UnpicklingError:
+    raise CheckpointError(f"{folder}: refused its weights file: a pickle holding more than "
+                          f"tensors (torch's weights_only loader); use safetensors or the "
+                          f"original release") from None
+  except Exception as e:  # pylint: disable=broad-except - one line for any loader failure
+    first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+    raise CheckpointError(f"{folder}: cannot load a UMT5EncoderModel ({type(e).__name__}: "
+                          f"{first.strip()[:300]})") from None
   return model.eval()
 
 

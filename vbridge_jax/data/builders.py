@@ -9,10 +9,11 @@ and 26mm LQ -> 52mm GT). Features: `lq`, `gt` (uint8 RGB images), `category`
     b.download_and_prepare()                       # OUT/foundir/1.0.0/*.array_record*
 
 Images are stored as their original bytes when they decode as 8-bit RGB PNG or JPEG
-(nothing re-encoded), otherwise re-encoded as PNG. Every pair is fully decoded while
+with no EXIF rotation (nothing re-encoded), otherwise re-encoded as PNG as
+`files.open_image` decodes them (orientation applied). Every pair is fully decoded while
 building, so truncated files, LQ/GT size mismatches, missing partners and empty
 categories stop the build with a one-line `DataError` naming the file(s), or are skipped
-and counted in one warning with `skip_bad=True`. TensorFlow is never imported: TFDS
+with `skip_bad=True` and counted once, in one warning for the whole build. TensorFlow is never imported: TFDS
 encodes bytes without it and reads array_record through `tfds.data_source` (PIL decoding).
 The category names are fixed when the builder is constructed (they come from the tree for
 `paired_folders`); read a prepared set with `tfds.builder_from_directory`, which needs
@@ -33,8 +34,9 @@ from etils import epath
 from PIL import Image
 
 from vbridge_jax.data.degrade import FOUNDIR_CATEGORIES, REALCE_CATEGORY
-from vbridge_jax.data.files import (DataError, Pair, open_image, realce_splits,
-                                    scan_foundir, scan_paired_folders, scan_realce)
+from vbridge_jax.data.files import (DataError, Pair, has_orientation, open_image,
+                                    realce_splits, scan_foundir, scan_paired_folders,
+                                    scan_realce)
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ def encoded_rgb(path: str) -> tuple[bytes, tuple[int, int]]:
   im = open_image(data, name=path)
   with Image.open(io.BytesIO(data)) as raw:
     keep = raw.format in ("PNG", "JPEG") and raw.mode == "RGB"
-  if keep:
+  if keep and not has_orientation(data):
     return data, im.size
   buf = io.BytesIO()
   im.save(buf, format="PNG", compress_level=1)
@@ -67,8 +69,12 @@ class _PairBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                skip_bad: bool = False, file_format: str = "array_record", **kwargs: Any):
     self._tree = Path(manual_dir) if manual_dir is not None else None
     self._skip_bad = skip_bad
-    self.skipped = 0
+    self.problems: list[str] = []  # what skip_bad skipped, reported once after the build
     super().__init__(file_format=file_format, **kwargs)
+
+  @property
+  def skipped(self) -> int:
+    return len(self.problems)
 
   def _category_names(self) -> list[str]:
     raise NotImplementedError
@@ -97,7 +103,12 @@ class _PairBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def download_and_prepare(self, *args, **kwargs):
     if self._tree is not None and "download_config" not in kwargs:
       kwargs["download_config"] = tfds.download.DownloadConfig(manual_dir=str(self._tree))
-    return super().download_and_prepare(*args, **kwargs)
+    self.problems.clear()
+    out = super().download_and_prepare(*args, **kwargs)
+    if self.problems:
+      log.warning("%s: skipped %d bad item(s) in total; first: %s", self.name,
+                  len(self.problems), self.problems[0])
+    return out
 
   def _examples(self, pairs: list[Pair]) -> Iterator[tuple[str, dict[str, Any]]]:
     names = self.info.features["category"].names
@@ -111,13 +122,10 @@ class _PairBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       except DataError as e:
         if not self._skip_bad:
           raise
-        self.skipped += 1
-        log.warning("skipping pair %s/%s: %s", p.category, p.id, e)
+        self.problems.append(str(e))
         continue
       yield f"{p.category}/{p.id}", {"lq": lq, "gt": gt,
                                      "category": names.index(p.category), "id": p.id}
-    if self.skipped:
-      log.warning("%s: skipped %d bad pair(s) in total", self.name, self.skipped)
 
 
 class PairedFolders(_PairBuilder):
@@ -127,10 +135,11 @@ class PairedFolders(_PairBuilder):
     if self._tree is None:
       return []
     return sorted({p.category for p in scan_paired_folders(
-        self._tree, skip_bad=self._skip_bad, check_sizes=False)})
+        self._tree, skip_bad=self._skip_bad, check_sizes=False, problems=[])})  # quiet
 
   def _split_generators(self, dl_manager):
-    pairs = scan_paired_folders(self._root(dl_manager), skip_bad=self._skip_bad)
+    pairs = scan_paired_folders(self._root(dl_manager), skip_bad=self._skip_bad,
+                                problems=self.problems)
     return {"train": self._examples(pairs)}
 
   def _generate_examples(self, *args):  # pragma: no cover - splits use _examples
@@ -144,7 +153,8 @@ class Foundir(_PairBuilder):
     return list(FOUNDIR_CATEGORIES)
 
   def _split_generators(self, dl_manager):
-    pairs = scan_foundir(self._root(dl_manager), skip_bad=self._skip_bad)
+    pairs = scan_foundir(self._root(dl_manager), skip_bad=self._skip_bad,
+                         problems=self.problems)
     return {"test": self._examples(pairs)}
 
   def _generate_examples(self, *args):  # pragma: no cover
@@ -159,7 +169,8 @@ class Realce(_PairBuilder):
 
   def _split_generators(self, dl_manager):
     root = self._root(dl_manager)
-    return {split: self._examples(scan_realce(root, split, skip_bad=self._skip_bad))
+    return {split: self._examples(scan_realce(root, split, skip_bad=self._skip_bad,
+                                              problems=self.problems))
             for split in realce_splits(root)}
 
   def _generate_examples(self, *args):  # pragma: no cover

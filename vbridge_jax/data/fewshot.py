@@ -10,7 +10,9 @@ of `--size` pixels (default 256), so it runs on a fresh machine with no download
 the trainer's embedded demo set: by default 4 pairs for each of the 21 categories (FoundIR's
 20 and RealCE), 168 PNGs, a few seconds. With `--clean DIR` every image under DIR
 (recursively, sorted) is used in turn; `--size 0` (the default there) keeps full images.
-The output is a pure function of the inputs and `--seed`.
+The output is a pure function of the inputs and `--seed`. `--out` may not overlap
+`--clean` (the set would feed its own outputs back in, or overwrite its inputs); a
+dangling link under `--clean` and a write that fails (a full disk) are one-line errors.
 """
 
 from __future__ import annotations
@@ -53,9 +55,14 @@ def clean_images(folder: str | os.PathLike) -> list[tuple[str, Path]]:
   folder = Path(folder)
   if not folder.is_dir():
     raise DataError(f"--clean is not a directory: {folder}")
-  files = sorted(p for p in folder.rglob("*")
-                 if p.is_file() and p.suffix.lower() in IMAGE_EXTS
-                 and not p.name.startswith("."))
+  candidates = [p for p in folder.rglob("*")
+                if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".")]
+  dangling = sorted(p for p in candidates if p.is_symlink() and not p.exists())
+  if dangling:
+    raise DataError(f"dangling symbolic link under --clean: {dangling[0]} -> "
+                    f"{os.readlink(dangling[0])}" +
+                    (f" (and {len(dangling) - 1} more)" if len(dangling) > 1 else ""))
+  files = sorted(p for p in candidates if p.is_file())
   if not files:
     raise DataError(f"no images under --clean {folder}")
   return [(str(p.relative_to(folder)), p) for p in files]
@@ -95,6 +102,10 @@ def build(out: str | os.PathLike, *, clean: str | os.PathLike | None = None,
     sources: list[tuple[str, object]] = list(builtin_photos())
     size = DEFAULT_SIZE if size is None else size
   else:
+    a, b = Path(out).resolve(), Path(clean).resolve()
+    if a == b or b in a.parents or a in b.parents:
+      raise DataError(f"--out {out} overlaps --clean {clean}: the set would read its own "
+                      f"outputs or overwrite its inputs; choose a separate folder")
     sources = list(clean_images(clean))
     size = 0 if size is None else size
   out = Path(out)
@@ -127,9 +138,12 @@ def _write(out: Path, todo, sources, from_folder: bool, size: int, seed: int,
     gt = random_crop(cache[k], size, rng)
     lq = degrade(gt, category, rng)
     for side, img in (("GT", gt), ("LQ", lq)):
-      d = out / category / side
-      d.mkdir(parents=True, exist_ok=True)
-      Image.fromarray(img).save(d / f"{i:04d}.png", compress_level=1)
+      path = out / category / side / f"{i:04d}.png"
+      try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(path, compress_level=1)
+      except OSError as e:  # a full disk, an unwritable --out
+        raise DataError(f"cannot write {path}: {e.strerror or e}") from None
     if bar is not None:
       bar.update(1)
 

@@ -9,7 +9,15 @@ Layouts:
   and 26mm (x2) the LQ; both become pairs of the `RealCE` category.
 
 Every problem is a `DataError` whose one-line message names the file(s). With
-`skip_bad=True` the scanners skip the offending pairs and report how many in one warning.
+`skip_bad=True` the scanners skip only the offending pairs (two images with one stem skip
+that stem, not the category) and report how many in one warning, or append them to a
+`problems` list the caller reports once. A dangling symbolic link is a problem, never
+skipped without a word.
+
+Decoding (`open_image`): the format comes from the data; the EXIF orientation is applied
+(as OpenCV's `imread` does for the authors' evaluation), to both sides of a pair alike;
+16-bit images are scaled to 8 bits; single-channel float images (TIFF) must hold [0, 1]
+and are scaled to [0, 255], other float ranges are refused.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vbridge_jax.data.degrade import CATEGORIES, REALCE_CATEGORY
 
@@ -67,16 +75,29 @@ def category_ids(names: Iterable[str]) -> dict[str, int]:
   return ids
 
 
+_ORIENTATION = 0x0112  # EXIF tag
+
+
+def _orientation(im: Image.Image) -> int:
+  try:
+    return int(im.getexif().get(_ORIENTATION, 1) or 1)
+  except Exception:  # pylint: disable=broad-except - a damaged EXIF block: no rotation
+    return 1
+
+
 def open_image(src: str | os.PathLike | bytes, name: str | None = None) -> Image.Image:
   """Decodes a file path or encoded bytes to a fully loaded RGB PIL image.
 
-  The format is read from the data, not the file name (a JPEG behind `.png` is fine).
-  EXIF orientation is not applied, so both sides of a pair stay pixel-aligned.
+  The format is read from the data, not the file name (a JPEG behind `.png` is fine). The
+  EXIF orientation is applied, as OpenCV's `imread` does (the authors' evaluation reads GT
+  that way); both sides of a pair are read alike, so they stay pixel-aligned.
   """
   label = name or (os.fspath(src) if not isinstance(src, bytes) else "<bytes>")
   try:
     im = Image.open(io.BytesIO(src) if isinstance(src, bytes) else src)
     im.load()
+    if _orientation(im) != 1:
+      im = ImageOps.exif_transpose(im)
   except FileNotFoundError as e:
     raise DataError(f"missing image: {label}") from e
   except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
@@ -85,6 +106,13 @@ def open_image(src: str | os.PathLike | bytes, name: str | None = None) -> Image
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
       arr = np.asarray(im, dtype=np.float32)
       im = Image.fromarray(np.clip(arr / 257.0, 0, 255).astype(np.uint8))
+    elif im.mode == "F":
+      arr = np.asarray(im, dtype=np.float32)
+      lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+      if not (np.isfinite(lo) and np.isfinite(hi) and lo >= 0.0 and hi <= 1.0):
+        raise DataError(f"float image with values in [{lo:g}, {hi:g}]: {label} (float images "
+                        f"must hold [0, 1]; save 8- or 16-bit images instead)")
+      im = Image.fromarray(np.rint(arr * 255.0).astype(np.uint8))
     im = im.convert("RGB")
   return im
 
@@ -95,14 +123,25 @@ def read_rgb(src: str | os.PathLike | bytes, name: str | None = None) -> np.ndar
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
-  """(width, height) from the header only."""
+  """(width, height) as decoded (EXIF orientation applied), from the header only."""
   try:
     with Image.open(path) as im:
-      return im.size
+      w, h = im.size
+      return (h, w) if _orientation(im) in (5, 6, 7, 8) else (w, h)
   except FileNotFoundError as e:
     raise DataError(f"missing image: {path}") from e
   except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
     raise DataError(f"corrupt or unreadable image: {path} ({_one_line(e)})") from e
+
+
+def has_orientation(data: bytes) -> bool:
+  """Whether encoded bytes carry an EXIF orientation other than 'upright'."""
+  with Image.open(io.BytesIO(data)) as im:
+    return _orientation(im) != 1
+
+
+def dangling_link(p: Path) -> bool:
+  return p.is_symlink() and not p.exists()
 
 
 def is_ground_truth(rel: str | os.PathLike) -> bool:
@@ -115,15 +154,28 @@ def is_side_folder(name: str) -> bool:
   return name in GT_NAMES or name in LQ_NAMES
 
 
-def _images_by_stem(folder: Path) -> dict[str, Path]:
+def _images_by_stem(folder: Path, problem: "_Problems") -> tuple[dict[str, Path], set[str]]:
+  """(images of a folder by stem, clashing stems). Two images with one stem are one
+  problem (that stem is skipped, since which one pairs is unknown); a dangling link is a
+  problem."""
   out: dict[str, Path] = {}
+  clashes: set[str] = set()
   for p in sorted(folder.iterdir()):
-    if p.name.startswith(".") or not p.is_file() or p.suffix.lower() not in IMAGE_EXTS:
+    if p.name.startswith(".") or p.suffix.lower() not in IMAGE_EXTS:
+      continue
+    if dangling_link(p):
+      problem(f"dangling symbolic link: {p} -> {os.readlink(p)}")
+      continue
+    if not p.is_file():
       continue
     if p.stem in out:
-      raise DataError(f"two images with the same stem: {out[p.stem]} and {p}")
+      problem(f"two images with the same stem: {out[p.stem]} and {p}")
+      clashes.add(p.stem)
+      continue
     out[p.stem] = p
-  return out
+  for stem in clashes:
+    del out[stem]
+  return out, clashes
 
 
 def _subdir(folder: Path, names: Sequence[str]) -> Path | None:
@@ -134,10 +186,12 @@ def _subdir(folder: Path, names: Sequence[str]) -> Path | None:
 
 
 class _Problems:
-  """Raises at once, or (skip_bad) collects problems for one warning."""
+  """Raises at once, or (skip_bad) collects problems: into the caller's `sink` list, or for
+  one warning of this scan."""
 
-  def __init__(self, skip_bad: bool, where: str):
-    self.skip_bad, self.where, self.items = skip_bad, where, []
+  def __init__(self, skip_bad: bool, where: str, sink: list[str] | None = None):
+    self.skip_bad, self.where, self.sink = skip_bad, where, sink
+    self.items: list[str] = []
 
   def __call__(self, message: str) -> None:
     if not self.skip_bad:
@@ -145,20 +199,19 @@ class _Problems:
     self.items.append(message)
 
   def report(self) -> None:
-    if self.items:
+    if self.sink is not None:
+      self.sink.extend(self.items)
+    elif self.items:
       log.warning("skipped %d bad item(s) in %s; first: %s", len(self.items), self.where,
                   self.items[0])
 
 
 def _match(category: str, lq_dir: Path, gt_dir: Path, problem: _Problems,
            check_sizes: bool, id_suffix: str = "") -> list[Pair]:
-  try:
-    lqs, gts = _images_by_stem(lq_dir), _images_by_stem(gt_dir)
-  except DataError as e:
-    problem(str(e))
-    return []
+  (lqs, lq_clash), (gts, gt_clash) = (_images_by_stem(lq_dir, problem),
+                                      _images_by_stem(gt_dir, problem))
   pairs = []
-  for stem in sorted(set(lqs) | set(gts)):
+  for stem in sorted((set(lqs) | set(gts)) - lq_clash - gt_clash):  # a clash counts once
     if stem not in lqs:
       problem(f"GT without its LQ: {gts[stem]} (no {lq_dir}/{stem}.*)")
       continue
@@ -179,25 +232,35 @@ def _match(category: str, lq_dir: Path, gt_dir: Path, problem: _Problems,
   return pairs
 
 
-def _category_dirs(root: Path) -> list[Path]:
+def _category_dirs(root: Path, problem: _Problems) -> list[Path]:
   if not root.is_dir():
     raise DataError(f"not a directory: {root}")
-  return [p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+  out = []
+  for p in sorted(root.iterdir()):
+    if p.name.startswith("."):
+      continue
+    if dangling_link(p):
+      problem(f"dangling symbolic link: {p} -> {os.readlink(p)}")
+    elif p.is_dir():
+      out.append(p)
+  return out
 
 
 def scan_paired_folders(root: str | os.PathLike, *, skip_bad: bool = False,
                         check_sizes: bool = True,
-                        known: Sequence[str] | None = None) -> list[Pair]:
+                        known: Sequence[str] | None = None,
+                        problems: list[str] | None = None) -> list[Pair]:
   """All pairs of a `ROOT/<category>/{LQ,GT}/<id>.<ext>` tree, sorted by category, id.
 
   `known`: if given, every category name must be one of these (FoundIR's folders).
   Raises DataError for a GT without its LQ (or the reverse), an LQ/GT size mismatch
-  (header check), an unreadable header, an empty category or an empty tree.
+  (header check), an unreadable header, an empty category or an empty tree. With
+  `skip_bad`, `problems` (a list) collects the skipped items instead of a warning.
   """
   root = Path(root)
-  problem = _Problems(skip_bad, str(root))
+  problem = _Problems(skip_bad, str(root), problems)
   pairs: list[Pair] = []
-  for cat_dir in _category_dirs(root):
+  for cat_dir in _category_dirs(root, problem):
     name = category_name(cat_dir.name)
     if known is not None and name not in known:
       problem(f"unknown category folder: {cat_dir} (expected one of {', '.join(known)})")
@@ -206,8 +269,9 @@ def scan_paired_folders(root: str | os.PathLike, *, skip_bad: bool = False,
     if lq_dir is None or gt_dir is None:
       problem(f"category folder without LQ/ and GT/: {cat_dir}")
       continue
+    before = len(problem.items)
     found = _match(name, lq_dir, gt_dir, problem, check_sizes)
-    if not found:
+    if not found and len(problem.items) == before:  # not already counted as bad pairs
       problem(f"empty category: {cat_dir}")
     pairs.extend(found)
   problem.report()
@@ -223,12 +287,12 @@ def scan_foundir(root: str | os.PathLike, **kwargs) -> list[Pair]:
 
 
 def scan_realce(root: str | os.PathLike, split: str, *, skip_bad: bool = False,
-                check_sizes: bool = True) -> list[Pair]:
+                check_sizes: bool = True, problems: list[str] | None = None) -> list[Pair]:
   """RealCE `ROOT/<split>/{13mm,26mm}` LQ against `ROOT/<split>/52mm` GT."""
   base = Path(root) / split
   if not (base / "52mm").is_dir():
     raise DataError(f"RealCE split without 52mm/: {base}")
-  problem = _Problems(skip_bad, str(base))
+  problem = _Problems(skip_bad, str(base), problems)
   pairs: list[Pair] = []
   for lens, suffix in (("13mm", "_x4"), ("26mm", "_x2")):
     if (base / lens).is_dir():

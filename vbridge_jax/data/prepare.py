@@ -1,33 +1,124 @@
 """Writes a TFDS array_record data set from a source tree (no TensorFlow needed).
 
     python -m vbridge_jax.data.prepare --builder paired_folders|foundir|realce \
-        --manual_dir TREE --data_dir OUT [--skip_bad]
+        --manual_dir TREE --data_dir OUT [--skip_bad] [--overwrite]
 
 Output: `OUT/<builder>/1.0.0/` (array_record shards, dataset_info.json, features.json),
 read by `vbridge_jax.data.pipeline.make_dataset(NAME, data_dir=OUT)`. TFDS shows a
 progress bar per split. Bad input (a corrupt or truncated image, an LQ/GT size mismatch, a
 GT without its LQ, an empty category or tree) is a one-line error naming the file(s) and
 exit status 1; `--skip_bad` skips such pairs and reports how many.
+
+The set records what it was built from (`source_manifest.json` beside the shards: every
+source file's name, size and modification time, the builder and `--skip_bad`). Preparing
+again into the same `--data_dir` reuses the set only when the source is unchanged; a
+changed source is refused with a one-line error, or rebuilt with `--overwrite` (the new
+set is built beside the old one and swapped in only when complete, so a failed rebuild
+keeps the old set).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import logging
+import os
+import shutil
 import sys
-from typing import Sequence
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
 
 from vbridge_jax.data.files import DataError
 
+MANIFEST = "source_manifest.json"
 
-def prepare(builder_name: str, manual_dir: str, data_dir: str, *, skip_bad: bool = False
-            ) -> str:
-  """Builds the set; returns the version folder written."""
-  from vbridge_jax.data import builders
+
+def source_manifest(tree: str | os.PathLike, builder_name: str, skip_bad: bool) -> dict[str, Any]:
+  """What a set is built from: a digest of every file's (relative name, size, mtime)."""
+  root = Path(tree)
+  digest, count = hashlib.sha256(), 0
+  for folder, dirs, files in os.walk(root, followlinks=True):
+    dirs.sort()
+    for name in sorted(files):
+      path = Path(folder, name)
+      try:
+        st = path.stat()
+      except OSError:  # a dangling link: its name still counts
+        st = None
+      rel = path.relative_to(root).as_posix()
+      digest.update(f"{rel}\0{st.st_size if st else -1}\0{st.st_mtime_ns if st else -1}\n"
+                    .encode("utf-8", "surrogateescape"))
+      count += 1
+  return {"builder": builder_name, "skip_bad": bool(skip_bad), "files": count,
+          "digest": digest.hexdigest()}
+
+
+def _read_manifest(version_dir: Path) -> dict[str, Any] | None:
+  try:
+    return json.loads((version_dir / MANIFEST).read_text())
+  except (OSError, ValueError):
+    return None
+
+
+def _write_manifest(version_dir: Path, manifest: dict[str, Any]) -> None:
+  tmp = version_dir / f".{MANIFEST}.tmp"
+  tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+  os.replace(tmp, version_dir / MANIFEST)
+
+
+def _build(builder_name: str, manual_dir: str, data_dir: str, skip_bad: bool) -> Path:
+  from vbridge_jax.data import builders  # pylint: disable=import-outside-toplevel
   b = builders.builder(builder_name, manual_dir=manual_dir, data_dir=data_dir,
                        skip_bad=skip_bad)
   b.download_and_prepare()
-  return str(b.data_dir)
+  return Path(b.data_dir)
+
+
+def version_dir(builder_name: str, data_dir: str) -> Path:
+  """`data_dir/<builder>/<version>`, where the set is (or will be) written."""
+  from vbridge_jax.data import builders  # pylint: disable=import-outside-toplevel
+  if builder_name not in builders.BUILDERS:
+    raise DataError(f"unknown builder {builder_name!r}; known: {', '.join(builders.BUILDERS)}")
+  return Path(data_dir) / builder_name / str(builders.BUILDERS[builder_name].VERSION)
+
+
+def prepare(builder_name: str, manual_dir: str, data_dir: str, *, skip_bad: bool = False,
+            overwrite: bool = False) -> str:
+  """Builds the set (or reuses an up-to-date one); returns the version folder."""
+  if not Path(manual_dir).is_dir():
+    raise DataError(f"source tree is not a directory: {manual_dir}")
+  final = version_dir(builder_name, data_dir)
+  manifest = source_manifest(manual_dir, builder_name, skip_bad)
+  if final.exists():
+    old = _read_manifest(final)
+    if old == manifest:
+      logging.getLogger(__name__).info("%s is up to date with %s", final, manual_dir)
+      return str(final)
+    if not overwrite:
+      why = ("records no source manifest" if old is None else
+             f"was built from a different source ({old.get('files')} files, builder "
+             f"{old.get('builder')}, skip_bad={old.get('skip_bad')}; now {manifest['files']} "
+             f"files, skip_bad={skip_bad})")
+      raise DataError(f"{final} exists and {why}; pass --overwrite to rebuild it from "
+                      f"{manual_dir}")
+    # Build beside the old set; swap only when the new one is complete.
+    staging = Path(tempfile.mkdtemp(prefix=".prepare.", dir=data_dir))
+    try:
+      built = _build(builder_name, manual_dir, str(staging), skip_bad)
+      _write_manifest(built, manifest)
+      aside = final.with_name(f".{final.name}.old")
+      shutil.rmtree(aside, ignore_errors=True)
+      os.replace(final, aside)
+      os.replace(built, final)
+      shutil.rmtree(aside, ignore_errors=True)
+    finally:
+      shutil.rmtree(staging, ignore_errors=True)
+    return str(final)
+  built = _build(builder_name, manual_dir, data_dir, skip_bad)
+  _write_manifest(built, manifest)
+  return str(built)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -38,12 +129,18 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--data_dir", required=True, help="TFDS data folder to write into")
   p.add_argument("--skip_bad", action="store_true",
                  help="skip bad pairs (counted in a warning) instead of stopping")
+  p.add_argument("--overwrite", action="store_true",
+                 help="rebuild a set in --data_dir that was built from a different source")
   args = p.parse_args(argv)
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
   try:
-    out = prepare(args.builder, args.manual_dir, args.data_dir, skip_bad=args.skip_bad)
+    out = prepare(args.builder, args.manual_dir, args.data_dir, skip_bad=args.skip_bad,
+                  overwrite=args.overwrite)
   except DataError as e:
     print(f"error: {e}", file=sys.stderr)
+    return 1
+  except OSError as e:  # disk full, an unwritable --data_dir: one line
+    print(f"error: cannot write the set in {args.data_dir}: {e}", file=sys.stderr)
     return 1
   print(f"wrote {out}")
   return 0

@@ -10,9 +10,18 @@ One `CheckpointManager` in `workdir/checkpoints` with three items per step:
 - `meta`: JSON with `step`, `stage` (index of the curriculum stage whose iterator is
   saved), `stage_size` and the stage plan.
 
-Orbax writes each step to a temporary folder and renames it when complete, so a run
-killed during a save resumes from the last complete checkpoint; the manager deletes such
-unfinished folders when it opens.
+When to save is orbax's decision (`save_interval_steps`, and a preemption notice on
+clusters that send one); the trainer forces a save only at a stage end or a stop.
+
+Faults, each ending in one line (`CheckpointError`) and losing nothing:
+- a run killed during a save: orbax writes each step to a temporary folder and renames it
+  when complete; the manager deletes such unfinished folders when it opens;
+- a damaged checkpoint (a truncated chunk or JSON file, a missing item): `restore_latest`
+  falls back to the newest intact step, moves the damaged one aside into
+  `workdir/checkpoints.unreadable/` (never deleted) and says so; none intact is an error;
+- a save that fails (a full disk), also in the background of an asynchronous save: found
+  by `check` (the trainer calls it before each log line), `save` or `close`, naming the
+  step and the last good checkpoint.
 """
 
 from __future__ import annotations
@@ -20,11 +29,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from typing import Any
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
+
+from vbridge_jax.checkpoints.io import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -60,21 +73,58 @@ def set_iterator_state(iterator: Any, state: Any) -> None:
     iterator.set_state(state)
 
 
+def _one_line(e: BaseException) -> str:
+  text = " ".join(str(e).split())
+  return (text[:300] + " ...") if len(text) > 300 else (text or type(e).__name__)
+
+
 class Checkpointer:
   """Saves and restores training state; see the module docstring for the layout."""
 
   def __init__(self, directory: str, *, every_steps: int, keep: int, use_async: bool = True):
     if every_steps < 1:
       raise ValueError(f"checkpoint every_steps must be >= 1, got {every_steps}")
+    policies = checkpoint_managers
     options = ocp.CheckpointManagerOptions(
-        save_interval_steps=every_steps, max_to_keep=keep if keep > 0 else None,
-        enable_async_checkpointing=use_async, create=True, cleanup_tmp_directories=True)
+        max_to_keep=keep if keep > 0 else None, enable_async_checkpointing=use_async,
+        create=True, cleanup_tmp_directories=True,
+        save_decision_policy=policies.AnySavePolicy([
+            policies.FixedIntervalPolicy(every_steps),
+            policies.PreemptionCheckpointingPolicy()]))
     self.directory = os.path.abspath(directory)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("state", "data", "meta"))
+    self._in_flight: int | None = None  # the step of a save not yet known to have succeeded
+    self._good: int | None = self.manager.latest_step()
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
+
+  def should_save(self, step: int) -> bool:
+    """orbax's save policy: every `every_steps`, or a preemption notice."""
+    return self.manager.should_save(step)
+
+  # ------------------------------------------------------------------------- failures
+
+  def _failed(self, e: BaseException) -> CheckpointError:
+    step = self._in_flight
+    self._in_flight = None
+    good = "none" if self._good is None else f"step {self._good}"
+    return CheckpointError(
+        f"saving checkpoint {'' if step is None else f'step {step} '}in {self.directory} "
+        f"failed ({_one_line(e)}); stopped. Last good checkpoint: {good}")
+
+  def _settled(self) -> None:
+    """The save in flight (if any) has finished without an error."""
+    if self._in_flight is not None:
+      self._good = self._in_flight
+      self._in_flight = None
+
+  def check(self) -> None:
+    """Raises `CheckpointError` if the last asynchronous save has finished and failed;
+    never blocks on a save still in progress."""
+    if self._in_flight is not None and not self.manager.is_saving_in_progress():
+      self.wait()  # finished: returns at once, or raises its failure
 
   def save(self, step: int, state: Any, data_state: Any, meta: dict[str, Any], *,
            force: bool = False) -> bool:
@@ -82,7 +132,31 @@ class Checkpointer:
         state=ocp.args.StandardSave(state),
         data=grain.checkpoint.CheckpointSave(_IteratorSnapshot(data_state)),
         meta=ocp.args.JsonSave(meta))
-    return self.manager.save(step, args=args, force=force)
+    try:
+      self.manager.wait_until_finished()  # the previous save's result, before a new one
+      self._settled()
+      self._in_flight = step
+      saved = self.manager.save(step, args=args, force=force)
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._failed(e) from None
+    if not saved:
+      self._in_flight = None
+    return saved
+
+  def wait(self) -> None:
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._failed(e) from None
+    self._settled()
+
+  def close(self) -> None:
+    try:
+      self.wait()
+    finally:
+      self.manager.close()
+
+  # -------------------------------------------------------------------------- restore
 
   def restore(self, step: int, target_state: Any) -> tuple[Any, Any, dict[str, Any]]:
     """Restores into the shapes, dtypes and shardings of `target_state` (live arrays)."""
@@ -92,11 +166,49 @@ class Checkpointer:
         state=ocp.args.StandardRestore(abstract),
         data=grain.checkpoint.CheckpointRestore(_IteratorSnapshot()),
         meta=ocp.args.JsonRestore()))
-    return out["state"], out["data"].state, dict(out["meta"])
+    meta = dict(out["meta"])
+    if int(meta.get("step", -1)) != step:
+      raise ValueError(f"its meta names step {meta.get('step')}")
+    return out["state"], out["data"].state, meta
 
-  def wait(self) -> None:
-    self.manager.wait_until_finished()
+  def restore_latest(self, target_state: Any
+                     ) -> tuple[int | None, Any, Any, dict[str, Any]]:
+    """(step, state, data state, meta) of the newest intact checkpoint; (None, target, None,
+    {}) when there is none. Damaged newer ones are moved aside, each named in one warning;
+    if every checkpoint is damaged, a `CheckpointError` names them (nothing is moved)."""
+    bad: list[tuple[int, str]] = []
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        state, data, meta = self.restore(step, target_state)
+      except Exception as e:  # pylint: disable=broad-except - orbax/tensorstore raise many types
+        bad.append((step, _one_line(e)))
+        continue
+      for b, why in bad:
+        moved = self._set_aside(b)
+        log.warning("checkpoint step %d in %s is unreadable (%s); moved it to %s and resumed "
+                    "from step %d", b, self.directory, why, moved, step)
+      if bad:
+        self.manager.reload()
+      self._good = step
+      return step, state, data, meta
+    if bad:
+      raise CheckpointError(
+          f"no intact checkpoint in {self.directory}: " +
+          "; ".join(f"step {s} is unreadable ({why})" for s, why in bad) +
+          ". Move the folder away to start afresh")
+    return None, target_state, None, {}
 
-  def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+  def _set_aside(self, step: int) -> str:
+    """Moves a damaged step folder out of the manager's way (a later save reuses the step)."""
+    src = os.path.join(self.directory, str(step))
+    dest_dir = self.directory.rstrip(os.sep) + ".unreadable"
+    dest, n = os.path.join(dest_dir, str(step)), 1
+    while os.path.exists(dest):
+      dest, n = os.path.join(dest_dir, f"{step}.{n}"), n + 1
+    if jax.process_index() == 0:
+      os.makedirs(dest_dir, exist_ok=True)
+      shutil.move(src, dest)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+      multihost_utils.sync_global_devices(f"set_aside_{step}")
+    return dest

@@ -1,25 +1,59 @@
-"""Training logs: a progress bar, `metrics.jsonl`, TensorBoard scalars and sample grids.
+"""Training logs: progress, `metrics.jsonl`, TensorBoard scalars and sample grids.
 
 Only process 0 writes. Every logged step becomes one JSON object in `workdir/metrics.jsonl`
-(`step`, `loss`, `grad_norm`, `lr`, `steps_per_sec`, `eta_sec`, `stage`, `size`, ...).
+(`step`, `loss`, `grad_norm`, `lr`, `steps_per_sec`, `eta_sec`, `stage`, `size`, ...) and
+TensorBoard scalars `train/<name>` in `workdir/tensorboard` (through tensorboardX; no
+TensorFlow). A resumed run first drops the rows after the step it resumed from (a run
+killed between a log line and its next checkpoint replays those steps): `metrics.jsonl` is
+rewritten without them, and the new events file starts with TensorBoard's purge marker for
+them. On a terminal, a tqdm bar shows progress; otherwise (a log file) each logged row is
+one plain line, with no carriage returns.
+
+`steps_per_sec` is measured between log lines; the ETA is taken from the rate after the
+first log line, since the first steps include compiling (no ETA until then).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import sys
 import time
 from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
 
-from vbridge_jax.train_utils.tensorboard import SummaryWriter
+log = logging.getLogger("vbridge_jax.trainer")
+
+
+def truncate_jsonl(path: str, step: int) -> int:
+  """Keeps the rows of `path` with `step <= step` (atomic rewrite); returns how many went."""
+  if not os.path.exists(path):
+    return 0
+  with open(path, encoding="utf-8") as f:
+    lines = f.readlines()
+  keep = []
+  for line in lines:
+    try:
+      row_step = int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+      continue  # a line cut short by a kill
+    if row_step <= step:
+      keep.append(line if line.endswith("\n") else line + "\n")
+  if len(keep) == len(lines):
+    return 0
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.writelines(keep)
+  os.replace(tmp, path)
+  return len(lines) - len(keep)
 
 
 class MetricsLogger:
-  """Writes metrics for process 0; keeps a tqdm bar over the whole schedule."""
+  """Writes metrics for process 0; a tqdm bar over the whole schedule on a terminal."""
 
   def __init__(self, workdir: str, total_steps: int, start_step: int, *, enabled: bool = True,
                progress: bool = True):
@@ -27,28 +61,39 @@ class MetricsLogger:
     self.total = total_steps
     # steps/s -> extra log fields; the trainer sets it per stage (flops.throughput).
     self.rate_fields: Callable[[float], dict[str, float]] | None = None
-    self._t0 = time.time()
-    self._s0 = start_step
-    self._last_t, self._last_s = self._t0, start_step
+    self._last_t, self._last_s = time.time(), start_step
+    self._warm: tuple[float, int] | None = None  # (time, step) of the first log line
     self._bar = None
     self._tb = None
     self._jsonl = None
     if not enabled:
       return
     os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
-    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-    if progress:
+    path = os.path.join(workdir, "metrics.jsonl")
+    dropped = truncate_jsonl(path, start_step)
+    if dropped:
+      log.info("dropped %d metrics row(s) after step %d (replayed from the checkpoint)",
+               dropped, start_step)
+    self._jsonl = open(path, "a", encoding="utf-8")
+    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
+                             purge_step=start_step + 1 if start_step > 0 else None,
+                             flush_secs=30)
+    if progress and sys.stderr.isatty():
       from tqdm import tqdm  # pylint: disable=import-outside-toplevel
       self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                        smoothing=0.1)
 
   def rates(self, step: int) -> tuple[float, float]:
-    """(steps/s since the previous log, ETA seconds)."""
+    """(steps/s since the previous log, ETA seconds; inf before warm-up is over)."""
     now = time.time()
     sps = (step - self._last_s) / max(now - self._last_t, 1e-9)
-    overall = (step - self._s0) / max(now - self._t0, 1e-9)
     self._last_t, self._last_s = now, step
+    if self._warm is None:  # the first line: its steps include compiling
+      self._warm = (now, step)
+      return sps, math.inf
+    t0, s0 = self._warm
+    overall = (step - s0) / max(now - t0, 1e-9)
     eta = (self.total - step) / overall if overall > 0 else math.inf
     return sps, eta
 
@@ -62,14 +107,18 @@ class MetricsLogger:
       return row
     self._jsonl.write(json.dumps(row) + "\n")
     self._jsonl.flush()
-    self._tb.scalars(step, {f"train/{k}": v for k, v in row.items()
-                            if k != "step" and isinstance(v, (int, float)) and v is not None})
-    self._tb.flush()
+    for k, v in row.items():
+      if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+        self._tb.add_scalar(f"train/{k}", v, global_step=step)
     if self._bar is not None:
       self._bar.n = step
       self._bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4f}",
                             lr=f"{row.get('lr', 0):.2e}", size=row.get("size"))
       self._bar.refresh()
+    else:
+      eta_text = "warming up" if row["eta_sec"] is None else _duration(row["eta_sec"])
+      log.info("step %d/%d: loss %.4f, %.3g steps/s, ETA %s", step, self.total,
+               float(row.get("loss", float("nan"))), sps, eta_text)
     return row
 
   def write(self, message: str) -> None:
@@ -78,7 +127,7 @@ class MetricsLogger:
     if self._bar is not None:
       self._bar.write(message)
     else:
-      print(message, flush=True)
+      log.info("%s", message)
 
   def close(self) -> None:
     if self._bar is not None:
@@ -87,6 +136,12 @@ class MetricsLogger:
       self._tb.close()
     if self._jsonl is not None:
       self._jsonl.close()
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(seconds)
+  h, rem = divmod(seconds, 3600)
+  return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
 
 
 def _py(v: Any) -> Any:
@@ -108,4 +163,6 @@ def save_grid(path: str, rows: list[list[np.ndarray]]) -> None:
       pix = np.clip((np.asarray(img, np.float32) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
       canvas[i * (h + 2):i * (h + 2) + h, j * (w + 2):j * (w + 2) + w] = pix
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  Image.fromarray(canvas).save(path)
+  tmp = path + ".tmp"
+  Image.fromarray(canvas).save(tmp, format="PNG")
+  os.replace(tmp, path)

@@ -125,10 +125,59 @@ def vae_config(config) -> VAEConfig:
   return presets[config.model.vae](**(rt | overrides))
 
 
+def lora_targets(config) -> list[str]:
+  """`config.lora.targets` ("q, k" or "q,k,v,o,ffn") as the list of target roles.
+
+  The one parser for setup, flops and the trainer: spaces are stripped, empty parts
+  dropped, and an unknown role is a ConfigError naming the known ones.
+  """
+  spec = str(config.lora.targets)
+  targets = [t.strip() for t in spec.split(",") if t.strip()]
+  unknown = [t for t in targets if t not in lora_lib.TARGETS]
+  if unknown or not targets:
+    raise ConfigError(f"lora.targets={spec!r}: {'unknown ' + ', '.join(map(repr, unknown)) if unknown else 'names no target'}"
+                      f" (the targets are {', '.join(lora_lib.TARGETS)}, comma-separated)")
+  return targets
+
+
+def _positive(config, *names: str) -> None:
+  for name in names:
+    node = config
+    for part in name.split("."):
+      node = node[part]
+    if not isinstance(node, (int, float)) or isinstance(node, bool) or node < 1:
+      raise ConfigError(f"{name}={node!r} must be a number >= 1")
+
+
 def check_config(config) -> None:
-  """Fails fast, with one line, on a config that cannot run."""
+  """Fails fast, with one line, on a config that cannot run (before anything is built).
+
+  Needs no devices; `check_devices` checks the mesh and batch against them.
+  """
   if config.finetune not in FINETUNE:
     raise ConfigError(f"finetune={config.finetune!r} is not one of {', '.join(FINETUNE)}")
+  _positive(config, "data.batch_size", "data.frames", "log_every", "checkpoint.every_steps")
+  if (int(config.data.frames) - 1) % 4:
+    raise ConfigError(f"data.frames={config.data.frames} must be 1 + a multiple of 4 (5, 9, ...)")
+  if int(config.total_steps) > 0:
+    parse_stages(config.stages, int(config.total_steps))
+  elif int(config.get("epochs", 0)) > 0:  # the length comes from the data: the spec alone
+    parse_stages(config.stages, 1 << 30)
+  else:
+    raise ConfigError(f"total_steps={config.total_steps} must be >= 1" +
+                      (f" (or set epochs, now {config.epochs})" if "epochs" in config else ""))
+  lora_targets(config)
+  if int(config.lora.rank) < 1:
+    raise ConfigError(f"lora.rank={config.lora.rank!r} must be >= 1")
+  try:
+    sh.rules_from_config(config.logical_axis_rules)
+  except ValueError as e:
+    raise ConfigError(f"logical_axis_rules: {e}") from None
+  profile = config.get("profile")
+  if profile is not None and int(profile.start_step) >= 0 and (
+      int(profile.stop_step) < int(profile.start_step)):
+    raise ConfigError(f"profile.stop_step={profile.stop_step} is before profile.start_step="
+                      f"{profile.start_step}")
   if not config.init_from and not config.random_init:
     raise ConfigError(
         "config.init_from is empty: point it at a converted Wan2.2-TI2V-5B checkpoint "
@@ -153,6 +202,24 @@ def check_config(config) -> None:
                       "embeddings (python convert/encode_prompts.py --out FILE.npz)")
 
 
+def check_devices(config) -> list:
+  """The devices the run uses, once the mesh and batch are checked against them."""
+  devices = jax.devices()
+  n = int(config.get("num_devices", 0))
+  if n > len(devices):
+    raise ConfigError(f"num_devices={n} but only {len(devices)} devices are present")
+  devices = devices[:n] if n > 0 else devices
+  try:
+    shape = dict(zip(sh.MESH_AXES, sh.mesh_shape(dict(config.mesh), len(devices))))
+  except ValueError as e:
+    raise ConfigError(f"mesh: {e}") from None
+  shards = shape["data"] * shape["fsdp"]
+  if int(config.data.batch_size) % shards:
+    raise ConfigError(f"data.batch_size={config.data.batch_size} is not divisible by the "
+                      f"{shards} data x fsdp shards of the mesh {shape}")
+  return devices
+
+
 def build_state(config, mesh, rules) -> tuple[WanDiT, nnx.Optimizer, WanVAE, Any]:
   """The DiT (+ LoRA) and its optimizer, born sharded; the frozen VAE; the lr schedule."""
   dcfg, vcfg = dit_config(config), vae_config(config)
@@ -163,9 +230,8 @@ def build_state(config, mesh, rules) -> tuple[WanDiT, nnx.Optimizer, WanVAE, Any
   def build():
     model = WanDiT(dcfg, rngs=nnx.Rngs(params=seed))
     if config.finetune == "lora":
-      targets = [t.strip() for t in str(config.lora.targets).split(",") if t.strip()]
       lora_lib.apply_lora(model, rank=int(config.lora.rank), alpha=float(config.lora.alpha),
-                          targets=targets, seed=seed + 1)
+                          targets=lora_targets(config), seed=seed + 1)
     return model, nnx.Optimizer(model, tx, wrt=wrt)
 
   model, opt = sh.create_sharded(build, mesh, rules)
