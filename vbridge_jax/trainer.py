@@ -68,14 +68,7 @@ def make_train_step(graphdef, vae_graphdef, config, *, patch_size, wrt, state_sh
   f = config.flow
   cached = bool(config.latent_cache.enabled)
   vae_sample = bool(config.get("vae_sample", False)) and not cached
-  text_drop = float(config.data.get("text_drop", 0.0))
-  t2v_ratio, loss_frames = float(f.get("t2v_ratio", 0.0)), str(f.get("loss_frames", "generated"))
-  for name, v in (("data.text_drop", text_drop), ("flow.t2v_ratio", t2v_ratio)):
-    if not 0.0 <= v <= 1.0:
-      raise setup.ConfigError(f"{name}={v} is not in [0, 1]")
-  if loss_frames not in flow.LOSS_FRAMES:
-    raise setup.ConfigError(f"flow.loss_frames={loss_frames!r} is not one of "
-                            f"{', '.join(flow.LOSS_FRAMES)}")
+  text_drop, t2v_ratio, loss_frames = setup.objective(config)
   base_key = jax.random.key(int(config.seed))
 
   def step_fn(state, vae_state, x, context, step, nan_at):

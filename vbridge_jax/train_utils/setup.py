@@ -149,6 +149,21 @@ def _positive(config, *names: str) -> None:
       raise ConfigError(f"{name}={node!r} must be a number >= 1")
 
 
+def objective(config) -> tuple[float, float, str]:
+  """`(data.text_drop, flow.t2v_ratio, flow.loss_frames)`, checked (one-line ConfigError)."""
+  from vbridge_jax import flow  # pylint: disable=import-outside-toplevel
+  text_drop = float(config.data.get("text_drop", 0.0))
+  t2v_ratio = float(config.flow.get("t2v_ratio", 0.0))
+  loss_frames = str(config.flow.get("loss_frames", "generated"))
+  for name, v in (("data.text_drop", text_drop), ("flow.t2v_ratio", t2v_ratio)):
+    if not 0.0 <= v <= 1.0:
+      raise ConfigError(f"{name}={v} is not in [0, 1]")
+  if loss_frames not in flow.LOSS_FRAMES:
+    raise ConfigError(f"flow.loss_frames={loss_frames!r} is not one of "
+                      f"{', '.join(flow.LOSS_FRAMES)}")
+  return text_drop, t2v_ratio, loss_frames
+
+
 def check_config(config) -> None:
   """Fails fast, with one line, on a config that cannot run (before anything is built).
 
@@ -167,6 +182,7 @@ def check_config(config) -> None:
     raise ConfigError(f"total_steps={config.total_steps} must be >= 1" +
                       (f" (or set epochs, now {config.epochs})" if "epochs" in config else ""))
   lora_targets(config)
+  objective(config)
   if int(config.lora.rank) < 1:
     raise ConfigError(f"lora.rank={config.lora.rank!r} must be >= 1")
   try:
