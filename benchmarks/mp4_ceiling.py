@@ -1,6 +1,6 @@
 """The PSNR/SSIM ceiling that scoring through an MP4 imposes (the authors' path).
 
-    python benchmarks/mp4_ceiling.py [--data ../shared/data/foundir_samples] [--frames 5]
+    python benchmarks/mp4_ceiling.py --data FOUNDIR_TREE [--frames 5]
 
 For each FoundIR pair (`<category>/{LQ,GT}/<id>.<ext>`) the GT itself is the prediction:
 it goes through `video.write_mp4` (imageio's defaults: libx264, quality 5, yuv420p, sizes
@@ -34,8 +34,8 @@ from vbridge_jax.data.files import read_rgb  # noqa: E402
 
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared" /
-                                       "data" / "foundir_samples"))
+  p.add_argument("--data", required=True,
+                 help="a FoundIR-layout tree <category>/{LQ,GT}/<id>.<ext> (a few pairs suffice)")
   p.add_argument("--frames", type=int, default=5)
   a = p.parse_args()
   root = Path(a.data)

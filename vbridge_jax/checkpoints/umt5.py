@@ -38,7 +38,7 @@ import numpy as np
 
 from vbridge_jax.checkpoints.io import CheckpointError, TorchPickleSource
 
-# The authors' fixed prompts (reference/vbridge_paper.md, their test script).
+# The authors' fixed prompts (docs/paper.md; their released test script).
 VBRIDGE_POSITIVE = (
   "A restoration-focused video strictly based on the input image. The camera is completely "
   "static with no movement, no zoom, and no rotation. The original composition, objects, "
