@@ -14,11 +14,13 @@ TOL = 1e-5
 
 
 def standin(x, t, ctx):
-  """A deterministic nonlinear velocity that depends on x, on t (per sample or per token), on ctx."""
+  """A deterministic nonlinear velocity that depends on x, on t (per sample, frame or token), on ctx."""
   b, f, h, w, c = x.shape
   if t.ndim == 1:
     s = t[:, None, None, None, None] / 1000.0
-  else:
+  elif t.shape[1] == f:  # per frame (this sampler)
+    s = t[:, :, None, None, None] / 1000.0
+  else:  # per token (diffusers' expand_timesteps)
     s = t.reshape(b, f, h // 2, 1, w // 2, 1)
     s = jnp.broadcast_to(s, (b, f, h // 2, 2, w // 2, 2)).reshape(b, f, h, w)[..., None] / 1000.0
   chan = jnp.linspace(-1.0, 1.0, c)

@@ -1,7 +1,8 @@
 """Flow-matching samplers (UniPC order 2 and Euler) with TI2V first-frame conditioning and CFG.
 
 The velocity model is any callable `model(x, t, context)`: `x (B, F, H, W, C)` channels-last
-latents, `t (B,)` or per-token `(B, L)` with `L = F * (H / ph) * (W / pw)`, `context
+latents, `t (B,)`, or per latent frame `(B, F)` with TI2V conditioning (`flow.token_timesteps`,
+0 on frame 0; `WanDiT` broadcasts it over each frame's tokens), `context
 (B, L_text, text_dim)`; it returns the velocity `(B, F, H, W, C)` (flow matching: `x_t =
 (1 - sigma) x0 + sigma noise`, `v = noise - x0`). A flax.nnx module is split into its graph
 and state once and merged inside the jitted loop, so one compilation serves every step.
@@ -33,9 +34,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vbridge_jax import flow
+from vbridge_jax.flow import NUM_TRAIN_TIMESTEPS
+
 SOLVERS = ("unipc", "euler")
 SCHEDULES = ("diffusers", "wan")
-NUM_TRAIN_TIMESTEPS = 1000
 
 # Columns of the per-step coefficient table.
 #   corrected = cX x + cA x_prev_corrected + cB m_prev + cC m_prev2 + cE m
@@ -165,20 +168,6 @@ def guided_steps(steps: int, cfg_skip: float) -> np.ndarray:
   return np.array([not (i >= steps * (1.0 - cfg_skip)) for i in range(steps)])
 
 
-def per_token_timesteps(t: jax.Array, latent_shape: tuple[int, ...],
-                        patch_size: tuple[int, int, int]) -> jax.Array:
-  """(B, L) timesteps: 0 on the frame-0 tokens, t (shape (B,)) on every other token."""
-  _, f, h, w, _ = latent_shape
-  pt, ph, pw = patch_size
-  if f % pt or h % ph or w % pw:
-    raise ValueError(f"latent (F, H, W)={(f, h, w)} is not a multiple of the patch {patch_size}")
-  per_frame = (h // ph) * (w // pw)
-  frames = f // pt
-  mask = np.ones((frames, per_frame), np.float32)
-  mask[0] = 0.0  # the first latent frame (the patch is 1 frame deep in Wan2.2)
-  return t[:, None] * jnp.asarray(mask.reshape(-1))[None, :]
-
-
 def _pure(model: Any) -> tuple[tuple[str, Any], Any]:
   """(static model definition, params): an nnx module's graphdef and state, or the callable."""
   try:
@@ -271,7 +260,7 @@ def _loop(model_def, cfg: SamplerConfig, params, noise, context, negative, first
   def velocity(x, t_scalar, guide):
     t = jnp.full((b,), t_scalar, jnp.float32)
     if first_frame is not None:
-      t = per_token_timesteps(t, x.shape, cfg.patch_size)
+      t = flow.token_timesteps(t, x.shape, cfg.patch_size, scale=1.0)  # (B, F) per frame
     v_pos = _apply(model_def, params, x, t, context).astype(jnp.float32)
     if not use_cfg:
       return v_pos
@@ -298,9 +287,3 @@ def _loop(model_def, cfg: SamplerConfig, params, noise, context, negative, first
                                         (coeffs, sigmas[:-1], timesteps, guided))
   return final, traj
 
-
-def sample(model: Any, noise: jax.Array, context: jax.Array, negative: jax.Array | None = None,
-           first_frame: jax.Array | None = None, config: SamplerConfig = SamplerConfig(),
-           trajectory: bool = False):
-  """One-shot convenience wrapper around `Sampler` (which caches the compiled loop)."""
-  return Sampler(model, config)(noise, context, negative, first_frame, trajectory=trajectory)
