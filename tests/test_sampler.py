@@ -117,13 +117,15 @@ def test_unipc_plain_matches_diffusers(steps):
   assert np.abs(np.asarray(euler) - ref[-1]).max() > 1e-3
 
 
-def test_unipc_ti2v_cfg_wan_schedule_matches_diffusers():
+@pytest.mark.parametrize("batched_cfg", [False, True], ids=["cfg_two_passes", "cfg_one_batch"])
+def test_unipc_ti2v_cfg_wan_schedule_matches_diffusers(batched_cfg):
   steps = 10
   noise, pos, neg, first = _inputs(2)
   sched = _unipc(steps)
   sched.set_timesteps(sigmas=np.linspace(np.float32(0.999).item(), 0.0, steps + 1)[:-1])
   ref = _reference(sched, noise, pos, neg, first, guidance=4.0, cfg_skip=0.25)
-  cfg = S.SamplerConfig(steps=steps, schedule="wan", guidance=4.0, cfg_skip=0.25)
+  cfg = S.SamplerConfig(steps=steps, schedule="wan", guidance=4.0, cfg_skip=0.25,
+                        batched_cfg=batched_cfg)
   smp = S.Sampler(standin, cfg)
   final, traj = smp(noise, pos, neg, first, trajectory=True)
   err = np.abs(np.asarray(traj) - ref).max()
