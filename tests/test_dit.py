@@ -230,3 +230,26 @@ def test_every_parameter_has_known_logical_names():
   for v in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, nnx.Variable)):
     names = v.get_metadata()["out_sharding"]
     assert len(names) == len(v.shape) and set(names) <= set(LOGICAL_AXES), names
+
+
+def test_block_activations_are_named_for_remat():
+  """Every name in BLOCK_ACTIVATIONS is a checkpoint name in the block, so a remat policy
+  that saves those names keeps exactly them (and the HLO carries the named scopes)."""
+  import contextlib
+  import io
+  from jax.ad_checkpoint import print_saved_residuals
+  from vbridge_jax.models.wan_dit import BLOCK_ACTIVATIONS
+  cfg = CONFIGS["a"]
+  dit = WanDiT(cfg.replace(scan_layers=False), rngs=nnx.Rngs(0))
+  x, t, ctx = inputs(cfg)
+  graphdef, state = nnx.split(dit)
+  policy = jax.checkpoint_policies.save_only_these_names(*BLOCK_ACTIVATIONS)
+  f = jax.checkpoint(lambda s: jnp.sum(nnx.merge(graphdef, s)(x, t, ctx)), policy=policy)
+  with contextlib.redirect_stdout(io.StringIO()) as out:
+    print_saved_residuals(f, state)
+  saved = out.getvalue()
+  for name in BLOCK_ACTIVATIONS:
+    assert f"'{name}'" in saved, name
+  hlo = jax.jit(lambda s: nnx.merge(graphdef, s)(x, t, ctx)).lower(state).as_text(debug_info=True)
+  for scope in ("self_attention", "cross_attention", "ffn"):
+    assert scope in hlo, scope

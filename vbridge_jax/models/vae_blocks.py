@@ -198,6 +198,10 @@ class AttentionBlock(nnx.Module):
     self.proj = Conv(dim, dim, (1, 1), rt, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
+    with jax.named_scope("attention"):
+      return self._attend_frames(x)
+
+  def _attend_frames(self, x: jax.Array) -> jax.Array:
     b, t, h, w, c = x.shape
     y = self.norm(x.reshape(b * t, h, w, c))
     qkv = self.to_qkv(y).reshape(b * t, h * w, 3 * c)
@@ -342,11 +346,15 @@ class Encoder(nnx.Module):
     self.conv_out = Conv(dims[-1], 2 * cfg.z_dim, (3, 3, 3), rt, rngs=rngs)
 
   def __call__(self, x: jax.Array, caches: Caches) -> jax.Array:
-    x = causal_conv(self.conv_in, x, caches)
-    for blk in self.down_blocks:
-      x = blk(x, caches)
-    x = self.mid_block(x, caches)
-    return causal_conv(self.conv_out, jax.nn.silu(self.norm_out(x)), caches)
+    with jax.named_scope("encoder_in"):
+      x = causal_conv(self.conv_in, x, caches)
+    for i, blk in enumerate(self.down_blocks):
+      with jax.named_scope(f"encoder_down_{i}"):
+        x = blk(x, caches)
+    with jax.named_scope("encoder_mid"):
+      x = self.mid_block(x, caches)
+    with jax.named_scope("encoder_out"):
+      return causal_conv(self.conv_out, jax.nn.silu(self.norm_out(x)), caches)
 
 
 class Decoder(nnx.Module):
@@ -365,8 +373,12 @@ class Decoder(nnx.Module):
     self.conv_out = Conv(dims[-1], cfg.out_channels, (3, 3, 3), rt, rngs=rngs)
 
   def __call__(self, x: jax.Array, caches: Caches) -> jax.Array:
-    x = causal_conv(self.conv_in, x, caches)
-    x = self.mid_block(x, caches)
-    for blk in self.up_blocks:
-      x = blk(x, caches)
-    return causal_conv(self.conv_out, jax.nn.silu(self.norm_out(x)), caches)
+    with jax.named_scope("decoder_in"):
+      x = causal_conv(self.conv_in, x, caches)
+    with jax.named_scope("decoder_mid"):
+      x = self.mid_block(x, caches)
+    for i, blk in enumerate(self.up_blocks):
+      with jax.named_scope(f"decoder_up_{i}"):
+        x = blk(x, caches)
+    with jax.named_scope("decoder_out"):
+      return causal_conv(self.conv_out, jax.nn.silu(self.norm_out(x)), caches)

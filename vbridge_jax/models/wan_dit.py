@@ -26,10 +26,20 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from vbridge_jax.models.configs import DiTConfig
 from vbridge_jax.models.layers import (DTYPES, Dense, LayerNorm, RMSNorm, apply_rope, attention,
                                        constrain, layer_norm, param, rope_tables)
+
+# Names of the block's main activations (`checkpoint_name`), so that a remat policy can
+# save tensors by name, e.g. `jax.checkpoint_policies.save_only_these_names("attn_q", "attn_k", "attn_v")`:
+#   attn_q / attn_k / attn_v   queries, keys, values after norm and RoPE (self and cross)
+#   attn_out                   attention output before the out projection (self and cross)
+#   self_attn / cross_attn     each attention sub-block's output (before the gate/residual)
+#   ffn_hidden / ffn_out       the FFN's activated hidden layer and its output
+BLOCK_ACTIVATIONS = ("attn_q", "attn_k", "attn_v", "attn_out", "self_attn", "cross_attn",
+                     "ffn_hidden", "ffn_out")
 
 _REMAT = {
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -77,11 +87,12 @@ class Attention(nnx.Module):
     if rope is not None:
       q, k = apply_rope(q, *rope), apply_rope(k, *rope)
     kv_len = "length" if ctx is None else "text_length"
-    q = constrain(q.astype(self.dtype), ("batch", "length", "heads", "kv"))
-    k = constrain(k.astype(self.dtype), ("batch", kv_len, "heads", "kv"))
-    v = constrain(v.astype(self.dtype), ("batch", kv_len, "heads", "kv"))
-    out = attention(q, k, v, self.impl, self.splash_block, self.xla_block)
-    out = out.reshape(out.shape[:2] + (-1,))
+    q = checkpoint_name(constrain(q.astype(self.dtype), ("batch", "length", "heads", "kv")), "attn_q")
+    k = checkpoint_name(constrain(k.astype(self.dtype), ("batch", kv_len, "heads", "kv")), "attn_k")
+    v = checkpoint_name(constrain(v.astype(self.dtype), ("batch", kv_len, "heads", "kv")), "attn_v")
+    with jax.named_scope("attention"):
+      out = attention(q, k, v, self.impl, self.splash_block, self.xla_block)
+    out = checkpoint_name(out.reshape(out.shape[:2] + (-1,)), "attn_out")
     return self.to_out(out)
 
 
@@ -93,8 +104,8 @@ class FeedForward(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     h = gelu_tanh(self.fc1(x))
-    h = constrain(h, ("batch", "length", "mlp"))
-    return self.fc2(h)
+    h = checkpoint_name(constrain(h, ("batch", "length", "mlp")), "ffn_hidden")
+    return checkpoint_name(self.fc2(h), "ffn_out")
 
 
 class WanBlock(nnx.Module):
@@ -116,14 +127,17 @@ class WanBlock(nnx.Module):
     mod = self.scale_shift_table[...].astype(jnp.float32) + e
     shift, scale, gate, c_shift, c_scale, c_gate = (per_token(mod[:, :, i], x.shape[1])
                                                     for i in range(6))
-    h = (layer_norm(x, self.eps) * (1 + scale) + shift).astype(self.dtype)
-    x = x + self.attn1(h, rope=rope).astype(jnp.float32) * gate
-    x = constrain(x, ("batch", "length", "embed"))
-    h = self.norm2(x).astype(self.dtype)
-    x = x + self.attn2(h, ctx).astype(jnp.float32)
-    x = constrain(x, ("batch", "length", "embed"))
-    h = (layer_norm(x, self.eps) * (1 + c_scale) + c_shift).astype(self.dtype)
-    x = x + self.ffn(h).astype(jnp.float32) * c_gate
+    with jax.named_scope("self_attention"):
+      h = (layer_norm(x, self.eps) * (1 + scale) + shift).astype(self.dtype)
+      a = checkpoint_name(self.attn1(h, rope=rope), "self_attn")
+      x = constrain(x + a.astype(jnp.float32) * gate, ("batch", "length", "embed"))
+    with jax.named_scope("cross_attention"):
+      h = self.norm2(x).astype(self.dtype)
+      a = checkpoint_name(self.attn2(h, ctx), "cross_attn")
+      x = constrain(x + a.astype(jnp.float32), ("batch", "length", "embed"))
+    with jax.named_scope("ffn"):
+      h = (layer_norm(x, self.eps) * (1 + c_scale) + c_shift).astype(self.dtype)
+      x = x + self.ffn(h).astype(jnp.float32) * c_gate
     return constrain(x, ("batch", "length", "embed"))
 
 
@@ -242,7 +256,8 @@ class WanDiT(nnx.Module):
     graphdef, params = nnx.split(self.blocks)
 
     def body(h, layer_params):
-      return nnx.merge(graphdef, layer_params)(h, ctx, e, rope), None
+      with jax.named_scope("block"):
+        return nnx.merge(graphdef, layer_params)(h, ctx, e, rope), None
 
     if cfg.remat != "none":
       body = jax.checkpoint(body, policy=_REMAT[cfg.remat], prevent_cse=not cfg.scan_layers)
@@ -261,18 +276,20 @@ class WanDiT(nnx.Module):
       raise ValueError(f"latents of shape {x.shape}: expected (B, F, H, W, {cfg.in_channels})")
     pt, ph, pw = cfg.patch_size
     grid = (x.shape[1] // pt, x.shape[2] // ph, x.shape[3] // pw)
-    tokens = self.patchify(x)
-    h = self.patch_embedding(tokens).astype(jnp.float32)
-    h = constrain(h, ("batch", "length", "embed"))
-    temb, e = self.embed_time(jnp.asarray(t), grid)
-    ctx = self.embed_text(jnp.asarray(context))
+    with jax.named_scope("embed"):
+      tokens = self.patchify(x)
+      h = self.patch_embedding(tokens).astype(jnp.float32)
+      h = constrain(h, ("batch", "length", "embed"))
+      temb, e = self.embed_time(jnp.asarray(t), grid)
+      ctx = self.embed_text(jnp.asarray(context))
     cos, sin = rope_tables(grid, cfg.rope_split, cfg.rope_theta, cfg.rope_max_seq_len)
     h = self.run_blocks(h, ctx, e, (jnp.asarray(cos), jnp.asarray(sin)))
-    mod = self.scale_shift_table[...].astype(jnp.float32) + temb[:, :, None, :]
-    shift, scale = (per_token(mod[:, :, i], h.shape[1]) for i in range(2))
-    h = layer_norm(h, cfg.eps) * (1 + scale) + shift
-    out = self.proj_out(h.astype(DTYPES[cfg.dtype])).astype(jnp.float32)
-    return self.unpatchify(out, grid)
+    with jax.named_scope("head"):
+      mod = self.scale_shift_table[...].astype(jnp.float32) + temb[:, :, None, :]
+      shift, scale = (per_token(mod[:, :, i], h.shape[1]) for i in range(2))
+      h = layer_norm(h, cfg.eps) * (1 + scale) + shift
+      out = self.proj_out(h.astype(DTYPES[cfg.dtype])).astype(jnp.float32)
+      return self.unpatchify(out, grid)
 
 
 def load_dit(path: str | Path, **overrides) -> WanDiT:
