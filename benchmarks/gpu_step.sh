@@ -4,16 +4,26 @@
 # one training step at 5 frames 704x1280 with LoRA and with a full fine-tune (the remat
 # that fits). Prints a table of step times, tokens/s, MFU and peak memory.
 #
-#   bash benchmarks/gpu_step.sh [OUT.jsonl] [--tiny]
+#   bash benchmarks/gpu_step.sh [--out=OUT.jsonl] [--tiny]
 #
-# --tiny: the tiny config at 64x128 on any backend (a smoke test of this script).
+# --out: where the rows go (default /tmp/gpu_step.jsonl); --tiny: the tiny config at
+# 64x128 on any backend (a smoke test of this script). Flags in any order.
 #
 # Each phase is its own process (own peak memory; an out-of-memory phase is recorded and
 # the next one still runs) under a time limit that keeps the whole run under 8 minutes.
 set -u
 cd "$(dirname "$0")/.."
-OUT="${1:-/tmp/gpu_step.jsonl}"
-EXTRA="${2:-}"
+OUT=/tmp/gpu_step.jsonl
+EXTRA=""
+for arg in "$@"; do
+  case "$arg" in
+    --out=*) OUT="${arg#--out=}" ;;
+    --tiny) EXTRA="--tiny" ;;
+    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "error: unknown argument '$arg' (use --out=FILE and --tiny)" >&2; exit 2 ;;
+  esac
+done
+if [ -z "$OUT" ]; then echo "error: --out needs a file name" >&2; exit 2; fi
 : > "$OUT"
 export XLA_PYTHON_CLIENT_MEM_FRACTION=0.95
 export TF_CPP_MIN_LOG_LEVEL=2

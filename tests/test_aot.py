@@ -34,6 +34,7 @@ def test_tiny_train_step_compiles_for_v5e():
   config = curriculum.get_config("tiny")
   config.model.dtype = "bfloat16"
   [r] = aot.run(config, "v5e:2x2", steps=["train"], size=64, frames=5)
+  assert config.model.attention == "xla"  # the caller's config is left as it was (ran splash)
   assert r.topology == "v5e:2x2" and r.mesh["fsdp"] == 4 and r.batch == 4
   assert r.tokens == 2 * 2 * 2 and r.fits
   # Arguments: the fp32 parameters and two Adam moments, sharded over 4 chips (+ latents).

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 def test_gpu_step_script_runs_tiny(tmp_path):
   out = tmp_path / "rows.jsonl"
   env = dict(os.environ, PYTHON=sys.executable, JAX_PLATFORMS="cpu")
-  proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_step.sh"), str(out), "--tiny"],
+  proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_step.sh"), "--tiny", f"--out={out}"],
                         capture_output=True, text=True, env=env, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = [json.loads(l) for l in out.read_text().splitlines()]

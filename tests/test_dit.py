@@ -141,16 +141,45 @@ def test_sharded_forward_matches(pair):
 
 def test_time_modulation_is_sharded_by_batch():
   """Per-token timesteps give a (B, L, 6, D) modulation; it follows the batch (and token)
-  sharding instead of being computed whole on every device."""
+  sharding instead of being computed whole on every device. Per-frame timesteps give
+  (B, F, 6, D), sharded by batch."""
   cfg = CONFIGS["a"]
   dit = WanDiT(cfg, rngs=nnx.Rngs(0))
   mesh = jax.make_mesh((4, 2), ("data", "context"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
   rules = (("batch", "data"), ("length", "context"))
   t = jnp.linspace(0.0, 999.0, 4 * 16).reshape(4, 16)
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-    temb, e = nnx.jit(lambda m, t: m.embed_time(t, 16))(dit, t)
+    temb, e = nnx.jit(lambda m, t: m.embed_time(t, (4, 2, 2)))(dit, t)
+    temb_f, e_f = nnx.jit(lambda m, t: m.embed_time(t, (4, 2, 2)))(dit, t[:, ::4])
   assert e.shape == (4, 16, 6, cfg.dim)
   assert e.sharding.spec[:2] == ("data", "context") and temb.sharding.spec[:2] == ("data", "context")
+  assert e_f.shape == (4, 4, 6, cfg.dim) and tuple(e_f.sharding.spec)[:2] in (("data",), ("data", None))
+  assert tuple(temb_f.sharding.spec)[:2] in (("data",), ("data", None))
+
+
+def test_per_frame_timesteps_equal_per_token():
+  """Frame-constant timesteps given per frame (B, F) (modulation per frame, broadcast over
+  tokens) give exactly the per-token path's output, scanned and unrolled."""
+  cfg = CONFIGS["b"]
+  x, t_tok, ctx = inputs(cfg, per_token=True, frames=4)
+  per_frame = (4 // 2) * (6 // 2)
+  t_frame = t_tok[:, ::per_frame]
+  assert t_frame.shape == (2, 4)
+  np.testing.assert_array_equal(np.repeat(t_frame, per_frame, axis=1), t_tok)
+  fwd = nnx.jit(lambda m, *a: m(*a))
+  for scan in (True, False):
+    dit = WanDiT(cfg.replace(scan_layers=scan), rngs=nnx.Rngs(1))
+    np.testing.assert_array_equal(fwd(dit, x, t_frame, ctx), fwd(dit, x, t_tok, ctx))
+
+
+def test_parity_per_token_timesteps_not_frame_constant(pair):
+  """Arbitrary per-token timesteps (not constant within a frame) keep the general path."""
+  cfg, ref = pair
+  x, _, ctx = inputs(cfg)
+  t = np.random.default_rng(7).uniform(0, 1000, (2, 3 * 2 * 3)).astype(np.float32)
+  want = torch_forward(ref, x, t, ctx, cfg.text_len)
+  got = nnx.jit(lambda m, *a: m(*a))(jax_from_torch(ref, cfg), x, t, ctx)
+  assert max_rel_err(got, want) <= TOL
 
 
 def test_sharded_splash_sequence_parallel():
@@ -201,3 +230,26 @@ def test_every_parameter_has_known_logical_names():
   for v in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, nnx.Variable)):
     names = v.get_metadata()["out_sharding"]
     assert len(names) == len(v.shape) and set(names) <= set(LOGICAL_AXES), names
+
+
+def test_block_activations_are_named_for_remat():
+  """Every name in BLOCK_ACTIVATIONS is a checkpoint name in the block, so a remat policy
+  that saves those names keeps exactly them (and the HLO carries the named scopes)."""
+  import contextlib
+  import io
+  from jax.ad_checkpoint import print_saved_residuals
+  from vbridge_jax.models.wan_dit import BLOCK_ACTIVATIONS
+  cfg = CONFIGS["a"]
+  dit = WanDiT(cfg.replace(scan_layers=False), rngs=nnx.Rngs(0))
+  x, t, ctx = inputs(cfg)
+  graphdef, state = nnx.split(dit)
+  policy = jax.checkpoint_policies.save_only_these_names(*BLOCK_ACTIVATIONS)
+  f = jax.checkpoint(lambda s: jnp.sum(nnx.merge(graphdef, s)(x, t, ctx)), policy=policy)
+  with contextlib.redirect_stdout(io.StringIO()) as out:
+    print_saved_residuals(f, state)
+  saved = out.getvalue()
+  for name in BLOCK_ACTIVATIONS:
+    assert f"'{name}'" in saved, name
+  hlo = jax.jit(lambda s: nnx.merge(graphdef, s)(x, t, ctx)).lower(state).as_text(debug_info=True)
+  for scope in ("self_attention", "cross_attention", "ffn"):
+    assert scope in hlo, scope

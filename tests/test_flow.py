@@ -42,14 +42,15 @@ def test_add_noise_keeps_frame0_and_interpolates_the_rest():
   np.testing.assert_allclose(xt[0, 1:], x0[0, 1:] + 0.25 * v[0, 1:], rtol=1e-5, atol=1e-6)
 
 
-def test_token_timesteps_zero_on_frame0_tokens():
+def test_token_timesteps_zero_on_frame0():
   sigma = jnp.array([0.5, 0.1])
   t = flow.token_timesteps(sigma, (2, 3, 4, 6, 8), (1, 2, 2))
-  per_frame = 2 * 3
-  assert t.shape == (2, 3 * per_frame)
-  np.testing.assert_array_equal(t[:, :per_frame], 0.0)
-  np.testing.assert_allclose(t[0, per_frame:], 500.0)
-  np.testing.assert_allclose(t[1, per_frame:], 100.0, rtol=1e-6)
+  assert t.shape == (2, 3)  # per latent frame; the DiT broadcasts over each frame's tokens
+  np.testing.assert_array_equal(t[:, 0], 0.0)
+  np.testing.assert_allclose(t[0, 1:], 500.0)
+  np.testing.assert_allclose(t[1, 1:], 100.0, rtol=1e-6)
+  np.testing.assert_array_equal(flow.token_timesteps(jnp.array([999.0, 3.0]), (2, 3, 4, 6, 8),
+                                                     scale=1.0)[:, 1], [999.0, 3.0])
   with pytest.raises(ValueError, match="temporal patch"):
     flow.token_timesteps(sigma, (2, 3, 4, 6, 8), (2, 2, 2))
   with pytest.raises(ValueError, match="divisible"):
@@ -74,8 +75,8 @@ def test_training_inputs_are_consistent():
   sigma = out["sigma"]
   eps = out["target"] + x0
   np.testing.assert_allclose(out["x_t"], flow.add_noise(x0, eps, sigma), rtol=1e-5, atol=1e-5)
-  assert out["t"].shape == (2, 2 * 2 * 2)
-  np.testing.assert_allclose(out["t"][:, 4:], 1000.0 * sigma[:, None] * jnp.ones((1, 4)), rtol=1e-6)
+  assert out["t"].shape == (2, 2)
+  np.testing.assert_allclose(out["t"][:, 1], 1000.0 * sigma, rtol=1e-6)
   # Perfect prediction gives zero loss; predicting zeros gives E|eps - x0|^2 > 0.
   assert float(flow.masked_mse(out["target"], out["target"])) == 0.0
   assert float(flow.masked_mse(jnp.zeros_like(x0), out["target"])) > 0.5

@@ -14,11 +14,13 @@ TOL = 1e-5
 
 
 def standin(x, t, ctx):
-  """A deterministic nonlinear velocity that depends on x, on t (per sample or per token), on ctx."""
+  """A deterministic nonlinear velocity that depends on x, on t (per sample, frame or token), on ctx."""
   b, f, h, w, c = x.shape
   if t.ndim == 1:
     s = t[:, None, None, None, None] / 1000.0
-  else:
+  elif t.shape[1] == f:  # per frame (this sampler)
+    s = t[:, :, None, None, None] / 1000.0
+  else:  # per token (diffusers' expand_timesteps)
     s = t.reshape(b, f, h // 2, 1, w // 2, 1)
     s = jnp.broadcast_to(s, (b, f, h // 2, 2, w // 2, 2)).reshape(b, f, h, w)[..., None] / 1000.0
   chan = jnp.linspace(-1.0, 1.0, c)
@@ -115,13 +117,15 @@ def test_unipc_plain_matches_diffusers(steps):
   assert np.abs(np.asarray(euler) - ref[-1]).max() > 1e-3
 
 
-def test_unipc_ti2v_cfg_wan_schedule_matches_diffusers():
+@pytest.mark.parametrize("batched_cfg", [False, True], ids=["cfg_two_passes", "cfg_one_batch"])
+def test_unipc_ti2v_cfg_wan_schedule_matches_diffusers(batched_cfg):
   steps = 10
   noise, pos, neg, first = _inputs(2)
   sched = _unipc(steps)
   sched.set_timesteps(sigmas=np.linspace(np.float32(0.999).item(), 0.0, steps + 1)[:-1])
   ref = _reference(sched, noise, pos, neg, first, guidance=4.0, cfg_skip=0.25)
-  cfg = S.SamplerConfig(steps=steps, schedule="wan", guidance=4.0, cfg_skip=0.25)
+  cfg = S.SamplerConfig(steps=steps, schedule="wan", guidance=4.0, cfg_skip=0.25,
+                        batched_cfg=batched_cfg)
   smp = S.Sampler(standin, cfg)
   final, traj = smp(noise, pos, neg, first, trajectory=True)
   err = np.abs(np.asarray(traj) - ref).max()

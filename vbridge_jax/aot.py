@@ -413,10 +413,11 @@ def _parse_hw(text: str) -> tuple[int, int]:
 def run(config, topology: str, *, steps=("train", "restore"), size: int = 0, frames: int = 0,
         hw: str = "", batch: int = 0, restore_size: str = "704x1280", restore_frames: int = 5,
         attention: str | None = "splash", vae: bool = False) -> list[Result]:
-  """Compiles the requested steps for `topology`; returns their rows."""
+  """Compiles the requested steps for `topology`; returns their rows (`config` is not changed)."""
   topo = parse_topology(topology)
   if not has_libtpu():
     raise AOTError(_NO_LIBTPU)
+  config = config.copy_and_resolve_references()
   if attention:
     config.model.attention = attention
   from vbridge_jax.models import layers  # pylint: disable=import-outside-toplevel
@@ -426,8 +427,7 @@ def run(config, topology: str, *, steps=("train", "restore"), size: int = 0, fra
   train_hw = _parse_hw(hw) if hw else (size, size)
   frames = frames or int(config.data.frames)
   out = []
-  saved, layers.SPLASH_INTERPRET = layers.SPLASH_INTERPRET, False  # the target is TPU
-  try:
+  with layers.splash_interpret(False):  # the target is TPU
     for step in steps:
       if step == "train":
         out.append(compile_case(config, topo, devices, step="train", frames=frames, hw=train_hw,
@@ -437,8 +437,6 @@ def run(config, topology: str, *, steps=("train", "restore"), size: int = 0, fra
                                 hw=_parse_hw(restore_size), batch=batch, vae=vae))
       else:
         raise AOTError(f"unknown step {step!r}: train or restore")
-  finally:
-    layers.SPLASH_INTERPRET = saved
   return out
 
 

@@ -24,7 +24,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-NUM_TRAIN_TIMESTEPS = 1000.0
+NUM_TRAIN_TIMESTEPS = 1000  # DiT timestep = NUM_TRAIN_TIMESTEPS * sigma (one constant: flow, sampler)
 SAMPLING_KINDS = ("uniform", "logit_normal")
 WEIGHTINGS = ("none", "cosmap")
 LOSS_FRAMES = ("all", "generated")
@@ -90,9 +90,14 @@ def velocity_target(x0: jax.Array, noise: jax.Array) -> jax.Array:
 
 
 def token_timesteps(sigma: jax.Array, latent_shape: Sequence[int],
-                    patch_size: Sequence[int] = (1, 2, 2)) -> jax.Array:
-  """Per-token DiT timesteps `(B, L)`: 0 on frame-0 tokens, `1000 * sigma` elsewhere.
+                    patch_size: Sequence[int] = (1, 2, 2), *,
+                    scale: float = NUM_TRAIN_TIMESTEPS) -> jax.Array:
+  """TI2V DiT timesteps per latent frame `(B, F)`: 0 on frame 0, `scale * sigma` elsewhere.
 
+  The one source of TI2V timesteps (training and the sampler, which passes its integer
+  timesteps with `scale=1`). The timestep is constant within a frame, so it is given per
+  frame: the DiT computes its time modulation once per frame and broadcasts it over the
+  frame's tokens (`WanDiT` takes `(B, F)` per-frame and `(B, L)` per-token timesteps).
   Tokens are ordered (f, h, w) after patchifying with `patch_size` (pt, ph, pw); pt must
   be 1 so that frame 0 maps to whole tokens.
   """
@@ -104,9 +109,7 @@ def token_timesteps(sigma: jax.Array, latent_shape: Sequence[int],
     raise ValueError(f"latent {h}x{w} is not divisible by the patch {ph}x{pw}")
   if sigma.shape != (b,):
     raise ValueError(f"sigma must be ({b},), got {sigma.shape}")
-  per_frame = (h // ph) * (w // pw)
-  mask = jnp.repeat(frame_mask(f), per_frame)  # (L,)
-  return NUM_TRAIN_TIMESTEPS * sigma.astype(jnp.float32)[:, None] * mask[None, :]
+  return scale * sigma.astype(jnp.float32)[:, None] * frame_mask(f)[None, :]
 
 
 def loss_weight(sigma: jax.Array, weighting: str = "none") -> jax.Array:
@@ -160,7 +163,7 @@ def ti2v_training_inputs(x0: jax.Array, rng: jax.Array, *, shift: float = 1.0,
   `loss_frames`: `all` (every latent frame, frame 0 included, on both kinds of sample:
   the authors') or `generated` (the noised frames: >= 1 for TI2V, all for T2V).
 
-  Returns `x_t` (DiT input), `t` (per-token timesteps in `token_timesteps`' layout),
+  Returns `x_t` (DiT input), `t` (per-frame timesteps `(B, F)`, `token_timesteps`' layout),
   `target` (`eps - x0`), `sigma (B,)`, `weight (B,)`, `t2v (B,)` bool and
   `frames (B, F)` (the frames the loss counts, for `masked_mse`).
   """

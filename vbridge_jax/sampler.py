@@ -1,7 +1,8 @@
 """Flow-matching samplers (UniPC order 2 and Euler) with TI2V first-frame conditioning and CFG.
 
 The velocity model is any callable `model(x, t, context)`: `x (B, F, H, W, C)` channels-last
-latents, `t (B,)` or per-token `(B, L)` with `L = F * (H / ph) * (W / pw)`, `context
+latents, `t (B,)`, or per latent frame `(B, F)` with TI2V conditioning (`flow.token_timesteps`,
+0 on frame 0; `WanDiT` broadcasts it over each frame's tokens), `context
 (B, L_text, text_dim)`; it returns the velocity `(B, F, H, W, C)` (flow matching: `x_t =
 (1 - sigma) x0 + sigma noise`, `v = noise - x0`). A flax.nnx module is split into its graph
 and state once and merged inside the jitted loop, so one compilation serves every step.
@@ -33,9 +34,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vbridge_jax import flow
+from vbridge_jax.flow import NUM_TRAIN_TIMESTEPS
+
 SOLVERS = ("unipc", "euler")
 SCHEDULES = ("diffusers", "wan")
-NUM_TRAIN_TIMESTEPS = 1000
 
 # Columns of the per-step coefficient table.
 #   corrected = cX x + cA x_prev_corrected + cB m_prev + cC m_prev2 + cE m
@@ -56,6 +59,10 @@ class SamplerConfig:
   guidance: float = 6.0
   cfg_skip: float = 0.15
   patch_size: tuple[int, int, int] = (1, 2, 2)
+  # Guided steps run the conditional and unconditional passes as one forward of batch 2B
+  # instead of two of batch B (same result up to float rounding; faster where one larger
+  # batch uses the hardware better, see benchmarks/restore.py --batched-cfg).
+  batched_cfg: bool = False
 
   def __post_init__(self):
     if self.solver not in SOLVERS:
@@ -171,20 +178,6 @@ def guided_steps(steps: int, cfg_skip: float) -> np.ndarray:
   return np.array([not (i >= steps * (1.0 - cfg_skip)) for i in range(steps)])
 
 
-def per_token_timesteps(t: jax.Array, latent_shape: tuple[int, ...],
-                        patch_size: tuple[int, int, int]) -> jax.Array:
-  """(B, L) timesteps: 0 on the frame-0 tokens, t (shape (B,)) on every other token."""
-  _, f, h, w, _ = latent_shape
-  pt, ph, pw = patch_size
-  if f % pt or h % ph or w % pw:
-    raise ValueError(f"latent (F, H, W)={(f, h, w)} is not a multiple of the patch {patch_size}")
-  per_frame = (h // ph) * (w // pw)
-  frames = f // pt
-  mask = np.ones((frames, per_frame), np.float32)
-  mask[0] = 0.0  # the first latent frame (the patch is 1 frame deep in Wan2.2)
-  return t[:, None] * jnp.asarray(mask.reshape(-1))[None, :]
-
-
 def _pure(model: Any) -> tuple[tuple[str, Any], Any]:
   """(static model definition, params): an nnx module's graphdef and state, or the callable."""
   try:
@@ -277,10 +270,20 @@ def _loop(model_def, cfg: SamplerConfig, params, noise, context, negative, first
   def velocity(x, t_scalar, guide):
     t = jnp.full((b,), t_scalar, jnp.float32)
     if first_frame is not None:
-      t = per_token_timesteps(t, x.shape, cfg.patch_size)
-    v_pos = _apply(model_def, params, x, t, context).astype(jnp.float32)
+      t = flow.token_timesteps(t, x.shape, cfg.patch_size, scale=1.0)  # (B, F) per frame
+    cond_v = lambda: _apply(model_def, params, x, t, context).astype(jnp.float32)
     if not use_cfg:
-      return v_pos
+      return cond_v()
+    if cfg.batched_cfg:
+      def guided_v():
+        both = jnp.concatenate
+        v = _apply(model_def, params, both([x, x]), both([t, t]), both([context, negative]))
+        v_pos, v_neg = v[:b].astype(jnp.float32), v[b:].astype(jnp.float32)
+        return v_neg + cfg.guidance * (v_pos - v_neg)
+
+      return jax.lax.cond(guide, guided_v, cond_v)
+
+    v_pos = cond_v()
 
     def guided_v():
       v_neg = _apply(model_def, params, x, t, negative).astype(jnp.float32)
@@ -304,9 +307,3 @@ def _loop(model_def, cfg: SamplerConfig, params, noise, context, negative, first
                                         (coeffs, sigmas[:-1], timesteps, guided))
   return final, traj
 
-
-def sample(model: Any, noise: jax.Array, context: jax.Array, negative: jax.Array | None = None,
-           first_frame: jax.Array | None = None, config: SamplerConfig = SamplerConfig(),
-           trajectory: bool = False):
-  """One-shot convenience wrapper around `Sampler` (which caches the compiled loop)."""
-  return Sampler(model, config)(noise, context, negative, first_frame, trajectory=trajectory)

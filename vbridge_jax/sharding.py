@@ -50,7 +50,6 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("patch_out", None),
     ("mod", None),
     ("mod_embed", "tensor"),
-    ("norm", None),
 )
 
 

@@ -9,6 +9,8 @@ name appears in model code.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
 from typing import Sequence
@@ -47,10 +49,11 @@ def logical_to_spec(names: Names, rules, *, shape: Sequence[int] | None = None,
                     mesh=None) -> PartitionSpec:
   """Resolves logical names with ordered `rules`: `(logical, mesh axis | axes | None)` pairs.
 
-  A name may have several candidate rules; the first whose mesh axes are not yet used by an
-  earlier dimension of the same array (and, given `shape` and `mesh`, divide that
-  dimension) wins, as in flax linen and maxtext. Names without a rule, and `None`, are
-  replicated; with a `mesh`, axes of size 1 are dropped.
+  Dimensions are resolved left to right. A name may have several candidate rules; the
+  first whose mesh axes are not yet used by an earlier dimension of the same array (and,
+  given `shape` and `mesh`, whose total size divides that dimension) wins; when none
+  qualifies the dimension is replicated rather than failing. Names without a rule, and
+  `None`, are replicated; with a `mesh`, axes of size 1 are dropped.
   """
   used: set[str] = set()
   out: list = []
@@ -267,9 +270,21 @@ def _round_up(n: int, m: int) -> int:
   return -(-n // m) * m
 
 
-# None: interpret the splash kernel off TPU. Ahead-of-time compilation for a TPU topology
-# from a CPU host (vbridge_jax.aot) sets False: the target is TPU, not the host's backend.
-SPLASH_INTERPRET: bool | None = None
+# Whether the splash kernel runs in Pallas interpret mode; None: off TPU. Set for a scope
+# with `splash_interpret(False)` (vbridge_jax.aot compiles for a TPU topology from a CPU
+# host: the target is TPU, not the host's backend).
+_SPLASH_INTERPRET: contextvars.ContextVar[bool | None] = contextvars.ContextVar(
+    "splash_interpret", default=None)
+
+
+@contextlib.contextmanager
+def splash_interpret(interpret: bool | None):
+  """Within the `with` block, traced splash attention uses `interpret` (None: off TPU)."""
+  token = _SPLASH_INTERPRET.set(interpret)
+  try:
+    yield
+  finally:
+    _SPLASH_INTERPRET.reset(token)
 
 
 def splash_attention(q, k, v, *, block: int = 512, interpret: bool | None = None):
@@ -283,7 +298,9 @@ def splash_attention(q, k, v, *, block: int = 512, interpret: bool | None = None
       splash_attention_kernel as sk, splash_attention_mask as sm)
 
   if interpret is None:
-    interpret = SPLASH_INTERPRET if SPLASH_INTERPRET is not None else jax.default_backend() != "tpu"
+    interpret = _SPLASH_INTERPRET.get()
+    if interpret is None:
+      interpret = jax.default_backend() != "tpu"
   _, lq, h, d = q.shape
   lk = k.shape[1]
   bq = min(block, _round_up(lq, 128))

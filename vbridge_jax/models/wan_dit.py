@@ -1,9 +1,15 @@
 """The Wan2.2 DiT (TI2V-5B and its smaller siblings) in Flax NNX.
 
 `WanDiT(config, rngs=...)(x, t, context)`: `x (B, F, H, W, C)` channels-last latents, `t`
-`(B,)` or per token `(B, L)` in [0, 1000] (L = F/pt * H/ph * W/pw, tokens ordered f, h, w),
-`context (B, L_text, text_dim)` zero-padded to `config.text_len` here. Returns the velocity,
-`(B, F, H, W, C)`, in float32.
+in [0, 1000] one of `(B,)`, per latent frame `(B, F/pt)` or per token `(B, L)` (L = F/pt *
+H/ph * W/pw, tokens ordered f, h, w), `context (B, L_text, text_dim)` zero-padded to
+`config.text_len` here. Returns the velocity, `(B, F, H, W, C)`, in float32.
+
+Per-frame timesteps (what TI2V uses: `flow.token_timesteps`) compute the time embedding
+and the AdaLN modulation once per frame, `(B, F, 6, D)`, and broadcast it over the frame's
+tokens inside each block; per-token timesteps take the general path, `(B, L, 6, D)`. Both
+give the same numbers for frame-constant timesteps (a (B, L, 6, D) float32 tensor is 2 GB
+for 27k tokens, and its time MLP runs on every token).
 
 Numerics follow the reference: the residual stream, AdaLN modulation
 (`scale_shift_table + time embedding`), norms and the time embedding run in float32;
@@ -20,10 +26,20 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from vbridge_jax.models.configs import DiTConfig
 from vbridge_jax.models.layers import (DTYPES, Dense, LayerNorm, RMSNorm, apply_rope, attention,
                                        constrain, layer_norm, param, rope_tables)
+
+# Names of the block's main activations (`checkpoint_name`), so that a remat policy can
+# save tensors by name, e.g. `jax.checkpoint_policies.save_only_these_names("attn_q", "attn_k", "attn_v")`:
+#   attn_q / attn_k / attn_v   queries, keys, values after norm and RoPE (self and cross)
+#   attn_out                   attention output before the out projection (self and cross)
+#   self_attn / cross_attn     each attention sub-block's output (before the gate/residual)
+#   ffn_hidden / ffn_out       the FFN's activated hidden layer and its output
+BLOCK_ACTIVATIONS = ("attn_q", "attn_k", "attn_v", "attn_out", "self_attn", "cross_attn",
+                     "ffn_hidden", "ffn_out")
 
 _REMAT = {
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -71,11 +87,12 @@ class Attention(nnx.Module):
     if rope is not None:
       q, k = apply_rope(q, *rope), apply_rope(k, *rope)
     kv_len = "length" if ctx is None else "text_length"
-    q = constrain(q.astype(self.dtype), ("batch", "length", "heads", "kv"))
-    k = constrain(k.astype(self.dtype), ("batch", kv_len, "heads", "kv"))
-    v = constrain(v.astype(self.dtype), ("batch", kv_len, "heads", "kv"))
-    out = attention(q, k, v, self.impl, self.splash_block, self.xla_block)
-    out = out.reshape(out.shape[:2] + (-1,))
+    q = checkpoint_name(constrain(q.astype(self.dtype), ("batch", "length", "heads", "kv")), "attn_q")
+    k = checkpoint_name(constrain(k.astype(self.dtype), ("batch", kv_len, "heads", "kv")), "attn_k")
+    v = checkpoint_name(constrain(v.astype(self.dtype), ("batch", kv_len, "heads", "kv")), "attn_v")
+    with jax.named_scope("attention"):
+      out = attention(q, k, v, self.impl, self.splash_block, self.xla_block)
+    out = checkpoint_name(out.reshape(out.shape[:2] + (-1,)), "attn_out")
     return self.to_out(out)
 
 
@@ -87,8 +104,8 @@ class FeedForward(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     h = gelu_tanh(self.fc1(x))
-    h = constrain(h, ("batch", "length", "mlp"))
-    return self.fc2(h)
+    h = checkpoint_name(constrain(h, ("batch", "length", "mlp")), "ffn_hidden")
+    return checkpoint_name(self.fc2(h), "ffn_out")
 
 
 class WanBlock(nnx.Module):
@@ -106,18 +123,36 @@ class WanBlock(nnx.Module):
     self.dtype = DTYPES[cfg.dtype]
 
   def __call__(self, x, ctx, e, rope):
-    """`x (B, L, D)` float32; `e (B, L or 1, 6, D)` float32 time projection."""
+    """`x (B, L, D)` float32; `e (B, 1 or F or L, 6, D)` float32 time projection."""
     mod = self.scale_shift_table[...].astype(jnp.float32) + e
-    shift, scale, gate, c_shift, c_scale, c_gate = (mod[:, :, i] for i in range(6))
-    h = (layer_norm(x, self.eps) * (1 + scale) + shift).astype(self.dtype)
-    x = x + self.attn1(h, rope=rope).astype(jnp.float32) * gate
-    x = constrain(x, ("batch", "length", "embed"))
-    h = self.norm2(x).astype(self.dtype)
-    x = x + self.attn2(h, ctx).astype(jnp.float32)
-    x = constrain(x, ("batch", "length", "embed"))
-    h = (layer_norm(x, self.eps) * (1 + c_scale) + c_shift).astype(self.dtype)
-    x = x + self.ffn(h).astype(jnp.float32) * c_gate
+    shift, scale, gate, c_shift, c_scale, c_gate = (per_token(mod[:, :, i], x.shape[1])
+                                                    for i in range(6))
+    with jax.named_scope("self_attention"):
+      h = (layer_norm(x, self.eps) * (1 + scale) + shift).astype(self.dtype)
+      a = checkpoint_name(self.attn1(h, rope=rope), "self_attn")
+      x = constrain(x + a.astype(jnp.float32) * gate, ("batch", "length", "embed"))
+    with jax.named_scope("cross_attention"):
+      h = self.norm2(x).astype(self.dtype)
+      a = checkpoint_name(self.attn2(h, ctx), "cross_attn")
+      x = constrain(x + a.astype(jnp.float32), ("batch", "length", "embed"))
+    with jax.named_scope("ffn"):
+      h = (layer_norm(x, self.eps) * (1 + c_scale) + c_shift).astype(self.dtype)
+      x = x + self.ffn(h).astype(jnp.float32) * c_gate
     return constrain(x, ("batch", "length", "embed"))
+
+
+def per_token(a: jax.Array, num_tokens: int) -> jax.Array:
+  """`(B, T, D)` rows, one per timestep group (T = 1, frames or tokens) -> per token.
+
+  T = 1 broadcasts as it is; T = frames repeats each frame's row over its tokens (tokens
+  are ordered f, h, w), constrained to the token sharding so each device expands its own
+  tokens only.
+  """
+  groups = a.shape[1]
+  if groups in (1, num_tokens):
+    return a
+  a = jnp.repeat(a, num_tokens // groups, axis=1, total_repeat_length=num_tokens)
+  return constrain(a, ("batch", "length", "embed"))
 
 
 class MLP2(nnx.Module):
@@ -179,20 +214,30 @@ class WanDiT(nnx.Module):
     x = x.transpose(0, 1, 4, 2, 5, 3, 6, 7)
     return x.reshape(b, f * pt, h * ph, w * pw, -1)
 
-  def embed_time(self, t: jax.Array, num_tokens: int) -> tuple[jax.Array, jax.Array]:
-    """`t (B,)` or `(B, L)` -> `temb (B, L or 1, D)`, `e (B, L or 1, 6, D)`, float32."""
+  def embed_time(self, t: jax.Array, grid: tuple[int, int, int]) -> tuple[jax.Array, jax.Array]:
+    """`t (B,)`, `(B, F)` or `(B, L)` -> `temb (B, T, D)`, `e (B, T, 6, D)` float32, T = 1, F or L.
+
+    `grid` is the token grid (F, H, W) after patchifying. With T = F the embedding and
+    modulation are computed per frame and broadcast over each frame's tokens in the blocks.
+    """
+    frames, num_tokens = grid[0], math.prod(grid)
     if t.ndim == 1:
-      t = t[:, None]
-    elif t.ndim != 2 or t.shape[1] != num_tokens:
-      raise ValueError(f"timesteps of shape {t.shape}: expected (B,) or (B, {num_tokens})")
+      t, rows = t[:, None], None
+    elif t.ndim == 2 and t.shape[1] == num_tokens:
+      rows = "length"  # per token (also when F == L: one token per frame)
+    elif t.ndim == 2 and t.shape[1] == frames:
+      rows = None  # per frame: a few rows, replicated over the token axis
+    else:
+      raise ValueError(f"timesteps of shape {t.shape}: expected (B,), (B, {frames}) per frame "
+                       f"or (B, {num_tokens}) per token")
     # Sharded by batch (and tokens) like the stream they modulate: with per-token timesteps
     # `e` is (B, L, 6, D), which, left to propagation, XLA may compute whole on every chip.
-    t = constrain(t, ("batch", "length"))
+    t = constrain(t, ("batch", rows))
     temb = constrain(self.time_embedder(timestep_embedding(t, self.config.freq_dim)),
-                     ("batch", "length", "embed"))
+                     ("batch", rows, "embed"))
     e = self.time_proj(nnx.silu(temb))
     return temb, constrain(e.reshape(e.shape[:-1] + (6, self.config.dim)),
-                           ("batch", "length", "mod", "embed"))
+                           ("batch", rows, "mod", "embed"))
 
   def embed_text(self, context: jax.Array) -> jax.Array:
     cfg = self.config
@@ -211,7 +256,8 @@ class WanDiT(nnx.Module):
     graphdef, params = nnx.split(self.blocks)
 
     def body(h, layer_params):
-      return nnx.merge(graphdef, layer_params)(h, ctx, e, rope), None
+      with jax.named_scope("block"):
+        return nnx.merge(graphdef, layer_params)(h, ctx, e, rope), None
 
     if cfg.remat != "none":
       body = jax.checkpoint(body, policy=_REMAT[cfg.remat], prevent_cse=not cfg.scan_layers)
@@ -230,17 +276,20 @@ class WanDiT(nnx.Module):
       raise ValueError(f"latents of shape {x.shape}: expected (B, F, H, W, {cfg.in_channels})")
     pt, ph, pw = cfg.patch_size
     grid = (x.shape[1] // pt, x.shape[2] // ph, x.shape[3] // pw)
-    tokens = self.patchify(x)
-    h = self.patch_embedding(tokens).astype(jnp.float32)
-    h = constrain(h, ("batch", "length", "embed"))
-    temb, e = self.embed_time(jnp.asarray(t), tokens.shape[1])
-    ctx = self.embed_text(jnp.asarray(context))
+    with jax.named_scope("embed"):
+      tokens = self.patchify(x)
+      h = self.patch_embedding(tokens).astype(jnp.float32)
+      h = constrain(h, ("batch", "length", "embed"))
+      temb, e = self.embed_time(jnp.asarray(t), grid)
+      ctx = self.embed_text(jnp.asarray(context))
     cos, sin = rope_tables(grid, cfg.rope_split, cfg.rope_theta, cfg.rope_max_seq_len)
     h = self.run_blocks(h, ctx, e, (jnp.asarray(cos), jnp.asarray(sin)))
-    mod = self.scale_shift_table[...].astype(jnp.float32) + temb[:, :, None, :]
-    h = layer_norm(h, cfg.eps) * (1 + mod[:, :, 1]) + mod[:, :, 0]
-    out = self.proj_out(h.astype(DTYPES[cfg.dtype])).astype(jnp.float32)
-    return self.unpatchify(out, grid)
+    with jax.named_scope("head"):
+      mod = self.scale_shift_table[...].astype(jnp.float32) + temb[:, :, None, :]
+      shift, scale = (per_token(mod[:, :, i], h.shape[1]) for i in range(2))
+      h = layer_norm(h, cfg.eps) * (1 + scale) + shift
+      out = self.proj_out(h.astype(DTYPES[cfg.dtype])).astype(jnp.float32)
+      return self.unpatchify(out, grid)
 
 
 def load_dit(path: str | Path, **overrides) -> WanDiT:
