@@ -30,7 +30,7 @@ def test_t2v_ratio_one_noises_frame0_and_gives_its_tokens_t():
   s = out["sigma"][:, None, None, None, None]
   np.testing.assert_allclose(out["x_t"], (1 - s) * x0 + s * eps, rtol=1e-5, atol=1e-5)
   assert float(jnp.abs(out["x_t"][:, 0] - x0[:, 0]).min()) > 0  # frame 0 is noised
-  np.testing.assert_allclose(out["t"], 1000.0 * out["sigma"][:, None] * jnp.ones((1, 12)),
+  np.testing.assert_allclose(out["t"], 1000.0 * out["sigma"][:, None] * jnp.ones((1, SHAPE[1])),
                              rtol=1e-6)
   assert bool(out["t2v"].all())
 
@@ -49,10 +49,9 @@ def test_t2v_ratio_half_mixes_per_sample():
   out = flow.ti2v_training_inputs(x0, jax.random.key(0), t2v_ratio=0.5)
   t2v = np.asarray(out["t2v"])
   assert 10 < t2v.sum() < 54
-  t0 = np.asarray(out["t"][:, :4])  # frame-0 tokens
+  t0 = np.asarray(out["t"][:, 0])  # frame 0 (timesteps are per latent frame)
   np.testing.assert_array_equal(t0[~t2v], 0.0)
-  np.testing.assert_allclose(t0[t2v], 1000.0 * np.asarray(out["sigma"])[t2v, None] * np.ones(4),
-                             rtol=1e-6)
+  np.testing.assert_allclose(t0[t2v], 1000.0 * np.asarray(out["sigma"])[t2v], rtol=1e-6)
 
 
 def test_loss_frames():
