@@ -462,6 +462,11 @@ def main(argv: list[str]) -> int:
   return 0
 
 
-if __name__ == "__main__":
+def console() -> None:
+  """The `vbridge-aot` script (same as `python -m vbridge_jax.aot`)."""
   flags.mark_flag_as_required("config")
   app.run(main)
+
+
+if __name__ == "__main__":
+  console()

@@ -307,9 +307,11 @@ def _config_help() -> str:
 
 _CONFIG_FILE = Path(__file__).resolve().parent.parent / "configs" / "evaluate.py"
 
-if __name__ == "__main__":
-  from absl import app
-  from ml_collections import config_flags
+def console() -> None:
+  """The `vbridge-evaluate` script (same as `python -m vbridge_jax.evaluate`)."""
+  global __doc__, _CONFIG  # pylint: disable=global-statement
+  from absl import app  # pylint: disable=import-outside-toplevel
+  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
 
   sys.path.insert(0, str(_CONFIG_FILE.parent.parent))
   __doc__ += _config_help()
@@ -319,3 +321,7 @@ if __name__ == "__main__":
   if any(a in ("--help", "-h", "--helpshort", "-?") for a in sys.argv[1:]):
     app.usage(shorthelp=True, writeto_stdout=True, exitcode=0)  # absl's own --help exits 1
   app.run(main)
+
+
+if __name__ == "__main__":
+  console()

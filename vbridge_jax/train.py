@@ -122,5 +122,10 @@ def main(argv: list[str]) -> int:
   return 0
 
 
-if __name__ == "__main__":
+def console() -> None:
+  """The `vbridge-train` script (same as `python -m vbridge_jax.train`)."""
   app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  console()
