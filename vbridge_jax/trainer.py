@@ -147,8 +147,7 @@ def _write_config(config, workdir: str) -> None:
 
 def _rate_fields(config, dcfg, crop: int):
   """steps/s -> {tokens_per_sec, mfu} for a stage's clips (MFU on known device kinds only)."""
-  frames = 1 + (int(config.data.frames) - 1) // 4  # latent frames
-  tokens = frames * (crop // 16 // dcfg.patch_size[1]) * (crop // 16 // dcfg.patch_size[2])
+  tokens = setup.latent_tokens(config, crop)  # from the codec's and the DiT's geometry
   step = flops.train_step_flops(dcfg, tokens, int(config.data.batch_size), finetune=config.finetune,
                                 lora_rank=int(config.lora.rank),
                                 lora_targets=str(config.lora.targets).split(","))
@@ -247,7 +246,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         saved_data = None
         logger.write(f"stage {stage.index}: {stage.size}px, steps {stage.start}..{stage.end} "
                      f"(from {step})")
-        logger.rate_fields = _rate_fields(config, dcfg, setup.crop_size(stage.size))
+        logger.rate_fields = _rate_fields(config, dcfg, setup.crop_size(stage.size,
+                                                                        setup.pixel_multiple(config)))
         end = min(stage.end, stop_at)
         while step < end:
           batch = next(iterator)
