@@ -267,20 +267,28 @@ def load_context(config, dcfg: DiTConfig) -> np.ndarray:
 
 
 def data_source(config, workdir: str) -> str:
-  """The data source path; 'demo' builds the built-in few-shot set into the workdir."""
+  """The training data path; 'demo' builds the built-in few-shot set into the workdir and
+  trains on its `train/` split (`heldout/`: `demo_split(..., "heldout")`)."""
   if config.data.source != "demo":
     return config.data.source
+  return demo_split(config, workdir, "train")
+
+
+def demo_split(config, workdir: str, split: str) -> str:
+  """`WORKDIR/demo_data/<split>` (train | heldout), built on first use (process 0; the
+  others wait): `data.demo_per_category` training and `data.demo_heldout` held-out pairs
+  per category, from disjoint photos (data/fewshot.py)."""
   out = os.path.join(workdir, "demo_data")
-  done = os.path.join(out, ".complete")
+  done = os.path.join(out, ".complete_split")  # the flat pre-split layout had `.complete`
   if jax.process_index() == 0 and not os.path.exists(done):
     from vbridge_jax.data import fewshot  # pylint: disable=import-outside-toplevel
     fewshot.build(out, per_category=int(config.data.get("demo_per_category", 4)),
-                  seed=int(config.seed))
+                  heldout=max(1, int(config.data.get("demo_heldout", 2))), seed=int(config.seed))
     Path(done).touch()
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     multihost_utils.sync_global_devices("demo_data")
-  return out
+  return os.path.join(out, split)
 
 
 # The Wan2.2 VAE downsamples 16x and the DiT patches latents 2x2: 32 pixels. Other codecs:
