@@ -35,7 +35,7 @@ from vbridge_jax import flow
 from vbridge_jax import flops
 from vbridge_jax import sharding as sh
 from vbridge_jax.sampler import Sampler, SamplerConfig
-from vbridge_jax.train_utils import latents, setup
+from vbridge_jax.train_utils import evaluation, latents, setup
 from vbridge_jax.train_utils.checkpointing import Checkpointer, iterator_state, set_iterator_state
 from vbridge_jax.train_utils.metrics import MetricsLogger, save_grid
 
@@ -210,6 +210,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   pending: list[tuple[int, dict[str, jax.Array]]] = []
   last_row: dict[str, Any] = {}
   step = start
+  evaluator = evaluation.Evaluator(config, workdir, dcfg, mesh, logger)
 
   def flush(stage, do_log: bool) -> None:
     """Fetches pending metrics; stops on a non-finite value; logs the mean."""
@@ -270,6 +271,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
             lq, gt, z = _sample_inputs(vae, batch, iterator, int(config.samples.count), mesh)
             write_samples(m, vae, lq, gt, z, context, config,
                           os.path.join(workdir, "samples", f"step_{step:07d}.png"), mesh)
+          if evaluator.due(step, stage):  # held-out restore + scores (train_utils/evaluation.py)
+            evaluator.run(nnx.merge(graphdef, state)[0], nnx.merge(vae_graphdef, vae_state), step)
   finally:
     ckpt.close()
     logger.close()
