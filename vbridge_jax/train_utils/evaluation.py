@@ -179,6 +179,12 @@ class Evaluator:
     kw = {"mesh": self.mesh} if "mesh" in inspect.signature(R.Restorer).parameters else {}
     restorer = R.Restorer(model, vae, self.positive, self.negative, self.sampler_config,
                           frames=self.frames, seed=self.seed, **kw)
+    # A Restorer without `mesh=` builds its own over the local devices; it must also be the
+    # context mesh (the trainer runs inside `jax.set_mesh` of its own, maybe smaller, mesh).
+    with jax.set_mesh(getattr(restorer, "mesh", self.mesh)):
+      return self._restore_all(restorer)
+
+  def _restore_all(self, restorer) -> list[np.ndarray]:
     groups: dict[tuple[int, int], list[int]] = {}
     for i, im in enumerate(self.images):
       p = R.plan_size(*im.lq.shape[:2])
