@@ -161,7 +161,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   sh.maybe_initialize_distributed(config.get("distributed"))
   os.makedirs(workdir, exist_ok=True)
   _write_config(config, workdir)
-  stages = setup.parse_stages(config.stages, int(config.total_steps))
+  stages = setup.parse_stages(config.stages, int(config.total_steps), setup.pixel_multiple(config))
   total = int(config.total_steps)
 
   # ---------------------------------------------------------------- mesh and state
