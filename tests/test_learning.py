@@ -1,11 +1,21 @@
-"""The method learns: a short run on one easy degradation beats its input on held-out photos.
+"""Does the method learn? A short run on one degradation, scored on held-out photos.
 
 `train_and_evaluate` trains a small DiT on the pixel codec (lossless, so nothing but the
 DiT stands between the data and the score) on the demo set's training split of one
-category, and its held-out evaluation restores photos it never saw through the restore
-command's `Restorer`. The assertion is on the held-out PSNR-Y gain over the unrestored
-input. Breaking the method makes it fail (checked by hand, one mutation at a time, in a
-scratch copy): see the table in the commit that added this test.
+category (Lowlight, 32 px), and its held-out evaluation restores photos it never saw
+through the restore command's `Restorer`. A restoration must beat the unrestored input in
+PSNR-Y *and* keep its structure (SSIM-Y at least the input's): a PSNR gain alone is not
+evidence of learning here, because brightening a dark picture to the training set's mean
+raises PSNR without looking at frame 0.
+
+Measured (300 steps, this configuration): PSNR-Y 9.31 -> 13.93 dB (+4.62) but SSIM-Y
+0.236 -> 0.014. The same run with the method broken on purpose, one mutation at a time,
+scored +4.47 (frame 0 noised in training), +4.05 (frame-0 tokens given the noisy
+timestep) and +4.63 dB (no first-frame re-imposition in the sampler): a PSNR-only
+assertion passes all three. A DiT trained from scratch has not yet learned to read frame 0
+at the same position (the cross-frame copy the pretrained Wan2.2 brings) in a CI budget,
+so this test is an expected failure (strict: it fails CI once the recipe does learn, so
+that the marker is then removed and the mutations rechecked).
 """
 
 import json
@@ -49,6 +59,9 @@ def learning_config(data: str, heldout: str):
   return c
 
 
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="a from-scratch tiny DiT does not learn the cross-frame "
+                   "copy in 300 CPU steps (module docstring)")
 def test_tiny_model_learns_one_degradation(tmp_path, _fast_compiles):
   fewshot.build(tmp_path / "data", per_category=8, heldout=4, size=64, categories=(CATEGORY,),
                 seed=1)
@@ -58,3 +71,4 @@ def test_tiny_model_learns_one_degradation(tmp_path, _fast_compiles):
   ev = [r for r in rows if "eval/psnr_y" in r][-1]
   gain = ev["eval/psnr_y"] - ev["eval/input_psnr_y"]
   assert gain >= MIN_GAIN_DB, f"held-out PSNR-Y gain {gain:.2f} dB < {MIN_GAIN_DB} dB: {ev}"
+  assert ev["eval/ssim_y"] >= ev["eval/input_ssim_y"], f"structure lost (SSIM-Y): {ev}"
