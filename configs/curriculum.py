@@ -9,9 +9,9 @@ Variants (`--config=configs/curriculum.py:VARIANT`):
   crop of the largest multiple of 32 pixels: 512, 704, 960), one clip per device. Needs `init_from` (the output of
   `convert/wan_to_jax.py`), `data.source` (paired folders or a prepared TFDS set) and
   `prompts` (`convert/encode_prompts.py`); it fails fast naming what is missing.
-- `tiny`: the README's main command. A small random DiT (dim 192, 4 layers) on the lossless
+- `tiny`: the README's main command. A small random DiT (dim 384, 2 layers) on the lossless
   pixel codec (`model.vae="pixel"`, models/pixel_codec.py) trained on the demo set's
-  training split, stages 64 -> 96 -> 128 px; at every stage end it restores the demo set's
+  training split, stages 64 -> 128 px, 1400 steps; at every stage end it restores the demo set's
   held-out split (photos never trained on) and logs PSNR-Y/SSIM-Y beside the unrestored
   input's (`config.eval`, train_utils/evaluation.py); the last line is the held-out gain.
 - `tiny_wan`: tiny random DiT and tiny random Wan VAE; exercises the whole trainer (VAE in
@@ -153,8 +153,8 @@ def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The README's main command: a small DiT on the lossless pixel codec that visibly
   learns on a CPU, scored on the demo set's held-out split (module docstring)."""
   c = tiny_wan(c)
-  c.total_steps = 800
-  c.stages = "64:3,128:1"
+  c.total_steps = 1400
+  c.stages = "64:5,128:1"
   # Wide and shallow: a token is 2x2 codec pixels x 48 = 192 values, which the DiT must
   # carry through (the velocity contains the input noise), so dim > 192.
   c.model.dit_overrides = ml_collections.ConfigDict(dict(
