@@ -88,7 +88,7 @@ def measure_matmul(n: int = 8192, repeats: int = 20) -> dict:
 def _config(finetune: str, param_dtype: str, remat: str):
   from configs import curriculum  # pylint: disable=import-outside-toplevel
   if TINY:
-    c = curriculum.get_config("tiny")
+    c = curriculum.get_config("tiny_wan")
     c.finetune = finetune
     c.model.param_dtype, c.model.remat = param_dtype, remat
   else:

@@ -73,7 +73,7 @@ def main() -> None:
   rows = []
   for name in args.configs.split(","):
     for size in (int(s) for s in args.sizes.split(",")):
-      c = curriculum.get_config("tiny")
+      c = curriculum.get_config("tiny_wan")
       c.data.batch_size, c.data.frames = args.batch, args.frames
       if name == "small":
         c.model.dit_overrides = ml_collections.ConfigDict(SMALL_DIT)

@@ -38,7 +38,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = arg or ""
   if arg not in ("", "tiny"):
     raise ValueError(f"unknown variant {arg!r} of configs/drift.py; one of '', 'tiny'")
-  c = curriculum.get_config("tiny" if arg == "tiny" else "")
+  c = curriculum.get_config("tiny_wan" if arg == "tiny" else "")
   c.drift = True
   c.data.frames = 5
   c.data.drift_outputs = ""  # required: the base model's outputs <category>/<id>.<ext>

@@ -37,7 +37,7 @@ TOTAL_STEPS = 3
 def make_config(args):
   """`configs/curriculum.py:tiny` shrunk as in tests/test_trainer.py, for this test."""
   from configs import curriculum  # pylint: disable=import-outside-toplevel
-  c = curriculum.get_config("tiny")
+  c = curriculum.get_config("tiny_wan")
   c.data.source = args.data
   c.stages = "32"
   c.total_steps = TOTAL_STEPS

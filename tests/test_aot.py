@@ -24,14 +24,14 @@ def test_missing_libtpu_says_how_to_install(monkeypatch):
   from configs import curriculum  # pylint: disable=import-outside-toplevel
   monkeypatch.setattr(aot, "has_libtpu", lambda: False)
   with pytest.raises(aot.AOTError, match=r"pip install 'vbridge_jax\[tpu\]'"):
-    aot.run(curriculum.get_config("tiny"), "v5e:2x2")
+    aot.run(curriculum.get_config("tiny_wan"), "v5e:2x2")
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not aot.has_libtpu(), reason="libtpu is not installed (pip install 'vbridge_jax[tpu]')")
 def test_tiny_train_step_compiles_for_v5e():
   from configs import curriculum  # pylint: disable=import-outside-toplevel
-  config = curriculum.get_config("tiny")
+  config = curriculum.get_config("tiny_wan")
   config.model.dtype = "bfloat16"
   [r] = aot.run(config, "v5e:2x2", steps=["train"], size=64, frames=5)
   assert config.model.attention == "xla"  # the caller's config is left as it was (ran splash)

@@ -95,3 +95,23 @@ def test_fewshot_clean_folder_and_its_errors(tmp_path):
   errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
   assert len(errors) == 1 and "z.png" in errors[0]
   assert "Traceback" not in r.stderr
+
+
+def test_fewshot_heldout_split_uses_disjoint_clean_images(tmp_path):
+  clean = tmp_path / "clean"
+  for i in range(8):  # one flat colour per clean image: a GT's colour names its source
+    save(clean / f"{i}.png", np.full((16, 16, 3), 20 * i + 10, np.uint8))
+  out = tmp_path / "out"
+  n = fewshot.build(out, clean=clean, per_category=3, heldout=2, categories=["Blur", "Noise"])
+  assert n == 2 * (3 + 2)
+
+  def sources(split):
+    return {int(np.asarray(Image.open(p))[0, 0, 0]) for p in (out / split).glob("*/GT/*.png")}
+
+  assert sorted(p.name for p in (out / "heldout").iterdir()) == ["Blur", "Noise"]
+  assert len(list((out / "heldout" / "Blur" / "LQ").iterdir())) == 2
+  assert sources("heldout") == {70, 150}  # the 4th and 8th image
+  assert sources("train") and not sources("train") & sources("heldout")
+  train, held = fewshot.split_sources(fewshot.builtin_photos(), builtin=True)
+  assert {s[0] for s in held} == set(fewshot.HELDOUT_PHOTOS)
+  assert not {s[0] for s in train} & set(fewshot.HELDOUT_PHOTOS)

@@ -48,7 +48,7 @@ def latent_dir(tmp_path_factory) -> str:
 
 
 def _config(demo: str, latent_dir: str, base=None, **kw):
-  c = base or curriculum.get_config("tiny")
+  c = base or curriculum.get_config("tiny_wan")
   c.data.source = demo
   c.stages = "32,32"  # a stage change (new pipeline) without a second compile
   c.total_steps = 4

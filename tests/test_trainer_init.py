@@ -36,7 +36,7 @@ def test_init_from_converted_checkpoint_sharded(tmp_path):
            positive=rng.standard_normal((7, tiny.TEXT_DIM)).astype(np.float32))
   fewshot.build(tmp_path / "demo", per_category=1, size=64, categories=("Blur", "Noise"))
 
-  c = curriculum.get_config("tiny")
+  c = curriculum.get_config("tiny_wan")
   c.random_init = False
   c.init_from = str(tmp_path / "model")
   c.prompts = str(tmp_path / "prompts.npz")

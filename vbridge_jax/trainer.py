@@ -39,7 +39,7 @@ from vbridge_jax import flow
 from vbridge_jax import flops
 from vbridge_jax import sharding as sh
 from vbridge_jax.sampler import Sampler, SamplerConfig
-from vbridge_jax.train_utils import latents, setup
+from vbridge_jax.train_utils import evaluation, latents, setup
 from vbridge_jax.train_utils.checkpointing import Checkpointer, iterator_state, set_iterator_state
 from vbridge_jax.train_utils.metrics import MetricsLogger, save_grid
 
@@ -180,8 +180,7 @@ def _write_json(path: str, text: str) -> None:
 
 def _rate_fields(config, dcfg, crop: int):
   """steps/s -> {tokens_per_sec, mfu} for a stage's clips (MFU on known device kinds only)."""
-  frames = 1 + (int(config.data.frames) - 1) // 4  # latent frames
-  tokens = frames * (crop // 16 // dcfg.patch_size[1]) * (crop // 16 // dcfg.patch_size[2])
+  tokens = setup.latent_tokens(config, crop)  # from the codec's and the DiT's geometry
   step = flops.train_step_flops(dcfg, tokens, int(config.data.batch_size), finetune=config.finetune,
                                 lora_rank=int(config.lora.rank),
                                 lora_targets=setup.lora_targets(config))
@@ -222,7 +221,7 @@ class _Run:
 
   def __init__(self, config, workdir: str, devices: list, source: str, total: int):
     self.config, self.workdir, self.source = config, workdir, source
-    self.stages = setup.parse_stages(config.stages, total)
+    self.stages = setup.parse_stages(config.stages, total, setup.pixel_multiple(config))
     self.total, self.stop_at = total, _stop_step(config, total)
     self.mesh = sh.create_mesh(dict(config.mesh), devices)
     rules = sh.rules_from_config(config.logical_axis_rules)
@@ -264,6 +263,7 @@ class _Run:
     self.pending: list[tuple[int, dict[str, jax.Array]]] = []
     self.last_row: dict[str, Any] = {}
     self.profile = _Profile(config.get("profile"), workdir)
+    self.evaluator = evaluation.Evaluator(config, workdir, self.dcfg, self.mesh, self.logger)
 
   # ------------------------------------------------------------------------ the stage
 
@@ -284,8 +284,8 @@ class _Run:
     self.logger.write(f"stage {stage.index}: {stage.size}px, steps {stage.start}..{stage.end} "
                       f"(from {self.step})")
     iterator = self.stage_iterator(stage)
-    self.logger.rate_fields = _rate_fields(self.config, self.dcfg,
-                                           setup.crop_size(stage.size))
+    self.logger.rate_fields = _rate_fields(
+        self.config, self.dcfg, setup.crop_size(stage.size, setup.pixel_multiple(self.config)))
     end = min(stage.end, self.stop_at)
     while self.step < end:
       batch = self.train_one_step(iterator)
@@ -320,6 +320,9 @@ class _Run:
       self._save(stage, iterator, force=step == end)
     if self._samples_due(stage):
       self._write_samples(iterator, batch)
+    if self.evaluator.due(step, stage):  # held-out restore + scores (train_utils/evaluation.py)
+      self.evaluator.run(nnx.merge(self.graphdef, self.state)[0],
+                         nnx.merge(self.vae_graphdef, self.vae_state), step)
 
   def _fetch_metrics(self, stage) -> list[dict[str, Any]]:
     """The pending steps' metrics on the host; a non-finite one stops the run."""

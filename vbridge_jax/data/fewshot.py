@@ -1,7 +1,7 @@
 """Few-shot restoration sets from clean images: `DIR/<category>/{LQ,GT}/<id>.png`.
 
     python -m vbridge_jax.data.fewshot --out DIR [--clean DIR] [--per-category N]
-        [--seed S] [--size PX] [--categories A,B,...]
+        [--heldout N] [--seed S] [--size PX] [--categories A,B,...]
 
 With no `--clean`, the clean images are the public-domain photos that ship inside
 scikit-image (astronaut, coffee, chelsea, rocket, hubble_deep_field,
@@ -13,6 +13,13 @@ the trainer's embedded demo set: by default 4 pairs for each of the 21 categorie
 The output is a pure function of the inputs and `--seed`. `--out` may not overlap
 `--clean` (the set would feed its own outputs back in, or overwrite its inputs); a
 dangling link under `--clean` and a write that fails (a full disk) are one-line errors.
+
+`--heldout N` (N > 0) also writes a held-out split whose clean images are disjoint from the
+training split's: `DIR/train/<category>/{LQ,GT}/<id>.png` (`--per-category` pairs each) and
+`DIR/heldout/<category>/{LQ,GT}/<id>.png` (N pairs each). The built-in photos split as
+`HELDOUT_PHOTOS` (held out) and the rest; with `--clean`, every fourth image (sorted order,
+the 4th, 8th, ...) is held out. The trainer's demo set (`data.source="demo"`) is built this
+way: it trains on `train/` and scores `heldout/` during training (`config.eval`).
 """
 
 from __future__ import annotations
@@ -31,8 +38,10 @@ from vbridge_jax.data.files import IMAGE_EXTS, DataError, read_rgb
 
 BUILTIN_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field",
                   "immunohistochemistry", "retina", "stereo_motorcycle")
+HELDOUT_PHOTOS = ("chelsea", "coffee")  # held out of the built-in photos' training split
 DEFAULT_SIZE = 256
 DEFAULT_PER_CATEGORY = 4
+SPLITS = ("train", "heldout")
 
 
 def builtin_photos() -> list[tuple[str, np.ndarray]]:
@@ -91,8 +100,13 @@ def random_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.nd
 def build(out: str | os.PathLike, *, clean: str | os.PathLike | None = None,
           per_category: int = DEFAULT_PER_CATEGORY, seed: int = 0,
           size: int | None = None, categories: Sequence[str] = CATEGORIES,
-          progress: bool = False) -> int:
-  """Writes the set; returns the number of pairs written."""
+          progress: bool = False, heldout: int = 0) -> int:
+  """Writes the set; returns the number of pairs written.
+
+  `heldout > 0`: `out/train/` and `out/heldout/` from disjoint clean images (module doc).
+  """
+  if heldout < 0:
+    raise DataError(f"--heldout must be >= 0, got {heldout}")
   if per_category < 1:
     raise DataError(f"--per-category must be at least 1, got {per_category}")
   unknown = [c for c in categories if c not in CATEGORIES]
@@ -109,25 +123,46 @@ def build(out: str | os.PathLike, *, clean: str | os.PathLike | None = None,
     sources = list(clean_images(clean))
     size = 0 if size is None else size
   out = Path(out)
-  todo = [(c, i) for c in categories for i in range(per_category)]
+  if heldout:
+    train_src, held_src = split_sources(sources, clean is None)
+    jobs = [(out / "train", train_src, per_category, 0), (out / "heldout", held_src, heldout, 1)]
+  else:
+    jobs = [(out, sources, per_category, None)]
+  total = sum(n for _, _, n, _ in jobs) * len(categories)
   bar = None
   if progress:
     from tqdm import tqdm
-    bar = tqdm(total=len(todo), desc="fewshot pairs", unit="pair")
+    bar = tqdm(total=total, desc="fewshot pairs", unit="pair")
   try:
-    _write(out, todo, sources, clean is not None, size, seed, per_category, bar)
+    for folder, srcs, n, split in jobs:
+      todo = [(c, i) for c in categories for i in range(n)]
+      _write(folder, todo, srcs, clean is not None, size, seed, n, bar, split)
   finally:
     if bar is not None:
       bar.close()
-  return len(todo)
+  return total
+
+
+def split_sources(sources: list, builtin: bool) -> tuple[list, list]:
+  """(training, held-out) clean images, disjoint: `HELDOUT_PHOTOS` of the built-in photos,
+  or every fourth image of a folder."""
+  if builtin:
+    held = [s for s in sources if s[0] in HELDOUT_PHOTOS]
+    train = [s for s in sources if s[0] not in HELDOUT_PHOTOS]
+  else:
+    held, train = sources[3::4], [s for i, s in enumerate(sources) if i % 4 != 3]
+  if not held or not train:
+    raise DataError(f"--heldout needs at least 4 clean images (got {len(sources)}): "
+                    "every fourth one is held out")
+  return train, held
 
 
 def _write(out: Path, todo, sources, from_folder: bool, size: int, seed: int,
-           per_category: int, bar) -> None:
+           per_category: int, bar, split: int | None = None) -> None:
   cache: dict[int, np.ndarray] = {}
   for category, i in todo:
     cat_index = CATEGORIES.index(category)
-    rng = np.random.default_rng([seed, cat_index, i])
+    rng = np.random.default_rng([seed, cat_index, i] + ([] if split is None else [split]))
     n_pair = cat_index * per_category + i  # each wrap shifts by one: photos mix
     k = (n_pair + n_pair // len(sources)) % len(sources)
     if k not in cache:
@@ -154,6 +189,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--out", required=True, help="output folder")
   p.add_argument("--clean", default=None, help="folder of clean images (default: built-in)")
   p.add_argument("--per-category", type=int, default=DEFAULT_PER_CATEGORY)
+  p.add_argument("--heldout", type=int, default=0,
+                 help="held-out pairs per category from disjoint clean images: writes "
+                 "OUT/train/ and OUT/heldout/ (default 0: one flat set)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--size", type=int, default=None,
                  help=f"square crop size (default {DEFAULT_SIZE}; 0 = full image, the "
@@ -164,7 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   cats = [c for c in args.categories.split(",") if c]
   try:
     n = build(args.out, clean=args.clean, per_category=args.per_category,
-              seed=args.seed, size=args.size, categories=cats, progress=True)
+              seed=args.seed, size=args.size, categories=cats, progress=True,
+              heldout=args.heldout)
   except DataError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

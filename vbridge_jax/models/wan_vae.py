@@ -301,14 +301,20 @@ def _filled(state, params: dict):
 
 
 def load_vae(path: str | Path, sharding: Any = None, **overrides) -> WanVAE:
-  """Loads a converted VAE from `OUT` or `OUT/vae` (written by convert/wan_to_jax.py).
+  """Loads the codec of a model folder `OUT` or `OUT/vae`: a converted VAE (written by
+  convert/wan_to_jax.py), or the parameter-free `PixelCodec` when `vae/config.json` has
+  `"_class_name": "PixelCodec"` (models/pixel_codec.py).
 
   `overrides` set run-time switches (`dtype`, `param_dtype`, `precision`, `attn_block`).
   `sharding` (e.g. replicated over a mesh that spans processes): every parameter is read
   straight into it, as a multi-process restore needs.
   """
   from vbridge_jax.checkpoints import io  # pylint: disable=import-outside-toplevel
+  from vbridge_jax.models import pixel_codec  # pylint: disable=import-outside-toplevel
 
+  pixel = pixel_codec.read_config(path)
+  if pixel is not None:
+    return pixel_codec.PixelCodec(pixel)
   folder = io.find_component(Path(path), "vae")
   cfg = VAEConfig.from_dict(io.read_component_config(folder), **overrides)
   abstract = nnx.eval_shape(lambda: WanVAE(cfg, rngs=nnx.Rngs(0)))

@@ -21,6 +21,7 @@ from vbridge_jax import prompts
 from vbridge_jax import sharding as sh
 from vbridge_jax.models import lora as lora_lib
 from vbridge_jax.models.configs import DiTConfig, VAEConfig
+from vbridge_jax.models.pixel_codec import PixelCodec, PixelCodecConfig, read_config
 from vbridge_jax.models.wan_dit import WanDiT
 from vbridge_jax.models.wan_vae import WanVAE, load_vae
 
@@ -39,8 +40,11 @@ class Stage:
   end: int  # last step (exclusive)
 
 
-def parse_stages(spec: str, total_steps: int) -> list[Stage]:
-  """`"512,720,960"` or `"512:1,720:2"` -> stages covering `[0, total_steps)` by share."""
+def parse_stages(spec: str, total_steps: int, multiple: int | None = None) -> list[Stage]:
+  """`"512,720,960"` or `"512:1,720:2"` -> stages covering `[0, total_steps)` by share.
+
+  `multiple`: the model's pixel multiple (`pixel_multiple(config)`); each stage must hold
+  at least one crop of it."""
   if total_steps < 1:
     raise ConfigError(f"total_steps must be >= 1, got {total_steps}")
   sizes, shares = [], []
@@ -59,7 +63,7 @@ def parse_stages(spec: str, total_steps: int) -> list[Stage]:
   if any(s < 1 for s in sizes) or any(w <= 0 for w in shares):
     raise ConfigError(f"stage sizes and shares must be positive: stages={spec!r}")
   for s in sizes:
-    crop_size(s)  # fails fast on a stage too small for the model
+    crop_size(s, multiple)  # fails fast on a stage too small for the model
   bounds = np.rint(np.cumsum(shares) / sum(shares) * total_steps).astype(int)
   starts = [0] + list(bounds[:-1])
   stages = [Stage(i, sizes[i], int(a), int(b)) for i, (a, b) in enumerate(zip(starts, bounds))]
@@ -108,20 +112,37 @@ def dit_config(config) -> DiTConfig:
   presets = {"ti2v_5b": DiTConfig.ti2v_5b, "tiny": DiTConfig.tiny}
   if config.model.dit not in presets:
     raise ConfigError(f"model.dit={config.model.dit!r} is not one of {', '.join(presets)}")
-  overrides = dict(config.model.get("dit_overrides") or {})
+  # A random DiT reads and writes the codec's latent channels (48 for wan22 and the pixel
+  # codec, 8 for the tiny VAE); dit_overrides still win.
+  z_dim = vae_config(config).z_dim
+  overrides = dict(in_channels=z_dim, out_channels=z_dim) | dict(config.model.get("dit_overrides") or {})
   return presets[config.model.dit](**(_runtime(config) | overrides))
 
 
-def vae_config(config) -> VAEConfig:
+VAE_PRESETS = ("wan22", "tiny", "pixel")
+
+
+def vae_config(config) -> VAEConfig | PixelCodecConfig:
+  """The frozen codec's config: `init_from`'s `vae/` (a converted WanVAE or a PixelCodec),
+  else the `model.vae` preset (`wan22`, `tiny`: random WanVAE; `pixel`: the PixelCodec,
+  `model.vae_overrides` may set its `patch`, `temporal`, `scale`)."""
   rt = dict(dtype=config.model.vae_dtype)
+  overrides = dict(config.model.get("vae_overrides") or {})
   if config.init_from:
+    pixel = read_config(config.init_from)
+    if pixel is not None:
+      return pixel
     from vbridge_jax.checkpoints import io  # pylint: disable=import-outside-toplevel
     folder = io.find_component(Path(config.init_from), "vae")
     return VAEConfig.from_dict(io.read_component_config(folder), **rt)
+  if config.model.vae not in VAE_PRESETS:
+    raise ConfigError(f"model.vae={config.model.vae!r} is not one of {', '.join(VAE_PRESETS)}")
+  if config.model.vae == "pixel":
+    try:
+      return PixelCodecConfig.from_dict(overrides)
+    except (TypeError, ValueError) as e:
+      raise ConfigError(f"model.vae_overrides={overrides} for the pixel codec: {e}") from None
   presets = {"wan22": VAEConfig.wan22, "tiny": VAEConfig.tiny}
-  if config.model.vae not in presets:
-    raise ConfigError(f"model.vae={config.model.vae!r} is not one of {', '.join(presets)}")
-  overrides = dict(config.model.get("vae_overrides") or {})
   return presets[config.model.vae](**(rt | overrides))
 
 
@@ -162,6 +183,21 @@ def objective(config) -> tuple[float, float, str]:
     raise ConfigError(f"flow.loss_frames={loss_frames!r} is not one of "
                       f"{', '.join(flow.LOSS_FRAMES)}")
   return text_drop, t2v_ratio, loss_frames
+
+
+def pixel_multiple(config) -> int:
+  """Clip sides must be multiples of this: the codec's spatial factor x the DiT's patch
+  (16 x 2 = 32 for Wan2.2, 4 x 2 = 8 for the pixel codec)."""
+  dcfg = dit_config(config)
+  return vae_config(config).scale_factor_spatial * max(dcfg.patch_size[1:])
+
+
+def latent_tokens(config, crop: int) -> int:
+  """DiT tokens of one `crop x crop` clip of `data.frames` frames (codec and patch geometry)."""
+  vcfg, dcfg = vae_config(config), dit_config(config)
+  frames = 1 + (int(config.data.frames) - 1) // vcfg.scale_factor_temporal
+  side = crop // vcfg.scale_factor_spatial
+  return (frames // dcfg.patch_size[0]) * (side // dcfg.patch_size[1]) * (side // dcfg.patch_size[2])
 
 
 def check_config(config) -> None:
@@ -236,8 +272,8 @@ def check_devices(config) -> list:
   return devices
 
 
-def build_state(config, mesh, rules) -> tuple[WanDiT, nnx.Optimizer, WanVAE, Any]:
-  """The DiT (+ LoRA) and its optimizer, born sharded; the frozen VAE; the lr schedule."""
+def build_state(config, mesh, rules) -> tuple[WanDiT, nnx.Optimizer, WanVAE | PixelCodec, Any]:
+  """The DiT (+ LoRA) and its optimizer, born sharded; the frozen codec; the lr schedule."""
   dcfg, vcfg = dit_config(config), vae_config(config)
   tx, schedule = optim.make_optimizer(config.optim)
   wrt = nnx.LoRAParam if config.finetune == "lora" else nnx.Param
@@ -254,6 +290,8 @@ def build_state(config, mesh, rules) -> tuple[WanDiT, nnx.Optimizer, WanVAE, Any
   if config.init_from:
     _restore_into(model, config.init_from)
     vae = load_vae(config.init_from, dtype=config.model.vae_dtype)
+  elif isinstance(vcfg, PixelCodecConfig):
+    vae = PixelCodec(vcfg)
   else:
     vae = random_vae(vcfg, seed + 2)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -325,32 +363,43 @@ def load_context(config, dcfg: DiTConfig) -> np.ndarray:
 
 
 def data_source(config, workdir: str) -> str:
-  """The data source path; 'demo' builds the built-in few-shot set into the workdir."""
+  """The training data path; 'demo' builds the built-in few-shot set into the workdir and
+  trains on its `train/` split (`heldout/`: `demo_split(..., "heldout")`)."""
   if config.data.source != "demo":
     return config.data.source
+  return demo_split(config, workdir, "train")
+
+
+def demo_split(config, workdir: str, split: str) -> str:
+  """`WORKDIR/demo_data/<split>` (train | heldout), built on first use (process 0; the
+  others wait): `data.demo_per_category` training and `data.demo_heldout` held-out pairs
+  per category, from disjoint photos (data/fewshot.py)."""
   out = os.path.join(workdir, "demo_data")
-  done = os.path.join(out, ".complete")
+  done = os.path.join(out, ".complete_split")  # the flat pre-split layout had `.complete`
   if jax.process_index() == 0 and not os.path.exists(done):
     from vbridge_jax.data import fewshot  # pylint: disable=import-outside-toplevel
     fewshot.build(out, per_category=int(config.data.get("demo_per_category", 4)),
-                  seed=int(config.seed))
+                  heldout=max(1, int(config.data.get("demo_heldout", 2))), seed=int(config.seed))
     Path(done).touch()
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     multihost_utils.sync_global_devices("demo_data")
-  return out
+  return os.path.join(out, split)
 
 
-# The VAE downsamples 16x and the DiT patches latents 2x2: clips are multiples of 32 pixels.
+# The Wan2.2 VAE downsamples 16x and the DiT patches latents 2x2: 32 pixels. Other codecs:
+# `pixel_multiple(config)`.
 PIXEL_MULTIPLE = 32
 
 
-def crop_size(size: int) -> int:
-  """The square crop of a stage: its size rounded down to a multiple of 32 (720 -> 704; the
-  short side is still resized to the stage size, as the paper's stages state)."""
-  crop = size // PIXEL_MULTIPLE * PIXEL_MULTIPLE
-  if crop < PIXEL_MULTIPLE:
-    raise ConfigError(f"stage size {size} is below {PIXEL_MULTIPLE} pixels")
+def crop_size(size: int, multiple: int | None = None) -> int:
+  """The square crop of a stage: its size rounded down to a multiple of `multiple`
+  (`pixel_multiple(config)`; default 32: 720 -> 704; the short side is still resized to the
+  stage size, as the paper's stages state)."""
+  multiple = int(multiple or PIXEL_MULTIPLE)
+  crop = size // multiple * multiple
+  if crop < multiple:
+    raise ConfigError(f"stage size {size} is below {multiple} pixels")
   return crop
 
 
@@ -363,7 +412,7 @@ def make_iterator(config, source: str, stage: Stage, mesh) -> Any:
     raise ConfigError(f"data.batch_size={d.batch_size} is not divisible by the "
                       f"{sh.batch_shards(mesh)} data x fsdp shards of the mesh")
   return pipeline.make_iterator(
-      source, size=stage.size, crop=crop_size(stage.size), frames=int(d.frames),
+      source, size=stage.size, crop=crop_size(stage.size, pixel_multiple(config)), frames=int(d.frames),
       global_batch_size=int(d.batch_size),
       seed=int(config.seed) + 1000 * stage.index, data_dir=d.data_dir or None,
       sharding=sh.batch_sharding(mesh, 5), flips=bool(d.flips), balance=bool(d.balance),

@@ -1,0 +1,268 @@
+"""Held-out evaluation inside training (in the manner of big_vision's evaluators).
+
+`config.eval.source` names a paired tree `<category>/{LQ,GT}/<id>.<ext>` the model never
+trains on ("demo": `WORKDIR/demo_data/heldout`, the demo set's held-out split, whose photos
+are disjoint from the training split's; "": off). At every stage end and every
+`eval.every_steps` steps, the trainer calls `Evaluator.run` with its live model: the LQ
+images go through `vbridge_jax.restore.Restorer`, the code path of the restore command
+(padding to the model's multiple, codec encode of frame 0, sampling with first-frame
+conditioning, decode, last frame), and are scored against their GT with the `vbridge`
+protocol of `vbridge_jax.metrics` (PSNR/SSIM on MATLAB luma). The unrestored LQ image is
+scored the same way once, as the baseline every restoration must beat.
+
+Outputs (process 0): one row per evaluation in `metrics.jsonl` (`step`, `eval/psnr_y`,
+`eval/ssim_y`, `eval/input_psnr_y`, `eval/input_ssim_y`, `eval/gain_psnr_y`; averages per
+image), the same scalars in TensorBoard (`tensorboard/`), per-image and per-category
+figures in `eval/step_<N>.json`, a console line (restored vs input, gain in dB), and a
+picture `samples/heldout_step_<N>.png` with labelled columns LQ | restored | GT and one row
+per category (the first held-out image of each), small images enlarged with nearest
+neighbour so that a person can read them.
+
+Settings (`config.eval`): `source`, `every_steps` (0: stage ends only), `max_images` (0: all;
+else the first images taken round-robin over categories, so every category counts),
+`size` (0: native; else both LQ and GT resized so that the short side is `size`, as the
+training pipeline resizes a stage's pairs), `batch_size` (images per sampler call; 0: all
+at once), and the sampler's `steps`, `solver`, `shift`, `schedule`, `guidance`,
+`cfg_skip`, `seed`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from vbridge_jax import metrics as M
+from vbridge_jax import restore as R
+from vbridge_jax.data.files import read_rgb, scan_paired_folders
+from vbridge_jax.sampler import SamplerConfig
+from vbridge_jax.train_utils import setup
+
+KEYS = ("psnr_y", "ssim_y")
+CELL = 192  # grid cells are enlarged (nearest neighbour) to at least this many pixels
+
+
+@dataclasses.dataclass(frozen=True)
+class HeldoutImage:
+  category: str
+  name: str  # <category>/<id>, the Restorer's noise key
+  lq: np.ndarray  # uint8 (H, W, 3)
+  gt: np.ndarray
+
+
+def eval_source(config, workdir: str) -> str | None:
+  """The held-out tree of `config.eval.source`, or None when evaluation is off."""
+  src = str(config.eval.get("source", "") or "")
+  if not src:
+    return None
+  if src == "demo":
+    return setup.demo_split(config, workdir, "heldout")
+  if not Path(src).is_dir():
+    raise setup.ConfigError(f"config.eval.source={src!r} is not a folder "
+                            "(<category>/{LQ,GT}/<id>.<ext>) or 'demo'")
+  return src
+
+
+def _resize_short(img: np.ndarray, size: int) -> np.ndarray:
+  h, w = img.shape[:2]
+  if size <= 0 or min(h, w) == size:
+    return img
+  s = size / min(h, w)
+  return np.asarray(Image.fromarray(img).resize((max(1, round(w * s)), max(1, round(h * s))),
+                                                Image.BICUBIC))
+
+
+def load_heldout(root: str, *, size: int = 0, max_images: int = 0) -> list[HeldoutImage]:
+  """The held-out pairs, round-robin over categories when `max_images` cuts them."""
+  pairs = scan_paired_folders(root)
+  rank: dict[str, int] = {}
+  order = []
+  for p in pairs:
+    order.append((rank.get(p.category, 0), p.category, p))
+    rank[p.category] = rank.get(p.category, 0) + 1
+  order.sort(key=lambda x: (x[0], x[1]))
+  chosen = [p for _, _, p in order][:max_images or None]
+  chosen.sort(key=lambda p: (p.category, p.id))
+  return [HeldoutImage(p.category, f"{p.category}/{p.id}", _resize_short(read_rgb(p.lq), size),
+                       _resize_short(read_rgb(p.gt), size)) for p in chosen]
+
+
+def score(images: list[HeldoutImage], preds: list[np.ndarray]) -> dict[str, Any]:
+  """`vbridge` PSNR-Y/SSIM-Y per image, averaged per image and per category."""
+  rows = [{"name": im.name, "category": im.category} | {
+      k: v for k, v in M.compute("vbridge", p, im.gt).items() if k in KEYS}
+      for im, p in zip(images, preds)]
+  cats: dict[str, list[dict[str, Any]]] = {}
+  for r in rows:
+    cats.setdefault(r["category"], []).append(r)
+  mean = lambda rs: {k: float(np.mean([r[k] for r in rs])) for k in KEYS}
+  return {"per_image": rows, "per_category": {c: mean(rs) for c, rs in sorted(cats.items())},
+          "average_per_image": mean(rows),
+          "average_per_category": mean([{k: v[k] for k in KEYS} for v in
+                                        [mean(rs) for rs in cats.values()]])}
+
+
+def _font(px: int):
+  try:
+    return ImageFont.load_default(size=px)
+  except TypeError:  # Pillow < 10.1: one bitmap size
+    return ImageFont.load_default()
+
+
+def labelled_grid(path: str, rows: list[list[np.ndarray]], row_labels: list[str],
+                  col_labels: list[str]) -> None:
+  """uint8 images in a grid with a header row of column labels and a label above each row;
+  images smaller than `CELL` pixels are enlarged by an integer factor (nearest neighbour)."""
+  h = max(im.shape[0] for r in rows for im in r)
+  w = max(im.shape[1] for r in rows for im in r)
+  f = max(1, -(-CELL // max(h, w)))
+  ch, cw, pad, text = h * f, w * f, 4, 16
+  canvas = Image.new("RGB", (len(col_labels) * (cw + pad) + pad,
+                             text + pad + len(rows) * (ch + text + pad)), "white")
+  draw, font = ImageDraw.Draw(canvas), _font(12)
+  for j, label in enumerate(col_labels):
+    draw.text((pad + j * (cw + pad), 2), label, fill="black", font=font)
+  for i, (row, label) in enumerate(zip(rows, row_labels)):
+    y = text + pad + i * (ch + text + pad)
+    draw.text((pad, y), label, fill="black", font=font)
+    for j, im in enumerate(row):
+      big = Image.fromarray(im).resize((im.shape[1] * f, im.shape[0] * f), Image.NEAREST)
+      canvas.paste(big, (pad + j * (cw + pad), y + text))
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  tmp = f"{path}.tmp.png"
+  canvas.save(tmp)
+  os.replace(tmp, path)
+
+
+class Evaluator:
+  """Restores and scores the held-out set with the trainer's live model (`run`)."""
+
+  def __init__(self, config, workdir: str, dcfg, mesh, logger=None):
+    self.workdir, self.mesh, self.logger = workdir, mesh, logger
+    self._tb = None
+    root = eval_source(config, workdir)
+    self.enabled = root is not None
+    self.every = int(config.eval.get("every_steps", 0)) if self.enabled else 0
+    if not self.enabled:
+      return
+    e = config.eval
+    self.images = load_heldout(root, size=int(e.get("size", 0)),
+                               max_images=int(e.get("max_images", 0)))
+    self.frames, self.seed = int(config.data.frames), int(e.get("seed", 43))
+    self.batch = int(e.get("batch_size", 0))
+    self.sampler_config = SamplerConfig(
+        solver=str(e.solver), steps=int(e.steps), shift=float(e.shift),
+        schedule=str(e.schedule), guidance=float(e.guidance), cfg_skip=float(e.cfg_skip),
+        patch_size=tuple(dcfg.patch_size))
+    self.positive = setup.load_context(config, dcfg)[0]
+    self.negative = np.zeros_like(self.positive)
+    if config.prompts:
+      with np.load(config.prompts) as f:
+        if "negative" in f:
+          self.negative = np.asarray(f["negative"], np.float32)
+    self.inputs = score(self.images, [im.lq for im in self.images])
+    self.write_main = jax.process_index() == 0
+
+  def due(self, step: int, stage) -> bool:
+    return self.enabled and (step == stage.end or (self.every > 0 and step % self.every == 0))
+
+  def restore(self, model, vae) -> list[np.ndarray]:
+    """Restored uint8 images, through the restore command's `Restorer` and the run's mesh
+    where the Restorer takes one."""
+    kw = {"mesh": self.mesh} if "mesh" in inspect.signature(R.Restorer).parameters else {}
+    restorer = R.Restorer(model, vae, self.positive, self.negative, self.sampler_config,
+                          frames=self.frames, seed=self.seed, **kw)
+    # A Restorer without `mesh=` builds its own over the local devices; it must also be the
+    # context mesh (the trainer runs inside `jax.set_mesh` of its own, maybe smaller, mesh).
+    with jax.set_mesh(getattr(restorer, "mesh", self.mesh)):
+      return self._restore_all(restorer)
+
+  def _restore_all(self, restorer) -> list[np.ndarray]:
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, im in enumerate(self.images):
+      p = R.plan_size(*im.lq.shape[:2])
+      groups.setdefault((p.work_h, p.work_w), []).append(i)
+    out: list[np.ndarray | None] = [None] * len(self.images)
+    for idx in groups.values():
+      size = self.batch or len(idx)
+      for s in range(0, len(idx), size):
+        chunk = idx[s:s + size]
+        full = chunk + [chunk[-1]] * (size - len(chunk))  # one compiled batch shape
+        res = restorer.restore([self.images[i].lq for i in full], [self.images[i].name for i in full])
+        for i, r in zip(chunk, res):
+          out[i] = r
+    return out
+
+  def run(self, model, vae, step: int) -> dict[str, float]:
+    """Restores, scores and logs the held-out set at `step`; returns the logged averages."""
+    preds = self.restore(model, vae)
+    res = score(self.images, preds)
+    avg, inp = res["average_per_image"], self.inputs["average_per_image"]
+    row = {"eval/psnr_y": avg["psnr_y"], "eval/ssim_y": avg["ssim_y"],
+           "eval/input_psnr_y": inp["psnr_y"], "eval/input_ssim_y": inp["ssim_y"],
+           "eval/gain_psnr_y": avg["psnr_y"] - inp["psnr_y"]}
+    if not self.write_main:
+      return row
+    self._write(step, row, res, preds)
+    line = (f"held-out step {step}: PSNR-Y {avg['psnr_y']:.2f} dB vs input {inp['psnr_y']:.2f} "
+            f"(gain {row['eval/gain_psnr_y']:+.2f} dB), SSIM-Y {avg['ssim_y']:.4f} vs "
+            f"{inp['ssim_y']:.4f}; {len(self.images)} images")
+    if self.logger is not None:
+      self.logger.write(line)
+    else:
+      print(line, flush=True)
+    return row
+
+  def _write(self, step: int, row: dict[str, float], res: dict[str, Any], preds) -> None:
+    with open(os.path.join(self.workdir, "metrics.jsonl"), "a", encoding="utf-8") as f:
+      f.write(json.dumps({"step": int(step)} | {k: round(v, 4) for k, v in row.items()}) + "\n")
+    if self._tb is None:
+      self._tb = _Scalars(os.path.join(self.workdir, "tensorboard"))
+    self._tb(step, row)
+    detail = {"step": int(step), "restored": res, "input": self.inputs}
+    path = os.path.join(self.workdir, "eval", f"step_{step:07d}.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+      json.dump(detail, f, indent=1)
+    os.replace(path + ".tmp", path)
+    first: dict[str, int] = {}
+    for i, im in enumerate(self.images):
+      first.setdefault(im.category, i)
+    cats = sorted(first)
+    labelled_grid(os.path.join(self.workdir, "samples", f"heldout_step_{step:07d}.png"),
+                  [[self.images[first[c]].lq, preds[first[c]], self.images[first[c]].gt]
+                   for c in cats],
+                  [_row_label(c, res, self.inputs) for c in cats], ["LQ", "restored", "GT"])
+
+
+def _row_label(category: str, res: dict[str, Any], inputs: dict[str, Any]) -> str:
+  r, i = res["per_category"][category]["psnr_y"], inputs["per_category"][category]["psnr_y"]
+  return f"{category}: {i:.2f} -> {r:.2f} dB PSNR-Y"
+
+
+class _Scalars:
+  """Scalars into the run's TensorBoard folder (its own events file; tensorboardX when
+  installed, else the package's writer), flushed after every evaluation."""
+
+  def __init__(self, logdir: str):
+    try:
+      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+      self._w, self._x = SummaryWriter(logdir, filename_suffix=".eval"), True
+    except ImportError:
+      from vbridge_jax.train_utils.tensorboard import SummaryWriter  # pylint: disable=import-outside-toplevel
+      self._w, self._x = SummaryWriter(logdir), False
+
+  def __call__(self, step: int, row: dict[str, float]) -> None:
+    if self._x:
+      for k, v in row.items():
+        self._w.add_scalar(k, v, step)
+    else:
+      self._w.scalars(step, row)
+    self._w.flush()
