@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _tiny_config(data: Path):
-  c = curriculum.get_config("tiny")
+  c = curriculum.get_config("tiny_wan")
   c.data.source = str(data)
   c.data.balance = False
   c.stages = "32"
@@ -227,11 +227,10 @@ def test_export_trains_further_with_init_from(lora_run, jax_export, tmp_path):
 
 def test_pixel_codec_folder(tmp_path):
   """A run on the pixel codec exports `vae/config.json` alone, as the codec's contract says."""
-  pytest.importorskip("vbridge_jax.models.pixel_codec")
   c = curriculum.get_config("tiny")
   c.model.vae = "pixel"
   assert export._write_vae(c, tmp_path) == "pixel"  # pylint: disable=protected-access
   assert sorted(p.name for p in (tmp_path / "vae").iterdir()) == ["config.json"]
   assert json.loads((tmp_path / "vae" / "config.json").read_text()) == {
-      "_class_name": "PixelCodec", "patch": 4, "temporal": 4}
+      "_class_name": "PixelCodec", "patch": 4, "temporal": 4, "scale": 2.0}
   assert type(load_vae(tmp_path)).__name__ == "PixelCodec"

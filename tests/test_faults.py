@@ -160,7 +160,7 @@ def test_demo_data_on_a_full_disk_is_one_line(tmp_path, monkeypatch):
     raise OSError(errno.ENOSPC, "No space left on device", str(fp))
 
   monkeypatch.setattr(Image.Image, "save", full_disk)
-  cfg = curriculum.get_config("tiny")
+  cfg = curriculum.get_config("tiny_wan")
   with pytest.raises(DataError) as e:
     setup.data_source(cfg, str(tmp_path))
   assert "\n" not in str(e.value) and "No space left" in str(e.value)

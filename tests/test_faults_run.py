@@ -77,7 +77,7 @@ def latent_dir(tmp_path_factory) -> str:
 
 
 def _config(demo: str, latent_dir: str, **kw):
-  c = curriculum.get_config("tiny")
+  c = curriculum.get_config("tiny_wan")
   c.data.source = demo
   c.stages = "32"
   c.total_steps = 4
@@ -268,7 +268,7 @@ def test_failed_async_save_stops_before_the_next_log_line(demo, latent_dir, tmp_
 def test_config_errors_are_one_line_before_anything_is_written(tmp_path, override, needle):
   workdir = tmp_path / "run"
   r = subprocess.run([sys.executable, "-m", "vbridge_jax.train",
-                      "--config=configs/curriculum.py:tiny", f"--workdir={workdir}",
+                      "--config=configs/curriculum.py:tiny_wan", f"--workdir={workdir}",
                       "--config.finetune=lora", f"--config.{override}"],
                      capture_output=True, text=True, cwd=REPO,
                      env=dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",

@@ -165,7 +165,7 @@ def _step(cfg, cached=True):
 
 
 def _cfg(**kw):
-  c = curriculum.get_config("tiny")
+  c = curriculum.get_config("tiny_wan")
   for k, v in kw.items():
     node = c
     *path, last = k.split(".")

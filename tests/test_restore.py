@@ -390,6 +390,6 @@ def test_aot_compiles_the_commands_step():
   fn, static = aot.restore_step_lowering(None, None, type("C", (), {"patch_size": (1, 2, 2)}), (),
                                          vae=False)
   assert fn is restore.sample_step and static["config"].steps == 50  # SamplerConfig's defaults
-  config = curriculum.get_config("tiny")
+  config = curriculum.get_config("tiny_wan")
   [r] = aot.run(config, "v5e:2x2", steps=["restore"], restore_size="64x64", restore_frames=5)
   assert r.step == "restore" and r.batch == 4 and r.tokens == 2 * 2 * 2 and r.fits

@@ -46,7 +46,6 @@ import numpy as np
 
 FORMATS = ("jax", "wan", "diffusers")
 DTYPES = ("float32", "bfloat16")
-PIXEL_CODEC = {"_class_name": "PixelCodec", "patch": 4, "temporal": 4}
 
 
 class ExportError(ValueError):
@@ -218,11 +217,8 @@ def _write_vae(config, staging: Path) -> str:
     return _codec_of(src)
   if str(config.model.vae) == "pixel":
     # The pixel codec has no parameters; its folder is its config (see models/pixel_codec.py).
-    vcfg = setup.vae_config(config)
-    codec = dict(PIXEL_CODEC, patch=int(getattr(vcfg, "scale_factor_spatial", 4)),
-                 temporal=int(getattr(vcfg, "scale_factor_temporal", 4)))
     (staging / "vae").mkdir()
-    (staging / "vae" / "config.json").write_text(json.dumps(codec, indent=2) + "\n")
+    (staging / "vae" / "config.json").write_text(setup.vae_config(config).to_json() + "\n")
     return "pixel"
   vcfg = setup.vae_config(config)
   vae = setup.random_vae(vcfg, int(config.seed) + 2)  # exactly the trainer's frozen VAE

@@ -51,20 +51,17 @@ def _demo_splits(workdir: Path, *, per_category: int = 4, heldout_per_category: 
                  ) -> tuple[Path, Path]:
   """The demo training and held-out splits, `DIR/demo_data/{train,heldout}/<category>/{LQ,GT}/`.
 
-  Built with `vbridge_jax.data.fewshot.build` from two seeds: the held-out pairs are other
-  crops and degradations, but drawn from the same few built-in photos as the training
-  pairs. One place to point at another pair of splits.
+  Built by `vbridge_jax.data.fewshot.build(..., heldout=N)`, as the trainer's demo set: the
+  held-out pairs come from photos the training split never sees.
   """
   from vbridge_jax.data import fewshot  # pylint: disable=import-outside-toplevel
   from vbridge_jax.data.degrade import CATEGORIES  # pylint: disable=import-outside-toplevel
 
-  cats = tuple(categories or CATEGORIES)
   root = workdir / "demo_data"
-  for name, n, seed in (("train", per_category, 0), ("heldout", heldout_per_category, 1)):
-    out = root / name
-    if not (out / ".complete").is_file():
-      fewshot.build(out, per_category=n, seed=seed, categories=cats, size=size)
-      (out / ".complete").touch()
+  if not (root / ".complete_split").is_file():
+    fewshot.build(root, per_category=per_category, heldout=heldout_per_category, seed=0,
+                  categories=tuple(categories or CATEGORIES), size=size)
+    (root / ".complete_split").touch()
   return root / "train", root / "heldout"
 
 
