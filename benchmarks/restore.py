@@ -23,8 +23,7 @@ after the other as `Restorer` calls them, each synchronised; diffusers' from tim
 its transformer and VAE calls. Compilation and first-call costs are excluded (one warm-up
 restore per size and side, diffusers' with 2 steps).
 
-Check: given the same initial latents (this project's per-image noise, handed to diffusers
-as `latents`), both give the same last frame: max |a - b| over the frame in [-1, 1] must be
+Check: given the same initial latents (drawn once, handed to diffusers as `latents`), both give the same last frame: max |a - b| over the frame in [-1, 1] must be
 below `--tol` (default 2e-3, about a quarter of one 8-bit level). That also checks the TI2V
 first-frame conditioning (latent frame 0 = the encoded image, timestep 0 on its tokens)
 against a third implementation.
@@ -125,22 +124,26 @@ def diffusers_restore(pipe, image, noise_cl, pos, neg, args):
   return 2.0 * np.asarray(video[0][-1], np.float32) - 1.0, dict(timers.s, total=total)
 
 
-def ours_split(restorer, sampler, vae, image_u8, name: str):
-  """`Restorer`'s stage, step by step and synchronised: last frame in [-1, 1] and seconds."""
+def ours_split(sampler, vae, pos, neg, frames: int, image_u8):
+  """`Restorer`'s stage from the public pieces (sampler, VAE), step by step and synchronised.
+
+  Returns the last frame in [-1, 1], the initial noise and seconds. Uses no `Restorer`
+  internals; its noise is drawn here (seeded), so diffusers can get the same."""
   import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   from vbridge_jax import restore  # pylint: disable=import-outside-toplevel
-  s: dict[str, float] = {}
   t0 = time.perf_counter()
   plan = restore.plan_size(*image_u8.shape[:2])
   video = jax.device_put(restore.to_work(image_u8, plan)[None, None])
   t1 = time.perf_counter()
   first = jax.block_until_ready(vae.normalize(vae.encode(video)))
   t2 = time.perf_counter()
-  shape = (restorer.latent_frames,) + first.shape[2:]
-  noise = jax.block_until_ready(restorer.noise([name], shape, 0))
+  shape = (1, 1 + (frames - 1) // vae.config.scale_factor_temporal) + first.shape[2:]
+  noise = jax.random.normal(jax.random.key(43), (int(np.prod(shape)),), jnp.float32).reshape(shape)
+  noise = jax.block_until_ready(noise)
   t3 = time.perf_counter()
-  latent = jax.block_until_ready(sampler(noise, restorer.positive, restorer.negative, first))
+  latent = jax.block_until_ready(sampler(noise, pos[None], neg[None], first))
   t4 = time.perf_counter()
   decoded = jax.block_until_ready(vae.decode(vae.denormalize(latent)))
   t5 = time.perf_counter()
@@ -216,13 +219,13 @@ def main() -> None:
     lasts, rows_here = {}, []
     for label, (restorer, sampler) in ours.items():
       restorer.restore([image], [name])  # warm-up: compiles
-      ours_split(restorer, sampler, vae, image, name)
+      ours_split(sampler, vae, pos, neg, args.frames, image)
       totals, parts_list = [], []
       for _ in range(args.runs):
         t0 = time.perf_counter()
         restorer.restore([image], [name])
         totals.append(time.perf_counter() - t0)
-        lasts[label], noise, parts = ours_split(restorer, sampler, vae, image, name)
+        lasts[label], noise, parts = ours_split(sampler, vae, pos, neg, args.frames, image)
         parts_list.append(parts)
       rows_here.append((f"vbridge_jax Restorer{label}", min(totals), min(parts_list, key=lambda p: p["total"])))
     diffusers_restore(pipe, work, noise, pos_t, neg_t, argparse.Namespace(**{**vars(args), "steps": 2}))  # warm-up
