@@ -216,7 +216,9 @@ def _check_model(config) -> None:
   dcfg = DiTConfig.from_dict(io.read_component_config(io.find_component(Path(config.model), "dit")))
   if config.drift:
     io.find_component(Path(config.drift), "dit")
-  io.find_component(Path(config.model), "vae")
+  from vbridge_jax.models import pixel_codec  # pylint: disable=import-outside-toplevel
+  if pixel_codec.read_config(config.model) is None:  # the pixel codec's folder is its config
+    io.find_component(Path(config.model), "vae")
   prompts.load_prompts(Path(config.prompts), dcfg.text_dim)
 
 
