@@ -86,7 +86,7 @@ def measure_matmul(n: int = 8192, repeats: int = 20) -> dict:
 
 
 def _config(finetune: str, param_dtype: str, remat: str):
-  from configs import curriculum  # pylint: disable=import-outside-toplevel
+  from configs import curriculum
   if TINY:
     c = curriculum.get_config("tiny_wan")
     c.finetune = finetune
@@ -152,9 +152,9 @@ def bench_restore() -> dict:
   mesh = sh.create_mesh({"fsdp": 1}, devices=jax.local_devices()[:1])
   rules = sh.rules_from_config(config.logical_axis_rules)
   _, dcfg, vcfg, _ = aot.state_builder(config)
-  from vbridge_jax.models.wan_dit import WanDiT  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.models.wan_vae import WanVAE  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.sampler import guided_steps  # pylint: disable=import-outside-toplevel
+  from vbridge_jax.models.wan_dit import WanDiT
+  from vbridge_jax.models.wan_vae import WanVAE
+  from vbridge_jax.sampler import guided_steps
   dit = sh.create_sharded(lambda: WanDiT(dcfg, rngs=nnx.Rngs(params=0)), mesh, rules)
   vae = sh.create_sharded(lambda: WanVAE(vcfg, rngs=nnx.Rngs(params=1)), mesh, rules)
   dg, ds = nnx.split(dit)
@@ -210,7 +210,7 @@ def main() -> int:
   p.add_argument("--out", required=True)
   p.add_argument("--tiny", action="store_true", help="tiny config at 64x128, any backend")
   a = p.parse_args()
-  global TINY, H, W  # pylint: disable=global-statement
+  global TINY, H, W
   if a.tiny:
     TINY, H, W = True, 64, 128
   if a.phase == "table":
@@ -225,7 +225,7 @@ def main() -> int:
     row = {"matmul": (lambda: measure_matmul(256, 2)) if TINY else measure_matmul,
            "restore": bench_restore,
            "train": lambda: bench_train(a.finetune)}[a.phase]()
-  except Exception as e:  # pylint: disable=broad-except  (record and go on to the next phase)
+  except Exception as e:  # record and go on to the next phase
     row = {"phase": a.phase if a.phase != "train" else f"train-{a.finetune}",
            "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
   row["device"] = jax.local_devices()[0].device_kind

@@ -36,12 +36,12 @@ def _scipy_filter(x):
 
 
 def scipy_compute(protocol, pred, gt):
-  old = M._filter  # pylint: disable=protected-access
-  M._filter = _scipy_filter  # pylint: disable=protected-access
+  old = M._filter
+  M._filter = _scipy_filter
   try:
     return M.compute(protocol, pred, gt)
   finally:
-    M._filter = old  # pylint: disable=protected-access
+    M._filter = old
 
 
 # ------------------------------------------------- the earlier jitted JAX version, verbatim

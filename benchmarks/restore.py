@@ -47,9 +47,9 @@ TEXT_LEN = 512
 def torch_vae(kind: str, seed: int = 0):
   """diffusers' Wan2.2 VAE (48 latent channels; `tiny`: narrow widths), random weights at a
   scale that keeps activations in range (norm gains near 1, weights / sqrt(fan-in))."""
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  import torch  # pylint: disable=import-outside-toplevel
-  from diffusers import AutoencoderKLWan  # pylint: disable=import-outside-toplevel
+  import numpy as np
+  import torch
+  from diffusers import AutoencoderKLWan
   torch.manual_seed(seed)
   widths = dict(base_dim=160, decoder_base_dim=256) if kind == "wan22" else dict(base_dim=8, decoder_base_dim=12)
   rng = np.random.default_rng(seed)
@@ -70,11 +70,11 @@ def torch_vae(kind: str, seed: int = 0):
 
 def build(args, folder: Path):
   """(diffusers DiT, diffusers VAE, our DiT, our VAE): one random model, converted."""
-  from tests.dit_reference import make_torch_dit  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.checkpoints import convert_path  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.models import DiTConfig  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.models.wan_dit import load_dit  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.models.wan_vae import load_vae  # pylint: disable=import-outside-toplevel
+  from tests.dit_reference import make_torch_dit
+  from vbridge_jax.checkpoints import convert_path
+  from vbridge_jax.models import DiTConfig
+  from vbridge_jax.models.wan_dit import load_dit
+  from vbridge_jax.models.wan_vae import load_vae
 
   cfg = DiTConfig(dim=args.heads * args.head_dim, ffn_dim=args.ffn, num_heads=args.heads,
                   num_layers=args.layers, text_dim=args.text_dim, text_len=TEXT_LEN)
@@ -103,8 +103,8 @@ class Timers:
 
 def diffusers_restore(pipe, image, noise_cl, pos, neg, args):
   """Last frame in [-1, 1] (H, W, 3) and {vae, dit, total} seconds."""
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  import torch  # pylint: disable=import-outside-toplevel
+  import numpy as np
+  import torch
   timers = Timers()
   saved = pipe.transformer.forward, pipe.vae.encode, pipe.vae.decode
   pipe.transformer.forward = timers.wrap("dit", saved[0])
@@ -129,10 +129,10 @@ def ours_split(sampler, vae, pos, neg, frames: int, image_u8):
 
   Returns the last frame in [-1, 1], the initial noise and seconds. Uses no `Restorer`
   internals; its noise is drawn here (seeded), so diffusers can get the same."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  from vbridge_jax import restore  # pylint: disable=import-outside-toplevel
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from vbridge_jax import restore
   t0 = time.perf_counter()
   plan = restore.plan_size(*image_u8.shape[:2])
   video = jax.device_put(restore.to_work(image_u8, plan)[None, None])
@@ -156,7 +156,7 @@ def ours_split(sampler, vae, pos, neg, frames: int, image_u8):
 
 def test_image(size: int, seed: int = 0):
   """A smooth random uint8 picture (low-frequency colour fields plus a little noise)."""
-  import numpy as np  # pylint: disable=import-outside-toplevel
+  import numpy as np
   rng = np.random.default_rng(seed)
   yy, xx = np.mgrid[0:size, 0:size] / size
   img = np.stack([np.sin(2 * np.pi * (rng.uniform(1, 3) * xx + rng.uniform(1, 3) * yy + rng.uniform()))
@@ -181,13 +181,13 @@ def main() -> None:
   p.add_argument("--tol", type=float, default=2e-3, help="max |last frame difference| in [-1, 1]")
   args = p.parse_args()
 
-  import dataclasses  # pylint: disable=import-outside-toplevel
-  import jax  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  import torch  # pylint: disable=import-outside-toplevel
-  from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.restore import Restorer  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.sampler import Sampler, SamplerConfig  # pylint: disable=import-outside-toplevel
+  import dataclasses
+  import jax
+  import numpy as np
+  import torch
+  from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline
+  from vbridge_jax.restore import Restorer
+  from vbridge_jax.sampler import Sampler, SamplerConfig
 
   warnings.filterwarnings("ignore", category=FutureWarning)  # diffusers: images in [-1, 1]
   torch.set_num_threads(os.cpu_count() or 1)

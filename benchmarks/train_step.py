@@ -45,7 +45,7 @@ def bench(name: str, config: ml_collections.ConfigDict, size: int, steps: int) -
   b, f = int(config.data.batch_size), int(config.data.frames)
   clip = jax.device_put(jax.random.uniform(jax.random.key(0), (b, f, size, size, 3), minval=-1.0),
                         sh.batch_sharding(mesh, 5))
-  ctx = trainer._context(config, dcfg, mesh)  # pylint: disable=protected-access
+  ctx = trainer._context(config, dcfg, mesh)
   act = sh.activation_rules(rules)
   with jax.set_mesh(mesh), nnx.logical_axis_rules(act):
     t0 = time.perf_counter()

@@ -36,17 +36,17 @@ TILE, OVERLAP = 16, 4  # latents
 
 
 def _tiles(h: int, w: int) -> int:
-  from vbridge_jax.models.wan_vae import _starts  # pylint: disable=import-outside-toplevel
+  from vbridge_jax.models.wan_vae import _starts
   return len(_starts(h, min(TILE, h), OVERLAP)) * len(_starts(w, min(TILE, w), OVERLAP))
 
 
 def child(case: str, tiled: bool, run: bool) -> dict:
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  from flax import nnx  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.models.configs import VAEConfig  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.models.wan_vae import WanVAE, abstract_params, from_params  # pylint: disable=import-outside-toplevel
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from flax import nnx
+  from vbridge_jax.models.configs import VAEConfig
+  from vbridge_jax.models.wan_vae import WanVAE, abstract_params, from_params
 
   cfg = VAEConfig.wan22()
   h, w = CASES[case]
@@ -83,7 +83,7 @@ def child(case: str, tiled: bool, run: bool) -> dict:
 
 
 def parent(args) -> None:
-  import psutil  # pylint: disable=import-outside-toplevel
+  import psutil
 
   rows = []
   for case in args.cases:
@@ -95,7 +95,7 @@ def parent(args) -> None:
       peak = base = during = 0
       status, t0 = "ok", time.time()
       lines = []
-      import threading  # pylint: disable=import-outside-toplevel
+      import threading
       reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
       reader.start()
       while proc.poll() is None:

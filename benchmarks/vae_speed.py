@@ -36,12 +36,12 @@ def median_time(fn, runs: int) -> float:
 
 def conv_rows(runs: int) -> list[tuple[str, float, float, float, float]]:
   """(shape, GFLOP, XLA conv3d s, XLA 2D taps s, torch conv3d s) per decoder conv shape."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  import torch  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.models.vae_blocks import Conv, Runtime  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.models.configs import VAEConfig  # pylint: disable=import-outside-toplevel
-  from flax import nnx  # pylint: disable=import-outside-toplevel
+  import jax
+  import numpy as np
+  import torch
+  from vbridge_jax.models.vae_blocks import Conv, Runtime
+  from vbridge_jax.models.configs import VAEConfig
+  from flax import nnx
 
   rt = Runtime.of(VAEConfig.wan22())
   rows = []
@@ -74,13 +74,13 @@ def main() -> None:
   p.add_argument("--convs", action="store_true", help="also time one decoder conv layer three ways")
   args = p.parse_args()
 
-  import jax  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  import torch  # pylint: disable=import-outside-toplevel
-  from benchmarks.restore import torch_vae  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.checkpoints.vae import convert_state_dict  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.models.configs import VAEConfig  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.models.wan_vae import from_params  # pylint: disable=import-outside-toplevel
+  import jax
+  import numpy as np
+  import torch
+  from benchmarks.restore import torch_vae
+  from vbridge_jax.checkpoints.vae import convert_state_dict
+  from vbridge_jax.models.configs import VAEConfig
+  from vbridge_jax.models.wan_vae import from_params
 
   torch.set_num_threads(os.cpu_count() or 1)
   ref = torch_vae("wan22")

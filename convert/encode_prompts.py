@@ -33,7 +33,6 @@ def main(argv: list[str] | None = None) -> int:
                       help="encoder compute dtype (default float32)")
   args = parser.parse_args(argv)
   sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-  # pylint: disable=import-outside-toplevel
   from vbridge_jax import prompts
   from vbridge_jax.checkpoints import umt5
   from vbridge_jax.checkpoints.io import CheckpointError

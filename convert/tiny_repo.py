@@ -22,8 +22,8 @@ TEXT_DIM = 32
 
 def tiny_dit(seed: int = 0) -> Any:
   """A 2-layer diffusers `WanTransformer3DModel` matching the tiny VAE (8 latent channels)."""
-  import torch  # pylint: disable=import-outside-toplevel
-  from diffusers import WanTransformer3DModel  # pylint: disable=import-outside-toplevel
+  import torch
+  from diffusers import WanTransformer3DModel
   torch.manual_seed(seed)
   return WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=32,
                                in_channels=8, out_channels=8, text_dim=TEXT_DIM, freq_dim=32,
@@ -32,8 +32,8 @@ def tiny_dit(seed: int = 0) -> Any:
 
 def tiny_vae(seed: int = 0) -> Any:
   """A narrow diffusers `AutoencoderKLWan` with the Wan2.2 structure (16x16 spatial, 4x temporal)."""
-  import torch  # pylint: disable=import-outside-toplevel
-  from diffusers import AutoencoderKLWan  # pylint: disable=import-outside-toplevel
+  import torch
+  from diffusers import AutoencoderKLWan
   torch.manual_seed(seed)
   return AutoencoderKLWan(base_dim=8, decoder_base_dim=12, z_dim=8, dim_mult=[1, 2, 4, 4],
                           num_res_blocks=1, temperal_downsample=[False, True, True],
@@ -45,7 +45,6 @@ def tiny_vae(seed: int = 0) -> Any:
 def tiny_tokenizer(folder: Path, extra: list[str] | None = None) -> Any:
   """A Unigram tokenizer trained offline on the V-Bridge prompts (and `extra` sentences),
   with T5's trailing </s>."""
-  # pylint: disable=import-outside-toplevel
   from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
   from transformers import PreTrainedTokenizerFast
   from vbridge_jax.checkpoints import umt5
@@ -66,8 +65,8 @@ def tiny_tokenizer(folder: Path, extra: list[str] | None = None) -> Any:
 
 def write(out: Path, seed: int = 0) -> None:
   """Writes transformer/, vae/, text_encoder/ and tokenizer/ under `out`."""
-  import torch  # pylint: disable=import-outside-toplevel
-  from transformers import UMT5Config, UMT5EncoderModel  # pylint: disable=import-outside-toplevel
+  import torch
+  from transformers import UMT5Config, UMT5EncoderModel
 
   tiny_dit(seed).save_pretrained(out / "transformer")
   tiny_vae(seed).save_pretrained(out / "vae")

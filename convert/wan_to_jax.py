@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
                            "(default: the source's model.json, else 5)")
   args = parser.parse_args(argv)
   sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-  from vbridge_jax.checkpoints import CheckpointError, convert_path  # pylint: disable=import-outside-toplevel
+  from vbridge_jax.checkpoints import CheckpointError, convert_path
   try:
     convert_path(args.src, args.out, args.dtype, frames=args.frames)
   except CheckpointError as e:

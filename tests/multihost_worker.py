@@ -36,7 +36,7 @@ TOTAL_STEPS = 3
 
 def make_config(args):
   """`configs/curriculum.py:tiny` shrunk as in tests/test_trainer.py, for this test."""
-  from configs import curriculum  # pylint: disable=import-outside-toplevel
+  from configs import curriculum
   c = curriculum.get_config("tiny_wan")
   c.data.source = args.data
   c.stages = "32"
@@ -79,9 +79,9 @@ def _track_writes(root: str, sink: list[str]) -> None:
 
 def _local_rows(config) -> list[float]:
   """Per-row checksums of the first batch this process reads (host numpy, no sharding)."""
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.data import pipeline  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.train_utils import setup  # pylint: disable=import-outside-toplevel
+  import numpy as np
+  from vbridge_jax.data import pipeline
+  from vbridge_jax.train_utils import setup
   stage = setup.parse_stages(config.stages, int(config.total_steps))[0]
   d = config.data
   it = pipeline.make_iterator(
@@ -103,12 +103,12 @@ def main() -> None:
   p.add_argument("--stop-at", type=int, default=-1)
   args = p.parse_args()
 
-  import jax  # pylint: disable=import-outside-toplevel
+  import jax
   if args.coordinator:
     # CPU cross-process collectives (off by default on XLA:CPU); a config flag, so it
     # does not start a backend before the trainer's `jax.distributed.initialize`.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  from vbridge_jax import trainer  # pylint: disable=import-outside-toplevel
+  from vbridge_jax import trainer
 
   writes: list[str] = []
   _track_writes(args.workdir, writes)

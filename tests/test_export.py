@@ -229,7 +229,7 @@ def test_pixel_codec_folder(tmp_path):
   """A run on the pixel codec exports `vae/config.json` alone, as the codec's contract says."""
   c = curriculum.get_config("tiny")
   c.model.vae = "pixel"
-  assert export._write_vae(c, tmp_path) == "pixel"  # pylint: disable=protected-access
+  assert export._write_vae(c, tmp_path) == "pixel"
   assert sorted(p.name for p in (tmp_path / "vae").iterdir()) == ["config.json"]
   assert json.loads((tmp_path / "vae" / "config.json").read_text()) == {
       "_class_name": "PixelCodec", "patch": 4, "temporal": 4, "scale": 2.0}

@@ -305,7 +305,7 @@ def test_eta_after_warm_up_and_plain_progress_lines_in_a_file(tmp_path, caplog):
   pytest captures stderr), progress is one log line per row, no tqdm carriage returns."""
   from vbridge_jax.train_utils.metrics import MetricsLogger
   logger = MetricsLogger(str(tmp_path), total_steps=10, start_step=0, progress=True)
-  assert logger._bar is None  # pylint: disable=protected-access
+  assert logger._bar is None
   with caplog.at_level("INFO", logger="vbridge_jax.trainer"):
     first = logger.log(2, {"loss": 1.0})
     second = logger.log(4, {"loss": 0.5})

@@ -180,7 +180,7 @@ def test_equal_models_share_one_compilation():
     return nnx.eval_shape(lambda: WanDiT(cfg, rngs=nnx.Rngs(0)))
 
   cfg = DiTConfig.tiny(num_layers=1, dtype="float32")
-  key_a, key_b = S._pure(build(cfg))[0], S._pure(build(cfg))[0]  # pylint: disable=protected-access
+  key_a, key_b = S._pure(build(cfg))[0], S._pure(build(cfg))[0]
   assert key_a == key_b and hash(key_a) == hash(key_b)  # what jax.jit compares static args by
-  key_c = S._pure(build(DiTConfig.tiny(num_layers=2, dtype="float32")))[0]  # pylint: disable=protected-access
+  key_c = S._pure(build(DiTConfig.tiny(num_layers=2, dtype="float32")))[0]
   assert key_c != key_a

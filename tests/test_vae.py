@@ -154,7 +154,7 @@ def test_bad_shapes_are_refused(pair):
 
 def test_query_blocked_attention_equals_full():
   """Large frames run the mid-block attention in query blocks; the result is the same."""
-  from vbridge_jax.models.vae_blocks import AttentionBlock, Runtime  # pylint: disable=import-outside-toplevel
+  from vbridge_jax.models.vae_blocks import AttentionBlock, Runtime
   rt = Runtime.of(VAEConfig.tiny())
   full = AttentionBlock(16, rt, block=4096, rngs=nnx.Rngs(1))
   blocked = AttentionBlock(16, rt, block=5, rngs=nnx.Rngs(1))  # 42 tokens: 9 blocks, padded

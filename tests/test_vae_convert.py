@@ -18,7 +18,7 @@ from vbridge_jax.models import load_vae  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "convert"))
-import wan_to_jax  # noqa: E402  pylint: disable=wrong-import-position
+import wan_to_jax  # noqa: E402
 
 _RES = {"norm1": "residual.0", "conv1": "residual.2", "norm2": "residual.3", "conv2": "residual.6",
         "conv_shortcut": "shortcut"}
@@ -95,7 +95,7 @@ def test_original_keys_follow_the_release_layout(sources):
 
 def test_converter_map_agrees_with_the_independent_inverse(sources):
   ref, _, _ = sources
-  from vbridge_jax.models.configs import VAEConfig  # pylint: disable=import-outside-toplevel
+  from vbridge_jax.models.configs import VAEConfig
   keys = [(d, w) for _, d, w, _, _ in vae_ckpt.key_map(VAEConfig.tiny())]
   assert sorted(d for d, _ in keys) == sorted(ref.state_dict())
   assert all(w == to_original(d) for d, w in keys)

@@ -128,7 +128,7 @@ def parse_topology(text: str) -> Topology:
 
 def topology_devices(topo: Topology) -> list[Any]:
   """Compile-only devices of the topology (needs libtpu)."""
-  from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
+  from jax.experimental import topologies
   # Compile-only use: several compilers may run at once on this host; no TPU is claimed.
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
@@ -143,7 +143,7 @@ def topology_devices(topo: Topology) -> list[Any]:
         platform="tpu", topology_name=f"{prefix}:{'x'.join(map(str, topo.grid))}",
         chip_config_name=chip_config, chips_per_host_bounds=(2, 2, 1) if topo.chips >= 4 else grid3,
         num_slices=1, wrap=wrap)
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     msg = str(e).splitlines()[0] if str(e) else type(e).__name__
     if not has_libtpu():
       raise AOTError(_NO_LIBTPU) from e
@@ -156,7 +156,7 @@ _NO_LIBTPU = "libtpu is not installed: pip install 'vbridge_jax[tpu]' (or: pip i
 
 def has_libtpu() -> bool:
   try:
-    import libtpu  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    import libtpu  # noqa: F401
     return True
   except ImportError:
     return False
@@ -184,10 +184,10 @@ class AbstractState:
 def state_builder(config):
   """(build, DiT config, VAE config, trainable filter): `build()` makes the DiT (+ LoRA) and
   its optimizer as the trainer does (run it under `nnx.eval_shape` or `create_sharded`)."""
-  from vbridge_jax import optim  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.models import lora as lora_lib  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.models.wan_dit import WanDiT  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.train_utils import setup  # pylint: disable=import-outside-toplevel
+  from vbridge_jax import optim
+  from vbridge_jax.models import lora as lora_lib
+  from vbridge_jax.models.wan_dit import WanDiT
+  from vbridge_jax.train_utils import setup
 
   dcfg, vcfg = setup.dit_config(config), setup.vae_config(config)
   tx, _ = optim.make_optimizer(config.optim)
@@ -196,7 +196,7 @@ def state_builder(config):
   def build():
     model = WanDiT(dcfg, rngs=nnx.Rngs(params=0))
     if config.finetune == "lora":
-      from vbridge_jax.train_utils import setup  # pylint: disable=import-outside-toplevel
+      from vbridge_jax.train_utils import setup
       lora_lib.apply_lora(model, rank=int(config.lora.rank), alpha=float(config.lora.alpha),
                           targets=setup.lora_targets(config))
     return model, nnx.Optimizer(model, tx, wrt=wrt)
@@ -206,7 +206,7 @@ def state_builder(config):
 
 def abstract_state(config, mesh, rules) -> AbstractState:
   """The trainer's state (DiT [+ LoRA] and optimizer), the DiT alone and the VAE, abstract."""
-  from vbridge_jax.models.wan_vae import WanVAE  # pylint: disable=import-outside-toplevel
+  from vbridge_jax.models.wan_vae import WanVAE
 
   build, dcfg, vcfg, wrt = state_builder(config)
 
@@ -222,7 +222,7 @@ def abstract_state(config, mesh, rules) -> AbstractState:
 
 
 def _lora_targets(config) -> list[str]:
-  from vbridge_jax.train_utils import setup  # pylint: disable=import-outside-toplevel
+  from vbridge_jax.train_utils import setup
   return setup.lora_targets(config)
 
 
@@ -293,7 +293,7 @@ def train_step_fn(graphdef, vae_graphdef, config, dcfg, wrt, state_sh, mesh, *, 
   `(state, vae_state, x, context, step, nan_at)`. `vae=True`: clips in, VAE encode inside.
   `vae=False`: the step on latents, as with `latent_cache.enabled` (the frozen VAE encodes
   ahead; `vae_state` is unused), which XLA:TPU compiles in minutes rather than hours."""
-  from vbridge_jax.trainer import make_train_step  # pylint: disable=import-outside-toplevel
+  from vbridge_jax.trainer import make_train_step
   config = config.copy_and_resolve_references()
   config.latent_cache.enabled = not vae
   return make_train_step(graphdef, vae_graphdef, config, patch_size=dcfg.patch_size, wrt=wrt,
@@ -305,8 +305,8 @@ def restore_step_lowering(dit_graphdef, vae_graphdef, dcfg, rules, *, vae: bool)
   `sample_step` (frame-0 latent -> the UniPC loop with CFG -> final latent, with
   `SamplerConfig`'s defaults), or with `vae=True` `restore_step` (image -> encode -> that
   step -> the decoded last frame)."""
-  from vbridge_jax import restore  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.sampler import SamplerConfig  # pylint: disable=import-outside-toplevel
+  from vbridge_jax import restore
+  from vbridge_jax.sampler import SamplerConfig
   scfg = dataclasses.replace(SamplerConfig(), patch_size=tuple(dcfg.patch_size))
   if vae:
     return jax.jit(functools.partial(restore.restore_step, dit_graphdef=dit_graphdef,
@@ -331,7 +331,7 @@ def compile_case(config, topo: Topology, devices, *, step: str, frames: int, hw:
   ctx = _replicated(mesh, (1, dcfg.text_len, dcfg.text_dim))
   t0 = time.time()
   static: dict[str, Any] = {}
-  from vbridge_jax.train_utils import setup  # pylint: disable=import-outside-toplevel
+  from vbridge_jax.train_utils import setup
   vcfg = setup.vae_config(config)
   spatial, temporal = int(vcfg.scale_factor_spatial), int(vcfg.scale_factor_temporal)
   if step == "train":  # built outside the mesh: it may create host constants (the RNG key)
@@ -349,7 +349,7 @@ def compile_case(config, topo: Topology, devices, *, step: str, frames: int, hw:
                                   lora_targets=_lora_targets(config))
       model_f, hw_f = sf.model, sf.hardware
     elif step == "restore":
-      from vbridge_jax.sampler import SamplerConfig, guided_steps  # pylint: disable=import-outside-toplevel
+      from vbridge_jax.sampler import SamplerConfig, guided_steps
       dit_graphdef, dit_state = st.dit
       fn, static = restore_step_lowering(dit_graphdef, vae_graphdef, dcfg, act_rules, vae=vae)
       lat = (batch, 1 + (frames - 1) // temporal, h // spatial, w // spatial, dcfg.in_channels)
@@ -420,7 +420,7 @@ def run(config, topology: str, *, steps=("train", "restore"), size: int = 0, fra
   config = config.copy_and_resolve_references()
   if attention:
     config.model.attention = attention
-  from vbridge_jax.models import layers  # pylint: disable=import-outside-toplevel
+  from vbridge_jax.models import layers
   devices = topology_devices(topo)
   if not size:
     size = int(str(config.stages).split(",")[-1].split(":")[0])

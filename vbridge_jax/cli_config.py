@@ -76,7 +76,7 @@ def parse(parser: argparse.ArgumentParser, argv: list[str], required: list[str])
       if key not in config:
         raise ValueError(f"--config.{key}: {spec} has no option {key!r}")
       config[key] = _parse_value(key, text, config[key])
-    actions = {a.dest: a for a in parser._actions}  # pylint: disable=protected-access
+    actions = {a.dest: a for a in parser._actions}
     defaults = {}
     for key, value in config.items():
       if key not in actions or key == "help":

@@ -123,7 +123,7 @@ def _mean(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, float]
 def _read_cv2(path: Path) -> np.ndarray:
   """An image as the authors' eval.py reads its GT: cv2.imread (EXIF orientation applied),
   BGR -> RGB."""
-  import cv2  # pylint: disable=import-outside-toplevel
+  import cv2
   img = cv2.imread(os.fspath(path))
   if img is None:
     raise DataError(f"cannot read image {path} (OpenCV)")
@@ -133,7 +133,7 @@ def _read_cv2(path: Path) -> np.ndarray:
 def _readers(protocol: str):
   if protocol != "vbridge_mp4":
     return read_rgb, read_rgb
-  from vbridge_jax import video  # pylint: disable=import-outside-toplevel
+  from vbridge_jax import video
 
   def last_frame(path):
     try:
@@ -165,7 +165,7 @@ def evaluate(pred_root: Path, gt_root: Path, protocol: str = "vbridge", progress
   rows, unreadable, skipped = [], [], []
   it = keys
   if progress:
-    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+    from tqdm import tqdm
     it = tqdm(keys, desc=f"evaluate ({protocol})", unit="img")
   for key in it:
     try:
@@ -291,14 +291,14 @@ def run(cfg) -> int:
 
 def main(argv: list[str]) -> int:
   if len(argv) > 1:
-    from absl import app  # pylint: disable=import-outside-toplevel
+    from absl import app
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   return run(_CONFIG.value)
 
 
 def _config_help() -> str:
   """The config fields and their defaults, for --help."""
-  from configs import evaluate as cfg_module  # pylint: disable=import-outside-toplevel
+  from configs import evaluate as cfg_module
   c = cfg_module.get_config()
   fields = "\n".join(f"  --config.{k}={c[k]!r}" for k in c.keys())
   return (f"\nVariants of configs/evaluate.py: {', '.join(cfg_module.VARIANTS)}.\n"
@@ -309,9 +309,9 @@ _CONFIG_FILE = Path(__file__).resolve().parent.parent / "configs" / "evaluate.py
 
 def console() -> None:
   """The `vbridge-evaluate` script (same as `python -m vbridge_jax.evaluate`)."""
-  global __doc__, _CONFIG  # pylint: disable=global-statement
-  from absl import app  # pylint: disable=import-outside-toplevel
-  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  global __doc__, _CONFIG
+  from absl import app
+  from ml_collections import config_flags
 
   sys.path.insert(0, str(_CONFIG_FILE.parent.parent))
   __doc__ += _config_help()

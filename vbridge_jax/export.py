@@ -57,7 +57,7 @@ class ExportError(ValueError):
 
 def read_run_config(workdir: str | os.PathLike):
   """The run's `config.json` (written by the trainer) as a ConfigDict."""
-  import ml_collections  # pylint: disable=import-outside-toplevel
+  import ml_collections
   path = Path(workdir) / "config.json"
   if not path.is_file():
     raise ExportError(f"{path}: not found ({workdir} is not a training run folder)")
@@ -90,8 +90,8 @@ def _pick_step(workdir: Path, step: int | None) -> int:
 
 def _restore_model_tree(state_dir: Path) -> dict:
   """The model half (`"0"`) of a trainer checkpoint's `(model, optimizer)` state, as numpy."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  import jax
+  import orbax.checkpoint as ocp
 
   with ocp.PyTreeCheckpointer() as ckptr:
     try:
@@ -116,9 +116,9 @@ def _restore_model_tree(state_dir: Path) -> dict:
 
 def _build_model(config, dcfg):
   """The run's DiT as the trainer builds it (with LoRA wrappers for a LoRA run)."""
-  from flax import nnx  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.models import lora as lora_lib  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.models.wan_dit import WanDiT  # pylint: disable=import-outside-toplevel
+  from flax import nnx
+  from vbridge_jax.models import lora as lora_lib
+  from vbridge_jax.models.wan_dit import WanDiT
 
   model = WanDiT(dcfg, rngs=nnx.Rngs(0))
   if config.finetune == "lora":
@@ -136,11 +136,11 @@ def load_run_model(workdir: str | os.PathLike, step: int | None = None, *, merge
   is a plain `WanDiT`; `merge=False` keeps the `LoRADense` wrappers (the trained function
   itself, for comparison). `overrides` set run-time switches (`dtype`, ...).
   """
-  import jax  # pylint: disable=import-outside-toplevel
-  from flax import nnx  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.checkpoints import io  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.models import lora as lora_lib  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.train_utils import setup  # pylint: disable=import-outside-toplevel
+  import jax
+  from flax import nnx
+  from vbridge_jax.checkpoints import io
+  from vbridge_jax.models import lora as lora_lib
+  from vbridge_jax.train_utils import setup
 
   workdir = Path(workdir)
   config = read_run_config(workdir)
@@ -151,7 +151,7 @@ def load_run_model(workdir: str | os.PathLike, step: int | None = None, *, merge
     pure = nnx.to_pure_dict(state)
     state_dir = workdir / "checkpoints" / str(step) / "state"
     stored = _restore_model_tree(state_dir)
-    io._check_tree(state_dir, stored, _str_keys(pure))  # pylint: disable=protected-access
+    io._check_tree(state_dir, stored, _str_keys(pure))
     nnx.replace_by_pure_dict(state, _like(pure, stored))
     model = nnx.merge(graphdef, state)
     if merge:
@@ -174,7 +174,7 @@ def _like(template, tree):
 
 def _numpy_params(module, dtype) -> dict:
   """A module's state as the converter's nested dict of numpy arrays (string keys)."""
-  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from flax import nnx
 
   def conv(node):
     if isinstance(node, dict):
@@ -205,8 +205,8 @@ def _run_codec(config) -> str:
 
 def _write_vae(config, staging: Path) -> str:
   """Writes `staging/vae/` as the run used it; returns the codec name for model.json."""
-  from vbridge_jax.checkpoints import io  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.train_utils import setup  # pylint: disable=import-outside-toplevel
+  from vbridge_jax.checkpoints import io
+  from vbridge_jax.train_utils import setup
 
   if config.init_from:
     root = Path(config.init_from)
@@ -253,10 +253,10 @@ def export_run(workdir: str | os.PathLike, out: str | os.PathLike, *, step: int 
   See the module docstring for the formats. All or nothing: `out` appears (or is replaced)
   only when everything has been written.
   """
-  import ml_dtypes  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.checkpoints import dit as dit_ckpt  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.checkpoints import io  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.models.model_info import ModelInfo, write_model_info  # pylint: disable=import-outside-toplevel
+  import ml_dtypes
+  from vbridge_jax.checkpoints import dit as dit_ckpt
+  from vbridge_jax.checkpoints import io
+  from vbridge_jax.models.model_info import ModelInfo, write_model_info
 
   if fmt not in FORMATS:
     raise ExportError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
@@ -318,12 +318,12 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
   args = p.parse_args(argv)
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
-  from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+  from absl import logging as absl_logging
   # orbax warns that a state item has no step-level metadata file: true, and harmless here.
   absl_logging.set_verbosity(absl_logging.ERROR)
-  from vbridge_jax.checkpoints.io import CheckpointError  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.models.model_info import ModelInfoError  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.train_utils.setup import ConfigError  # pylint: disable=import-outside-toplevel
+  from vbridge_jax.checkpoints.io import CheckpointError
+  from vbridge_jax.models.model_info import ModelInfoError
+  from vbridge_jax.train_utils.setup import ConfigError
   try:
     export_run(args.workdir, args.out, step=args.step, fmt=args.format, dtype=args.dtype,
                overwrite=args.overwrite, max_shard_bytes=int(args.max_shard_gb * (1 << 30)))

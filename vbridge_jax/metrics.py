@@ -49,7 +49,7 @@ def gaussian_taps(size: int = WINDOW, sigma: float = SIGMA) -> np.ndarray:
 
 def _filter(x: np.ndarray) -> np.ndarray:
   """Zero-padded 'same' Gaussian filtering of a float64 (H, W) image."""
-  import cv2  # pylint: disable=import-outside-toplevel
+  import cv2
   taps = gaussian_taps()
   return cv2.sepFilter2D(x, cv2.CV_64F, taps, taps, borderType=cv2.BORDER_CONSTANT)
 
@@ -111,7 +111,7 @@ def resize_to(img: np.ndarray, height: int, width: int) -> np.ndarray:
   unchanged (as the zoom by 1 does)."""
   if img.shape[:2] == (height, width):
     return img
-  from scipy.ndimage import zoom  # pylint: disable=import-outside-toplevel
+  from scipy.ndimage import zoom
   h, w = img.shape[:2]
   out = np.stack([zoom(img[:, :, c], (height / h, width / w), order=3) for c in range(3)], axis=2)
   return np.clip(out, 0, 255).astype(np.uint8)

@@ -54,8 +54,8 @@ def _demo_splits(workdir: Path, *, per_category: int = 4, heldout_per_category: 
   Built by `vbridge_jax.data.fewshot.build(..., heldout=N)`, as the trainer's demo set: the
   held-out pairs come from photos the training split never sees.
   """
-  from vbridge_jax.data import fewshot  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.data.degrade import CATEGORIES  # pylint: disable=import-outside-toplevel
+  from vbridge_jax.data import fewshot
+  from vbridge_jax.data.degrade import CATEGORIES
 
   root = workdir / "demo_data"
   if not (root / ".complete_split").is_file():
@@ -80,7 +80,7 @@ def _write_prompts(path: Path, dit_config) -> Path:
 
 def _devices_for(batch: int) -> int:
   """The largest device count (of this host's) that divides the global batch."""
-  import jax  # pylint: disable=import-outside-toplevel
+  import jax
   n = jax.device_count()
   while batch % n:
     n -= 1
@@ -89,7 +89,7 @@ def _devices_for(batch: int) -> int:
 
 def _train(config, workdir: Path, log) -> bool:
   """Trains (or resumes) a run; False when it had already finished."""
-  from vbridge_jax import trainer  # pylint: disable=import-outside-toplevel
+  from vbridge_jax import trainer
   final = workdir / "final.json"
   if final.is_file() and json.loads(final.read_text()).get("step") == int(config.total_steps):
     return False
@@ -99,7 +99,7 @@ def _train(config, workdir: Path, log) -> bool:
 
 
 def _export(run: Path, out: Path) -> bool:
-  from vbridge_jax import export  # pylint: disable=import-outside-toplevel
+  from vbridge_jax import export
   if (out / "model.json").is_file():
     return False
   export.export_run(run, out)
@@ -113,7 +113,7 @@ def _restore(model: Path, prompts: Path, split: Path, out: Path, samples, *, dri
   No `--frames`: restore takes each model's clip length from its `model.json` (the tiny
   configs' 5 frames are also restore's default).
   """
-  from vbridge_jax import restore  # pylint: disable=import-outside-toplevel
+  from vbridge_jax import restore
   argv = [f"--config.model={model}", f"--config.prompts={prompts}", f"--config.input={split}",
           f"--config.output={out}", f"--config.steps={steps or int(samples.steps)}",
           f"--config.solver={samples.solver}", f"--config.shift={float(samples.shift)}",
@@ -127,7 +127,7 @@ def _restore(model: Path, prompts: Path, split: Path, out: Path, samples, *, dri
 
 def _done(split: Path, out: Path) -> bool:
   """Every LQ image of the split has its restored PNG."""
-  from vbridge_jax import restore_jobs  # pylint: disable=import-outside-toplevel
+  from vbridge_jax import restore_jobs
   found, _ = restore_jobs.find_inputs(split)
   return out.is_dir() and all(restore_jobs.output_path(out, rel).is_file() for _, rel in found)
 
@@ -160,8 +160,8 @@ def table(scores: dict[str, dict[str, Any]]) -> str:
 
 def picture(path: Path, heldout: Path, restored: dict[str, Path]) -> Path:
   """One row per category (its first held-out image): LQ | base | base + corrector | GT."""
-  from PIL import Image, ImageDraw  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.data.files import read_rgb  # pylint: disable=import-outside-toplevel
+  from PIL import Image, ImageDraw
+  from vbridge_jax.data.files import read_rgb
 
   rows = []
   for cat in sorted(p.name for p in heldout.iterdir() if p.is_dir()):
@@ -208,9 +208,9 @@ def run(workdir: str | os.PathLike, *, base_steps: int | None = None, base_stage
   """
   if str(REPO) not in sys.path:  # configs/ is a folder of the repository, beside the package
     sys.path.insert(0, str(REPO))
-  from configs import curriculum, drift as drift_configs  # pylint: disable=import-outside-toplevel
-  from vbridge_jax import evaluate  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.train_utils import setup  # pylint: disable=import-outside-toplevel
+  from configs import curriculum, drift as drift_configs
+  from vbridge_jax import evaluate
+  from vbridge_jax.train_utils import setup
 
   wd = Path(workdir).resolve()
   wd.mkdir(parents=True, exist_ok=True)
@@ -287,12 +287,12 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--heldout-per-category", type=int, default=2, help="held-out pairs per category")
   args = p.parse_args(argv)
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
-  from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+  from absl import logging as absl_logging
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax is chatty at INFO
-  from vbridge_jax.checkpoints.io import CheckpointError  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.data.files import DataError  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.export import ExportError  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.train_utils.setup import ConfigError  # pylint: disable=import-outside-toplevel
+  from vbridge_jax.checkpoints.io import CheckpointError
+  from vbridge_jax.data.files import DataError
+  from vbridge_jax.export import ExportError
+  from vbridge_jax.train_utils.setup import ConfigError
   cats = [c for c in args.categories.split(",") if c] or None
   try:
     run(args.workdir, base_steps=args.base_steps, drift_steps=args.drift_steps,

@@ -117,16 +117,16 @@ def place(module: Any, mesh, rules) -> Any:
 
 def load_codec(path: str | Path, mesh) -> Any:
   """The model folder's VAE, read replicated over `mesh` (every process reads it whole)."""
-  from vbridge_jax.models import load_vae  # pylint: disable=import-outside-toplevel
+  from vbridge_jax.models import load_vae
   return load_vae(path, sharding=jax.sharding.NamedSharding(mesh, P()))
 
 
 def load_dit_sharded(path: str | Path, mesh, rules, **overrides) -> Any:
   """A converted DiT read straight into its shardings on `mesh` (each process reads only the
   chunks its devices hold; the full model is never assembled on one host)."""
-  from vbridge_jax.checkpoints import io  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.models.configs import DiTConfig  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.models.wan_dit import WanDiT  # pylint: disable=import-outside-toplevel
+  from vbridge_jax.checkpoints import io
+  from vbridge_jax.models.configs import DiTConfig
+  from vbridge_jax.models.wan_dit import WanDiT
 
   folder = io.find_component(Path(path), "dit")
   cfg = DiTConfig.from_dict(io.read_component_config(folder), **overrides)
@@ -287,13 +287,13 @@ class Restorer:
 
 
 def _rows(mesh, batch: int) -> tuple[list[int], list[int]]:
-  from vbridge_jax.restore_jobs import process_rows  # pylint: disable=import-outside-toplevel
+  from vbridge_jax.restore_jobs import process_rows
   return process_rows(sh.batch_sharding(mesh, 1), batch)
 
 
 def _allgather_images(local: dict[int, np.ndarray], shapes) -> dict[int, np.ndarray]:
   """Rows held by some process -> every row on every process (padded to one shape to gather)."""
-  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  from jax.experimental import multihost_utils
   hmax, wmax = max(s[0] for s in shapes), max(s[1] for s in shapes)
   buf = np.zeros((len(shapes), hmax, wmax, 3), np.int32)
   have = np.zeros((len(shapes),), np.int32)
@@ -317,7 +317,7 @@ def sampler_config(config) -> SamplerConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
   """The command (`vbridge_jax.restore_cli`): argv without the program name; exit status."""
-  from vbridge_jax import restore_cli  # pylint: disable=import-outside-toplevel
+  from vbridge_jax import restore_cli
   return restore_cli.main(argv)
 
 

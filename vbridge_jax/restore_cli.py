@@ -28,7 +28,7 @@ class _Usage(Exception):
 
 
 def _config_module():
-  import importlib.util  # pylint: disable=import-outside-toplevel
+  import importlib.util
   spec = importlib.util.spec_from_file_location("_restore_config", DEFAULT_CONFIG)
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
@@ -47,7 +47,7 @@ def _flat(cfg, prefix: str = "") -> list[tuple[str, Any]]:
 
 def usage() -> str:
   """`--help`: what the command does, its config variants and every field with its default."""
-  from vbridge_jax import restore  # pylint: disable=import-outside-toplevel
+  from vbridge_jax import restore
   lines = [restore.__doc__.strip(), "", "Flags:",
            "  --config=FILE[:VARIANT]  config file (default configs/restore.py); "
            "--config.KEY=VALUE overrides a field", ""]
@@ -90,9 +90,9 @@ def parse(argv: Sequence[str]):
 
 def check(config) -> None:
   """One-line errors for settings that cannot run, before anything is loaded."""
-  from vbridge_jax import restore  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.models.configs import DTYPES  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.restore_geometry import QUANTIZE  # pylint: disable=import-outside-toplevel
+  from vbridge_jax import restore
+  from vbridge_jax.models.configs import DTYPES
+  from vbridge_jax.restore_geometry import QUANTIZE
   missing = [k for k in REQUIRED if not config.get(k)]
   if missing:
     raise ValueError("required: " + ", ".join(f"--config.{k}" for k in missing))
@@ -107,7 +107,7 @@ def check(config) -> None:
       raise ValueError(f"--config.{k}={config[k]} must be >= 0")
   if config.video:
     try:
-      from vbridge_jax import video  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+      from vbridge_jax import video  # noqa: F401
     except ImportError as e:
       raise ValueError(f"--config.video needs vbridge_jax.video and imageio[ffmpeg] ({e})") \
           from None
@@ -120,9 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   except _Usage as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  from vbridge_jax.checkpoints.io import CheckpointError  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.data.files import DataError  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.restore_jobs import OutputError  # pylint: disable=import-outside-toplevel
+  from vbridge_jax.checkpoints.io import CheckpointError
+  from vbridge_jax.data.files import DataError
+  from vbridge_jax.restore_jobs import OutputError
   try:
     return run(config)
   except (FileNotFoundError, ValueError, DataError, CheckpointError, OutputError) as e:
@@ -131,27 +131,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _say(msg: str) -> None:
-  import jax  # pylint: disable=import-outside-toplevel
+  import jax
   if jax.process_index() == 0:
     print(msg, flush=True)
 
 
 def _any_process(flag: bool) -> bool:
   """Whether `flag` is set on any process (a collective: every process must call it)."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
+  import jax
+  import numpy as np
   if jax.process_count() == 1:
     return flag
-  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  from jax.experimental import multihost_utils
   return bool(np.asarray(multihost_utils.process_allgather(np.array([int(flag)], np.int32))).max())
 
 
 def _agree(value: int, what: str) -> None:
-  import jax  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
+  import jax
+  import numpy as np
   if jax.process_count() == 1:
     return
-  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  from jax.experimental import multihost_utils
   seen = np.asarray(multihost_utils.process_allgather(np.array([value], np.int32))).ravel()
   if len(set(seen.tolist())) > 1:
     raise ValueError(f"the processes see different {what} (a shared folder out of sync?)")
@@ -160,10 +160,10 @@ def _agree(value: int, what: str) -> None:
 def run(config) -> int:
   """The command on a resolved config; returns the exit status."""
   check(config)
-  import jax  # pylint: disable=import-outside-toplevel
-  from vbridge_jax import sharding as sh  # pylint: disable=import-outside-toplevel
+  import jax
+  from vbridge_jax import sharding as sh
   sh.maybe_initialize_distributed(config.get("distributed"))
-  from vbridge_jax import restore_jobs as jobs_lib  # pylint: disable=import-outside-toplevel
+  from vbridge_jax import restore_jobs as jobs_lib
 
   t_start = time.time()
   inp, out_root = Path(config.input), Path(config.output).resolve()
@@ -187,7 +187,7 @@ def run(config) -> int:
   status["seconds"] = time.time() - t_start
   jobs_lib.write_status(out_root, jax.process_index(), status)
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("restore_summary")
   if jax.process_index() == 0:
     summary = jobs_lib.write_summary(out_root, jax.process_count(), head)
@@ -201,7 +201,7 @@ def run(config) -> int:
 def frame_counts(config) -> tuple[int, int | None]:
   """(base frames, corrector frames or None): `frames` / `drift_frames` when given, else what
   each model folder records (`model.json`; 5 without one)."""
-  from vbridge_jax.models import read_model_info  # pylint: disable=import-outside-toplevel
+  from vbridge_jax.models import read_model_info
   frames = int(config.frames) or read_model_info(config.model).frames
   if not config.drift:
     return frames, None
@@ -210,13 +210,13 @@ def frame_counts(config) -> tuple[int, int | None]:
 
 def _check_model(config) -> None:
   """The model folders and the prompt file, checked from their configs (nothing loaded yet)."""
-  from vbridge_jax import prompts  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.checkpoints import io  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.models.configs import DiTConfig  # pylint: disable=import-outside-toplevel
+  from vbridge_jax import prompts
+  from vbridge_jax.checkpoints import io
+  from vbridge_jax.models.configs import DiTConfig
   dcfg = DiTConfig.from_dict(io.read_component_config(io.find_component(Path(config.model), "dit")))
   if config.drift:
     io.find_component(Path(config.drift), "dit")
-  from vbridge_jax.models import pixel_codec  # pylint: disable=import-outside-toplevel
+  from vbridge_jax.models import pixel_codec
   if pixel_codec.read_config(config.model) is None:  # the pixel codec's folder is its config
     io.find_component(Path(config.model), "vae")
   prompts.load_prompts(Path(config.prompts), dcfg.text_dim)
@@ -224,11 +224,11 @@ def _check_model(config) -> None:
 
 def _restore(config, todo, out_root: Path, status: dict) -> int:
   """Loads the models and restores `todo` [(file, relative path)]; fills `status`."""
-  import jax  # pylint: disable=import-outside-toplevel
-  from vbridge_jax import restore_jobs as jobs_lib  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.data.files import DataError, image_size, read_rgb  # noqa: E501  pylint: disable=import-outside-toplevel
-  from vbridge_jax import prompts, restore  # pylint: disable=import-outside-toplevel
-  from vbridge_jax import sharding as sh  # pylint: disable=import-outside-toplevel
+  import jax
+  from vbridge_jax import restore_jobs as jobs_lib
+  from vbridge_jax.data.files import DataError, image_size, read_rgb  # noqa: E501
+  from vbridge_jax import prompts, restore
+  from vbridge_jax import sharding as sh
 
   n_dev = int(config.num_devices)
   mesh = sh.create_mesh(dict(config.mesh), jax.devices()[:n_dev] if n_dev > 0 else None)
@@ -267,7 +267,7 @@ def _restore(config, todo, out_root: Path, status: dict) -> int:
                 steps=int(config.steps), frames=frames)
   bar = None
   if config.progress and jax.process_index() == 0:
-    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+    from tqdm import tqdm
     bar = tqdm(total=len(jobs), desc="restore", unit="img", file=sys.stderr)
   stop = None
   seen_sizes = set()
@@ -295,7 +295,7 @@ def _restore(config, todo, out_root: Path, status: dict) -> int:
       j = chunk[r]
       video = None
       if frames_w is not None:
-        from vbridge_jax.restore_geometry import to_uint8  # pylint: disable=import-outside-toplevel
+        from vbridge_jax.restore_geometry import to_uint8
         video = [restore.crop_work(to_uint8(fr, config.quantize), j.plan) for fr in frames_w]
       try:
         jobs_lib.write_output(img, j.dst, dict(record, source=j.rel), video)

@@ -70,7 +70,7 @@ def plan_size(height: int, width: int, multiple: int = 32) -> Plan:
 
 
 def _pil_resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
-  from PIL import Image  # pylint: disable=import-outside-toplevel
+  from PIL import Image
   return np.asarray(Image.fromarray(img).resize((w, h), Image.Resampling.BICUBIC))
 
 
@@ -104,7 +104,7 @@ def crop_work(frame: np.ndarray, plan: Plan) -> np.ndarray:
 def zoom_to(img: np.ndarray, height: int, width: int) -> np.ndarray:
   """uint8 (h, w, 3) -> (height, width, 3) with `scipy.ndimage.zoom(order=3)` per channel, as
   the authors' evaluation resizes a prediction to the GT size."""
-  from scipy import ndimage  # pylint: disable=import-outside-toplevel
+  from scipy import ndimage
   h, w = img.shape[:2]
   if (h, w) == (height, width):
     return img

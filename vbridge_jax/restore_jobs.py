@@ -133,7 +133,7 @@ def _write_atomic(data: bytes, path: Path) -> None:
 def write_output(img: np.ndarray, dst: Path, record: dict[str, Any],
                  video: list[np.ndarray] | None = None) -> None:
   """PNG (+ MP4) then the sidecar, each atomically; an `OutputError` leaves no partial file."""
-  from PIL import Image  # pylint: disable=import-outside-toplevel
+  from PIL import Image
   try:
     dst.parent.mkdir(parents=True, exist_ok=True)
   except OSError as e:
@@ -144,7 +144,7 @@ def write_output(img: np.ndarray, dst: Path, record: dict[str, Any],
   rec = dict(record, png_bytes=len(png))
   sidecar(dst).unlink(missing_ok=True)  # an output being replaced is unfinished until the end
   if video is not None:
-    from vbridge_jax import video as video_lib  # pylint: disable=import-outside-toplevel
+    from vbridge_jax import video as video_lib
     mp4 = dst.with_suffix(".mp4")
     try:  # complete or absent (write_mp4 renames into place); the authors' 24 fps
       video_lib.write_mp4(mp4, video)
@@ -197,7 +197,7 @@ def schedule(jobs: Sequence[Job], batch: int) -> list[list[Job | None]]:
 
 def process_rows(sharding: Any, batch: int) -> tuple[list[int], list[int]]:
   """(rows this process's devices hold, rows it writes) of a global batch under `sharding`."""
-  import jax  # pylint: disable=import-outside-toplevel
+  import jax
   owners: dict[int, set[int]] = {}
   for device, idx in sharding.devices_indices_map((batch,)).items():
     for r in range(*idx[0].indices(batch)):

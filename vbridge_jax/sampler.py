@@ -181,7 +181,7 @@ def guided_steps(steps: int, cfg_skip: float) -> np.ndarray:
 def _pure(model: Any) -> tuple[tuple[str, Any], Any]:
   """(static model definition, params): an nnx module's graphdef and state, or the callable."""
   try:
-    from flax import nnx  # pylint: disable=import-outside-toplevel
+    from flax import nnx
   except ImportError:  # pragma: no cover
     nnx = None
   if nnx is not None and isinstance(model, nnx.Module):
@@ -193,7 +193,7 @@ def _pure(model: Any) -> tuple[tuple[str, Any], Any]:
 def _apply(model_def: tuple[str, Any], params: Any, x, t, ctx):
   kind, obj = model_def
   if kind == "nnx":
-    from flax import nnx  # pylint: disable=import-outside-toplevel
+    from flax import nnx
     return nnx.merge(obj, params)(x, t, ctx)
   return obj(x, t, ctx)
 

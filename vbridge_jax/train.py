@@ -105,10 +105,10 @@ def main(argv: list[str]) -> int:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   absl_logging.set_verbosity(absl_logging.INFO)
   absl_logging.get_absl_handler().addFilter(_ProjectInfo())
-  from vbridge_jax import trainer  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.checkpoints.io import CheckpointError  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.data.files import DataError  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.train_utils.setup import ConfigError  # pylint: disable=import-outside-toplevel
+  from vbridge_jax import trainer
+  from vbridge_jax.checkpoints.io import CheckpointError
+  from vbridge_jax.data.files import DataError
+  from vbridge_jax.train_utils.setup import ConfigError
 
   try:
     result = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)

@@ -79,7 +79,7 @@ def make_train_step(graphdef, vae_graphdef, config, *, patch_size, wrt, state_sh
     else:
       vae = nnx.merge(vae_graphdef, vae_state)
       if vae_sample and hasattr(vae, "encode_posterior"):  # a pixel codec has no posterior
-        from vbridge_jax.models.wan_vae import sample_posterior  # pylint: disable=import-outside-toplevel
+        from vbridge_jax.models.wan_vae import sample_posterior
         z = sample_posterior(*vae.encode_posterior(x), jax.random.fold_in(key, 11))
       else:
         z = vae.encode(x)
@@ -370,7 +370,7 @@ class _Run:
     try:
       self.profile.close()
       self.ckpt.close()
-    except Exception:  # pylint: disable=broad-except
+    except Exception:
       if not failed:
         raise
     finally:

@@ -34,8 +34,8 @@ class VideoError(RuntimeError):
 
 def _imageio():
   try:
-    import imageio.v2 as imageio  # pylint: disable=import-outside-toplevel
-    import imageio_ffmpeg  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    import imageio.v2 as imageio
+    import imageio_ffmpeg  # noqa: F401
   except ImportError as e:
     raise VideoError(f"MP4 files need the video extra (pip install -e .[video]): {e}") from None
   return imageio
@@ -43,7 +43,7 @@ def _imageio():
 
 def _cv2():
   try:
-    import cv2  # pylint: disable=import-outside-toplevel
+    import cv2
   except ImportError as e:
     raise VideoError(f"reading MP4s as the authors' eval.py does needs OpenCV "
                      f"(pip install -e .[video]): {e}") from None

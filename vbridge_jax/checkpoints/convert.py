@@ -46,10 +46,10 @@ class Converter:
 
 
 def converters() -> list[Converter]:
-  from vbridge_jax.checkpoints import dit  # pylint: disable=import-outside-toplevel
+  from vbridge_jax.checkpoints import dit
   out = [dit.CONVERTER]
   try:
-    from vbridge_jax.checkpoints import vae  # pylint: disable=import-outside-toplevel
+    from vbridge_jax.checkpoints import vae
   except ImportError:
     pass
   else:
@@ -70,7 +70,6 @@ def find_components(src: Path) -> list[Found]:
 
 def _source_info(src: Path, frames: int | None):
   """The ModelInfo to record: the source's model.json (beside or above its DiT), `frames` wins."""
-  # pylint: disable-next=import-outside-toplevel
   from vbridge_jax.models.model_info import FILENAME, ModelInfo, ModelInfoError, read_model_info
   src = Path(src)
   info = ModelInfo()
@@ -118,7 +117,7 @@ def convert_path(src: Path, out: Path, dtype: str = "float32",
 
   A failed conversion (bad input, a full disk) leaves `out` as it was: earlier components
   untouched, and no empty `out` folder that the call created."""
-  from vbridge_jax.models.model_info import write_model_info  # pylint: disable=import-outside-toplevel
+  from vbridge_jax.models.model_info import write_model_info
   if dtype not in DTYPES:
     raise CheckpointError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
   found = find_components(src)

@@ -259,7 +259,7 @@ def convert(found: Found, dtype: Any, progress=None) -> tuple[dict, dict]:
 
 def _tqdm_progress(items):
   try:
-    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+    from tqdm import tqdm
   except ImportError:
     return items
   return tqdm(items, desc="dit", unit="tensor", leave=False)

@@ -150,10 +150,10 @@ class TorchPickleSource(DictSource):
 
   def __init__(self, path: Path):
     try:
-      import torch  # pylint: disable=import-outside-toplevel
+      import torch
     except ImportError:
       raise CheckpointError(f"{path}: reading .pth needs torch (pip install 'vbridge_jax[convert]')") from None
-    import zipfile  # pylint: disable=import-outside-toplevel
+    import zipfile
     try:
       sd = torch.load(path, map_location="cpu", weights_only=True,
                       mmap=zipfile.is_zipfile(path))
@@ -307,8 +307,8 @@ def _save_params(path: Path, params: dict) -> None:
   numpy arrays are released one by one), and the extra memory while writing is about the
   largest tensor rather than a second copy of the model.
   """
-  import jax  # pylint: disable=import-outside-toplevel
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  import jax
+  import orbax.checkpoint as ocp
 
   cpu = jax.devices("cpu")[0]
   budget_gb = max(0.25, max((a.nbytes for a in jax.tree.leaves(params)), default=0) / 1e9 * 1.01)
@@ -377,7 +377,7 @@ def restore_params(folder: Path, abstract: Any) -> Any:
   by parameter name. A damaged folder (no `params/`, unreadable metadata, a missing or
   truncated chunk) is a one-line `CheckpointError` naming the folder and what is wrong.
   """
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  import orbax.checkpoint as ocp
 
   path = Path(folder).resolve() / "params"
   if not path.is_dir():
@@ -387,7 +387,7 @@ def restore_params(folder: Path, abstract: Any) -> Any:
     try:
       meta = ckptr.metadata(path)
       stored = meta.item_metadata.tree if meta is not None and meta.item_metadata else None
-    except Exception as e:  # pylint: disable=broad-except - orbax raises many types
+    except Exception as e:  # orbax raises many types
       raise CheckpointError(f"{path}: cannot read the stored parameters' metadata: "
                             f"{_reason(e)}") from None
     if not isinstance(stored, Mapping):
@@ -401,7 +401,7 @@ def restore_params(folder: Path, abstract: Any) -> Any:
         raise CheckpointError(f"{path}: a stored chunk is missing or truncated: "
                               f"{_reason(e)}") from None
       raise CheckpointError(f"{path}: does not match the model: {_reason(e)}") from None
-    except Exception as e:  # pylint: disable=broad-except - tensorstore's read errors
+    except Exception as e:  # tensorstore's read errors
       raise CheckpointError(f"{path}: a stored chunk is missing or damaged: {_reason(e)}") from None
 
 

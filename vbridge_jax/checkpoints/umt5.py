@@ -108,8 +108,8 @@ def config_from_wan(source: TorchPickleSource) -> dict[str, Any]:
 
 def load_wan_encoder(path: Path, dtype: str = "float32"):
   """`UMT5EncoderModel` from the original `models_t5_umt5-xxl-enc-bf16.pth`."""
-  import torch  # pylint: disable=import-outside-toplevel
-  from transformers import UMT5Config, UMT5EncoderModel  # pylint: disable=import-outside-toplevel
+  import torch
+  from transformers import UMT5Config, UMT5EncoderModel
 
   source = TorchPickleSource(Path(path))
   config = UMT5Config(**config_from_wan(source))
@@ -140,11 +140,11 @@ def load_wan_encoder(path: Path, dtype: str = "float32"):
 
 def load_diffusers_encoder(folder: Path, dtype: str = "float32"):
   """`UMT5EncoderModel` from a diffusers/transformers `text_encoder/` folder."""
-  import torch  # pylint: disable=import-outside-toplevel
-  from transformers import UMT5EncoderModel  # pylint: disable=import-outside-toplevel
+  import torch
+  from transformers import UMT5EncoderModel
 
-  import pickle  # pylint: disable=import-outside-toplevel
-  import warnings  # pylint: disable=import-outside-toplevel
+  import pickle
+  import warnings
   try:
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")  # torch's pickle-protocol notes: the error says it
@@ -153,7 +153,7 @@ def load_diffusers_encoder(folder: Path, dtype: str = "float32"):
     raise CheckpointError(f"{folder}: refused its weights file: a pickle holding more than "
                           f"tensors (torch's weights_only loader); use safetensors or the "
                           f"original release") from None
-  except Exception as e:  # pylint: disable=broad-except - one line for any loader failure
+  except Exception as e:  # one line for any loader failure
     first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
     raise CheckpointError(f"{folder}: cannot load a UMT5EncoderModel ({type(e).__name__}: "
                           f"{first.strip()[:300]})") from None
@@ -191,7 +191,7 @@ def locate(path: Path, tokenizer: Path | None = None) -> tuple[str, Path, Path]:
 def clean_prompt(text: str) -> str:
   """Wan's 'whitespace' cleaning: ftfy (if installed), HTML unescape twice, collapse spaces."""
   try:
-    import ftfy  # pylint: disable=import-outside-toplevel
+    import ftfy
     text = ftfy.fix_text(text)
   except ImportError:
     pass
@@ -201,7 +201,7 @@ def clean_prompt(text: str) -> str:
 
 def encode(model, tokenizer, texts: list[str], max_length: int = TEXT_LEN) -> list[np.ndarray]:
   """Float32 hidden states of each text's real tokens, `(L_i, d_model)`, L_i <= max_length."""
-  import torch  # pylint: disable=import-outside-toplevel
+  import torch
 
   out = []
   for text in texts:

@@ -41,9 +41,9 @@ _RESNET = {"norm1": "residual.0", "conv1": "residual.2", "norm2": "residual.3",
 
 
 def _param_shapes(cfg: VAEConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
-  import jax  # pylint: disable=import-outside-toplevel
-  from flax import nnx  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.models.wan_vae import WanVAE, abstract_params  # pylint: disable=import-outside-toplevel
+  import jax
+  from flax import nnx
+  from vbridge_jax.models.wan_vae import WanVAE, abstract_params
 
   abstract = nnx.eval_shape(lambda: WanVAE(cfg, rngs=nnx.Rngs(0)))
   flat = jax.tree_util.tree_flatten_with_path(abstract_params(abstract))[0]

@@ -81,7 +81,7 @@ _ORIENTATION = 0x0112  # EXIF tag
 def _orientation(im: Image.Image) -> int:
   try:
     return int(im.getexif().get(_ORIENTATION, 1) or 1)
-  except Exception:  # pylint: disable=broad-except - a damaged EXIF block: no rotation
+  except Exception:  # a damaged EXIF block: no rotation
     return 1
 
 

@@ -69,7 +69,7 @@ def _write_manifest(version_dir: Path, manifest: dict[str, Any]) -> None:
 
 
 def _build(builder_name: str, manual_dir: str, data_dir: str, skip_bad: bool) -> Path:
-  from vbridge_jax.data import builders  # pylint: disable=import-outside-toplevel
+  from vbridge_jax.data import builders
   b = builders.builder(builder_name, manual_dir=manual_dir, data_dir=data_dir,
                        skip_bad=skip_bad)
   b.download_and_prepare()
@@ -78,7 +78,7 @@ def _build(builder_name: str, manual_dir: str, data_dir: str, skip_bad: bool) ->
 
 def version_dir(builder_name: str, data_dir: str) -> Path:
   """`data_dir/<builder>/<version>`, where the set is (or will be) written."""
-  from vbridge_jax.data import builders  # pylint: disable=import-outside-toplevel
+  from vbridge_jax.data import builders
   if builder_name not in builders.BUILDERS:
     raise DataError(f"unknown builder {builder_name!r}; known: {', '.join(builders.BUILDERS)}")
   return Path(data_dir) / builder_name / str(builders.BUILDERS[builder_name].VERSION)

@@ -294,7 +294,7 @@ def splash_attention(q, k, v, *, block: int = 512, interpret: bool | None = None
   (padded query rows are computed against the real keys and dropped). Off TPU the kernel
   runs in Pallas interpret mode (slow; for tests only).
   """
-  from jax.experimental.pallas.ops.tpu.splash_attention import (  # pylint: disable=import-outside-toplevel
+  from jax.experimental.pallas.ops.tpu.splash_attention import (
       splash_attention_kernel as sk, splash_attention_mask as sm)
 
   if interpret is None:

@@ -148,7 +148,7 @@ def read_config(path: str | Path) -> PixelCodecConfig | None:
 
 def write_config(folder: str | Path, config: PixelCodecConfig) -> Path:
   """Writes `folder/config.json` (atomic); the codec has no parameters to store."""
-  import os  # pylint: disable=import-outside-toplevel
+  import os
   folder = Path(folder)
   folder.mkdir(parents=True, exist_ok=True)
   file, tmp = folder / "config.json", folder / ".config.json.tmp"

@@ -298,7 +298,7 @@ def load_dit(path: str | Path, **overrides) -> WanDiT:
   `overrides` set run-time switches (`dtype`, `param_dtype`, `scan_layers`, `remat`,
   `attention`).
   """
-  from vbridge_jax.checkpoints import io  # pylint: disable=import-outside-toplevel
+  from vbridge_jax.checkpoints import io
 
   folder = io.find_component(Path(path), "dit")
   cfg = DiTConfig.from_dict(io.read_component_config(folder), **overrides)

@@ -173,7 +173,7 @@ def _run_jit(graphdef, method: str, state, x):
 
 @functools.partial(jax.jit, static_argnums=(0,))
 def _run_jit_posterior(graphdef, state, x):
-  return nnx.merge(graphdef, state)._encode(x, posterior=True)  # pylint: disable=protected-access
+  return nnx.merge(graphdef, state)._encode(x, posterior=True)
 
 
 def sample_posterior(mean: jax.Array, logvar: jax.Array, rng: jax.Array) -> jax.Array:
@@ -309,8 +309,8 @@ def load_vae(path: str | Path, sharding: Any = None, **overrides) -> WanVAE:
   `sharding` (e.g. replicated over a mesh that spans processes): every parameter is read
   straight into it, as a multi-process restore needs.
   """
-  from vbridge_jax.checkpoints import io  # pylint: disable=import-outside-toplevel
-  from vbridge_jax.models import pixel_codec  # pylint: disable=import-outside-toplevel
+  from vbridge_jax.checkpoints import io
+  from vbridge_jax.models import pixel_codec
 
   pixel = pixel_codec.read_config(path)
   if pixel is not None:

@@ -137,7 +137,7 @@ class Checkpointer:
       self._settled()
       self._in_flight = step
       saved = self.manager.save(step, args=args, force=force)
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       raise self._failed(e) from None
     if not saved:
       self._in_flight = None
@@ -146,7 +146,7 @@ class Checkpointer:
   def wait(self) -> None:
     try:
       self.manager.wait_until_finished()
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       raise self._failed(e) from None
     self._settled()
 
@@ -180,7 +180,7 @@ class Checkpointer:
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
         state, data, meta = self.restore(step, target_state)
-      except Exception as e:  # pylint: disable=broad-except - orbax/tensorstore raise many types
+      except Exception as e:  # orbax/tensorstore raise many types
         bad.append((step, _one_line(e)))
         continue
       for b, why in bad:
@@ -209,6 +209,6 @@ class Checkpointer:
       os.makedirs(dest_dir, exist_ok=True)
       shutil.move(src, dest)
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+      from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices(f"set_aside_{step}")
     return dest

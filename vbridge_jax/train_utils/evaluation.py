@@ -253,10 +253,10 @@ class _Scalars:
 
   def __init__(self, logdir: str):
     try:
-      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+      from tensorboardX import SummaryWriter
       self._w, self._x = SummaryWriter(logdir, filename_suffix=".eval"), True
     except ImportError:
-      from vbridge_jax.train_utils.tensorboard import SummaryWriter  # pylint: disable=import-outside-toplevel
+      from vbridge_jax.train_utils.tensorboard import SummaryWriter
       self._w, self._x = SummaryWriter(logdir), False
 
   def __call__(self, step: int, row: dict[str, float]) -> None:

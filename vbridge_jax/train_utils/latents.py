@@ -77,7 +77,7 @@ def build(config, stage, iterator, encoder, vae_state, path: str, num_samples: i
     np.savez(tmp, z=np.stack(zs), lq=lq, gt=gt)
     os.replace(tmp, path)
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(f"latent_cache_{stage.index}")
   log.info("latent cache: %d batches of stage %d written to %s", n, stage.index, path)
 

@@ -75,12 +75,12 @@ class MetricsLogger:
       log.info("dropped %d metrics row(s) after step %d (replayed from the checkpoint)",
                dropped, start_step)
     self._jsonl = open(path, "a", encoding="utf-8")
-    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+    from tensorboardX import SummaryWriter
     self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
                              purge_step=start_step + 1 if start_step > 0 else None,
                              flush_secs=30)
     if progress and sys.stderr.isatty():
-      from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+      from tqdm import tqdm
       self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                        smoothing=0.1)
 

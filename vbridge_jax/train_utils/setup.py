@@ -83,7 +83,7 @@ def total_steps(config, source: str) -> int:
   if epochs < 1:
     raise ConfigError(f"set total_steps or epochs (both are <= 0: total_steps="
                       f"{config.total_steps}, epochs={config.get('epochs', 0)})")
-  from vbridge_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  from vbridge_jax.data import pipeline
   pairs = len(pipeline.open_records(source, data_dir=config.data.data_dir or None))
   return epochs * -(-pairs // int(config.data.batch_size))
 
@@ -106,7 +106,7 @@ def _runtime(config) -> dict[str, Any]:
 
 def dit_config(config) -> DiTConfig:
   if config.init_from:
-    from vbridge_jax.checkpoints import io  # pylint: disable=import-outside-toplevel
+    from vbridge_jax.checkpoints import io
     folder = io.find_component(Path(config.init_from), "dit")
     return DiTConfig.from_dict(io.read_component_config(folder), **_runtime(config))
   presets = {"ti2v_5b": DiTConfig.ti2v_5b, "tiny": DiTConfig.tiny}
@@ -132,7 +132,7 @@ def vae_config(config) -> VAEConfig | PixelCodecConfig:
     pixel = read_config(config.init_from)
     if pixel is not None:
       return pixel
-    from vbridge_jax.checkpoints import io  # pylint: disable=import-outside-toplevel
+    from vbridge_jax.checkpoints import io
     folder = io.find_component(Path(config.init_from), "vae")
     return VAEConfig.from_dict(io.read_component_config(folder), **rt)
   if config.model.vae not in VAE_PRESETS:
@@ -172,7 +172,7 @@ def _positive(config, *names: str) -> None:
 
 def objective(config) -> tuple[float, float, str]:
   """`(data.text_drop, flow.t2v_ratio, flow.loss_frames)`, checked (one-line ConfigError)."""
-  from vbridge_jax import flow  # pylint: disable=import-outside-toplevel
+  from vbridge_jax import flow
   text_drop = float(config.data.get("text_drop", 0.0))
   t2v_ratio = float(config.flow.get("t2v_ratio", 0.0))
   loss_frames = str(config.flow.get("loss_frames", "generated"))
@@ -331,7 +331,7 @@ def _restore_into(target: nnx.Module, init_from: str) -> None:
   the 5B model is never assembled on one host. LoRA wrappers add a `base` level to the paths; the adapters
   keep their own initialisation.
   """
-  from vbridge_jax.checkpoints import io  # pylint: disable=import-outside-toplevel
+  from vbridge_jax.checkpoints import io
 
   folder = io.find_component(Path(init_from), "dit")
   flat = nnx.to_flat_state(nnx.state(target, nnx.Not(nnx.LoRAParam)))
@@ -377,12 +377,12 @@ def demo_split(config, workdir: str, split: str) -> str:
   out = os.path.join(workdir, "demo_data")
   done = os.path.join(out, ".complete_split")  # the flat pre-split layout had `.complete`
   if jax.process_index() == 0 and not os.path.exists(done):
-    from vbridge_jax.data import fewshot  # pylint: disable=import-outside-toplevel
+    from vbridge_jax.data import fewshot
     fewshot.build(out, per_category=int(config.data.get("demo_per_category", 4)),
                   heldout=max(1, int(config.data.get("demo_heldout", 2))), seed=int(config.seed))
     Path(done).touch()
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("demo_data")
   return os.path.join(out, split)
 
@@ -405,7 +405,7 @@ def crop_size(size: int, multiple: int | None = None) -> int:
 
 def make_iterator(config, source: str, stage: Stage, mesh) -> Any:
   """A checkpointable grain iterator of global batches for one curriculum stage."""
-  from vbridge_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  from vbridge_jax.data import pipeline
 
   d = config.data
   if d.batch_size % sh.batch_shards(mesh):
