@@ -39,6 +39,7 @@ from flax import nnx  # noqa: E402
 
 from vbridge_jax import aot, flops  # noqa: E402
 from vbridge_jax import sharding as sh  # noqa: E402
+from vbridge_jax.train_utils import setup  # noqa: E402
 
 H, W, FRAMES = 704, 1280, 5
 TINY = False  # --tiny: the tiny config at 64x128 on any backend
@@ -124,7 +125,7 @@ def bench_train(finetune: str) -> dict:
     tried.append(f"{param_dtype}/{remat}: {need / flops.GiB:.1f} GiB")
     if limit and need > 0.97 * limit:
       continue
-    build, _, _, _ = aot.state_builder(config)
+    build, _, _, _, _ = setup.state_builder(config)
     model, opt = sh.create_sharded(build, mesh, rules)
     state = nnx.state((model, opt))
     del model, opt
@@ -151,7 +152,7 @@ def bench_restore() -> dict:
   config = _config("full", "bfloat16", "none")
   mesh = sh.create_mesh({"fsdp": 1}, devices=jax.local_devices()[:1])
   rules = sh.rules_from_config(config.logical_axis_rules)
-  _, dcfg, vcfg, _ = aot.state_builder(config)
+  _, dcfg, vcfg, _, _ = setup.state_builder(config)
   from vbridge_jax.models.wan_dit import WanDiT
   from vbridge_jax.models.wan_vae import WanVAE
   from vbridge_jax.sampler import guided_steps

@@ -181,34 +181,12 @@ class AbstractState:
   wrt: Any
 
 
-def state_builder(config):
-  """(build, DiT config, VAE config, trainable filter): `build()` makes the DiT (+ LoRA) and
-  its optimizer as the trainer does (run it under `nnx.eval_shape` or `create_sharded`)."""
-  from vbridge_jax import optim
-  from vbridge_jax.models import lora as lora_lib
-  from vbridge_jax.models.wan_dit import WanDiT
-  from vbridge_jax.train_utils import setup
-
-  dcfg, vcfg = setup.dit_config(config), setup.vae_config(config)
-  tx, _ = optim.make_optimizer(config.optim)
-  wrt = nnx.LoRAParam if config.finetune == "lora" else nnx.Param
-
-  def build():
-    model = WanDiT(dcfg, rngs=nnx.Rngs(params=0))
-    if config.finetune == "lora":
-      from vbridge_jax.train_utils import setup
-      lora_lib.apply_lora(model, rank=int(config.lora.rank), alpha=float(config.lora.alpha),
-                          targets=setup.lora_targets(config))
-    return model, nnx.Optimizer(model, tx, wrt=wrt)
-
-  return build, dcfg, vcfg, wrt
-
-
 def abstract_state(config, mesh, rules) -> AbstractState:
   """The trainer's state (DiT [+ LoRA] and optimizer), the DiT alone and the VAE, abstract."""
   from vbridge_jax.models.wan_vae import WanVAE
 
-  build, dcfg, vcfg, wrt = state_builder(config)
+  from vbridge_jax.train_utils import setup
+  build, dcfg, vcfg, wrt, _ = setup.state_builder(config)
 
   def split(obj):
     graphdef, abs_state = nnx.split(obj)

@@ -44,8 +44,9 @@ from pathlib import Path
 
 import numpy as np
 
+from vbridge_jax.models.configs import DTYPES  # the one name -> dtype map
+
 FORMATS = ("jax", "wan", "diffusers")
-DTYPES = ("float32", "bfloat16")
 
 
 class ExportError(ValueError):

@@ -20,12 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-import ml_dtypes
-
 from vbridge_jax.checkpoints.io import CheckpointError, write_component
-
-DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
+from vbridge_jax.models.configs import DTYPES  # name -> numpy dtype (the one map)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +31,6 @@ class Found:
   name: str
   layout: str
   path: Path
-  extra: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,9 +11,14 @@ import dataclasses
 import json
 from typing import Any
 
+import ml_dtypes
+import numpy as np
+
 REMAT_POLICIES = ("none", "full", "save_dots")
 ATTENTION_IMPLS = ("xla", "cudnn", "splash")
-DTYPES = ("float32", "bfloat16")
+# The one map of dtype names (configs, flags, converters) to dtypes. ml_dtypes' bfloat16 is
+# the type JAX uses for jnp.bfloat16.
+DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

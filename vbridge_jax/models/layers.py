@@ -24,7 +24,6 @@ from jax.sharding import PartitionSpec
 
 Names = Sequence[str | None]
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 # Every logical axis name the models use. Rules map a name to a mesh axis (or None); a name

@@ -108,6 +108,3 @@ def merge_lora(model: nnx.Module) -> int:
     setattr(parent, attr, module.base)
   return len(found)
 
-
-def lora_param_count(model: nnx.Module) -> int:
-  return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.LoRAParam)))

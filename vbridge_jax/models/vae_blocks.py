@@ -22,11 +22,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vbridge_jax.models.configs import VAEConfig
+from vbridge_jax.models.configs import DTYPES, VAEConfig
 
 CACHE_T = 2  # frames a temporal-kernel-3 causal convolution carries into the next chunk
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _PRECISION = {"highest": jax.lax.Precision.HIGHEST, "default": jax.lax.Precision.DEFAULT}
 
 
@@ -63,7 +62,7 @@ class Runtime:
 
   @classmethod
   def of(cls, cfg: VAEConfig) -> "Runtime":
-    return cls(_DTYPES[cfg.dtype], _DTYPES[cfg.param_dtype], _PRECISION[cfg.precision])
+    return cls(DTYPES[cfg.dtype], DTYPES[cfg.param_dtype], _PRECISION[cfg.precision])
 
 
 def _normal(rngs: nnx.Rngs, shape: tuple[int, ...], fan_in: int, dtype: Any) -> jax.Array:

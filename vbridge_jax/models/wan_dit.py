@@ -28,8 +28,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
-from vbridge_jax.models.configs import DiTConfig
-from vbridge_jax.models.layers import (DTYPES, Dense, LayerNorm, RMSNorm, apply_rope, attention,
+from vbridge_jax.models.configs import DTYPES, DiTConfig
+from vbridge_jax.models.layers import (Dense, LayerNorm, RMSNorm, apply_rope, attention,
                                        constrain, layer_norm, param, rope_tables)
 
 # Names of the block's main activations (`checkpoint_name`), so that a remat policy can

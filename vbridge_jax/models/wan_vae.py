@@ -279,13 +279,6 @@ def _like(template, tree):
   return tree
 
 
-def set_params(model: WanVAE, params: dict) -> WanVAE:
-  """Puts a converter-style parameter tree (string keys) into `model`, in place."""
-  graphdef, state = nnx.split(model)
-  nnx.update(model, _filled(state, params))
-  return model
-
-
 def from_params(config: VAEConfig, params: dict) -> WanVAE:
   """A `WanVAE` holding `params` (a converter-style tree), built without random init."""
   abstract = nnx.eval_shape(lambda: WanVAE(config, rngs=nnx.Rngs(0)))

@@ -272,8 +272,10 @@ def check_devices(config) -> list:
   return devices
 
 
-def build_state(config, mesh, rules) -> tuple[WanDiT, nnx.Optimizer, WanVAE | PixelCodec, Any]:
-  """The DiT (+ LoRA) and its optimizer, born sharded; the frozen codec; the lr schedule."""
+def state_builder(config):
+  """`(build, DiT config, codec config, trainable filter, lr schedule)`: the one builder of
+  the trainer's state. `build()` makes the DiT (+ LoRA, seeded from `config.seed`) and its
+  optimizer; `build_state` runs it sharded, `vbridge_jax.aot` under `nnx.eval_shape`."""
   dcfg, vcfg = dit_config(config), vae_config(config)
   tx, schedule = optim.make_optimizer(config.optim)
   wrt = nnx.LoRAParam if config.finetune == "lora" else nnx.Param
@@ -286,6 +288,13 @@ def build_state(config, mesh, rules) -> tuple[WanDiT, nnx.Optimizer, WanVAE | Pi
                           targets=lora_targets(config), seed=seed + 1)
     return model, nnx.Optimizer(model, tx, wrt=wrt)
 
+  return build, dcfg, vcfg, wrt, schedule
+
+
+def build_state(config, mesh, rules) -> tuple[WanDiT, nnx.Optimizer, WanVAE | PixelCodec, Any]:
+  """The DiT (+ LoRA) and its optimizer, born sharded; the frozen codec; the lr schedule."""
+  build, _, vcfg, _, schedule = state_builder(config)
+  seed = int(config.seed)
   model, opt = sh.create_sharded(build, mesh, rules)
   if config.init_from:
     _restore_into(model, config.init_from)
