@@ -15,6 +15,7 @@ import jax
 import pytest
 
 from configs import curriculum
+from tests.conftest import set_fields
 from vbridge_jax import trainer
 from vbridge_jax.checkpoints.io import CheckpointError
 from vbridge_jax.train_utils.setup import ConfigError
@@ -50,17 +51,7 @@ def scalar_steps(workdir: Path, tag: str = "train/loss") -> list[list[int]]:
   return out
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles(tmp_path_factory):
-  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-           "jax_exec_time_optimization_effort")
-  old = {n: getattr(jax.config, n) for n in names}
-  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-  jax.config.update("jax_exec_time_optimization_effort", -1.0)
-  yield
-  for n, v in old.items():
-    jax.config.update(n, v)
+pytestmark = pytest.mark.usefixtures("persistent_compiles")
 
 
 @pytest.fixture(scope="module")
@@ -92,13 +83,7 @@ def _config(demo: str, latent_dir: str, **kw):
   c.latent_cache.enabled = True
   c.latent_cache.dir = latent_dir
   c.compiler_options = dict(xla_backend_optimization_level=0)
-  for k, v in kw.items():
-    node = c
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return c
+  return set_fields(c, **kw)
 
 
 def _rows(workdir: Path) -> list[int]:

@@ -13,6 +13,7 @@ import pytest
 from flax import nnx
 
 from configs import curriculum
+from tests.conftest import set_fields
 from vbridge_jax import flow, optim, trainer
 from vbridge_jax.train_utils import setup
 
@@ -166,13 +167,7 @@ def _step(cfg, cached=True):
 
 def _cfg(**kw):
   c = curriculum.get_config("tiny_wan")
-  for k, v in kw.items():
-    node = c
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return c
+  return set_fields(c, **kw)
 
 
 def test_text_drop_one_trains_every_sample_on_the_empty_prompt():

@@ -16,22 +16,11 @@ import numpy as np
 import pytest
 
 from configs import curriculum, drift
+from tests.conftest import set_fields
 from vbridge_jax import trainer
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles(tmp_path_factory):
-  """Identical programs (the resume runs) compile once; XLA spends less effort optimising
-  these tiny programs (compile time dominates: ~35 -> ~22 s for a step on a loaded CPU)."""
-  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-           "jax_exec_time_optimization_effort")
-  old = {n: getattr(jax.config, n) for n in names}
-  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-  jax.config.update("jax_exec_time_optimization_effort", -1.0)
-  yield
-  for n, v in old.items():
-    jax.config.update(n, v)
+pytestmark = pytest.mark.usefixtures("persistent_compiles")
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +52,7 @@ def _config(demo: str, latent_dir: str, base=None, **kw):
   c.latent_cache.enabled = True
   c.latent_cache.dir = latent_dir
   c.compiler_options = dict(xla_backend_optimization_level=0)
-  for k, v in kw.items():
-    node = c
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return c
+  return set_fields(c, **kw)
 
 
 def _losses(workdir) -> list[float]:
