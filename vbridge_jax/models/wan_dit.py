@@ -292,19 +292,19 @@ class WanDiT(nnx.Module):
       return self.unpatchify(out, grid)
 
 
-def load_dit(path: str | Path, **overrides) -> WanDiT:
+def load_dit(path: str | Path, mesh=None, rules=None, **overrides) -> WanDiT:
   """Loads a converted DiT from `OUT` or `OUT/dit` (written by convert/wan_to_jax.py).
 
   `overrides` set run-time switches (`dtype`, `param_dtype`, `scan_layers`, `remat`,
-  `attention`).
+  `attention`). Given a `mesh`, the parameters are read straight into the shardings that
+  the logical-axis `rules` (default `sharding.DEFAULT_RULES`) give them there: each
+  process reads only the chunks its devices hold, and the model is never whole on one host.
   """
-  from vbridge_jax.checkpoints import io
+  from vbridge_jax.checkpoints import loading
 
-  folder = io.find_component(Path(path), "dit")
-  cfg = DiTConfig.from_dict(io.read_component_config(folder), **overrides)
-  abstract = nnx.eval_shape(lambda: WanDiT(cfg, rngs=nnx.Rngs(0)))
-  graphdef, state = nnx.split(abstract)
-  target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), nnx.to_pure_dict(state))
-  params = io.restore_params(folder, target)
-  nnx.replace_by_pure_dict(state, params)
-  return nnx.merge(graphdef, state)
+  shardings = None
+  if mesh is not None:
+    from vbridge_jax import sharding as sh
+    rules = sh.rules_from_config(rules)
+    shardings = lambda state: sh.state_shardings(state, mesh, rules)
+  return loading.load_module(path, "dit", DiTConfig, WanDiT, shardings, **overrides)
