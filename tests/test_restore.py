@@ -322,7 +322,7 @@ def test_fsdp_tensor_restore_equals_replicated(model_dir, low_compile_effort):
     ctx = [sh.replicated(mesh, a[None]) for a in (pos, neg)]
     with jax.set_mesh(mesh):
       out = restore.sample_step(state, put(first), put(noise), *ctx, graphdef=graphdef,
-                                config=cfg, rules=sh.activation_rules(rules))
+                                config=cfg, rules=rules)
     latents[name] = np.asarray(out)
     vae = restore.place(load_vae(model_dir / "model"), mesh, rules)
     r = restore.Restorer(dit, vae, pos, neg, cfg, frames=5, mesh=mesh, rules=rules)

@@ -138,7 +138,6 @@ class Restorer:
                mesh=None, rules=None, drift_frames: int | None = None,
                quantize: str = "truncate"):
     self.rules = sh.rules_from_config(rules)
-    self.act_rules = sh.activation_rules(self.rules)
     if mesh is None:
       mesh = sh.create_mesh({"data": -1}, jax.local_devices())
       dit, vae = place(dit, mesh, self.rules), place(vae, mesh, self.rules)
@@ -229,7 +228,7 @@ class Restorer:
         shape = (latent_frames,) + first.shape[2:]
         noise = self._global(dict(enumerate(self.noise(names, shape, k))), (batch,) + shape)
         latent = sample_step(state, first, noise, self.positive, self.negative, graphdef=graphdef,
-                             config=self.config, rules=self.act_rules)
+                             config=self.config, rules=self.rules)
         video = decode_step(self.vae_state, latent, graphdef=self.vae_graphdef,
                             all_frames=all_frames and last)
         for r, frames in self._local(video).items():
