@@ -113,7 +113,7 @@ def bench_train(finetune: str) -> dict:
     lat = (1, 1 + (FRAMES - 1) // 4, H // 16, W // 16, dcfg.in_channels)
     fn = aot.train_step_fn(graphdef, None, config, dcfg, st.wrt,
                            jax.tree.map(lambda s: s.sharding, state), mesh, vae=False)
-    with jax.set_mesh(mesh), nnx.logical_axis_rules(sh.activation_rules(rules)):
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
       t0 = time.perf_counter()
       step_no = aot._replicated(mesh, (), jnp.int32)
       compiled = fn.lower(state, None, aot._batched(mesh, lat),
@@ -160,14 +160,14 @@ def bench_restore() -> dict:
   vae = sh.create_sharded(lambda: WanVAE(vcfg, rngs=nnx.Rngs(params=1)), mesh, rules)
   dg, ds = nnx.split(dit)
   vg, vs = nnx.split(vae)
-  fn, _ = aot.restore_step_lowering(dg, vg, dcfg, sh.activation_rules(rules), vae=True)
+  fn, _ = aot.restore_step_lowering(dg, vg, dcfg, rules, vae=True)
   image = jax.random.uniform(jax.random.key(0), (1, H, W, 3), jnp.float32, -1, 1)
   lat = (1, 1 + (FRAMES - 1) // 4, H // 16, W // 16, dcfg.in_channels)
   noise = jax.random.normal(jax.random.key(1), lat, jnp.float32)
   pos = jax.random.normal(jax.random.key(2), (1, dcfg.text_len, dcfg.text_dim)) * 0.1
   neg = jax.random.normal(jax.random.key(3), (1, dcfg.text_len, dcfg.text_dim)) * 0.1
   t0 = time.perf_counter()
-  with jax.set_mesh(mesh), nnx.logical_axis_rules(sh.activation_rules(rules)):
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
     compiled = fn.lower(ds, vs, image, noise, pos, neg).compile()
   compile_s = time.perf_counter() - t0
   out, run_s = _timed(compiled, ds, vs, image, noise, pos, neg)

@@ -46,8 +46,7 @@ def bench(name: str, config: ml_collections.ConfigDict, size: int, steps: int) -
   clip = jax.device_put(jax.random.uniform(jax.random.key(0), (b, f, size, size, 3), minval=-1.0),
                         sh.batch_sharding(mesh, 5))
   ctx = trainer._context(config, dcfg, mesh)
-  act = sh.activation_rules(rules)
-  with jax.set_mesh(mesh), nnx.logical_axis_rules(act):
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
     t0 = time.perf_counter()
     state, m = step_fn(state, vs, clip, ctx, jnp.asarray(0, jnp.int32))
     jax.block_until_ready(m)

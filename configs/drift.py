@@ -13,7 +13,7 @@ model's outputs").
 LoRA merged, the `vae/` it trained with, and `model.json`); a converted checkpoint (e.g. the
 authors' released base) works the same way.
 
-Variants: (none) the paper-scale run at 720 px; `tiny` the random tiny models, for
+Variants (`VARIANTS`): '' the paper-scale run at 720 px; `tiny` the random tiny models, for
 checking the wiring on a CPU (needs `data.source` and `data.drift_outputs`; the whole chain
 at tiny scale is `python -m vbridge_jax.miniature`).
 
@@ -34,20 +34,34 @@ import ml_collections
 from configs import curriculum
 
 
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = arg or ""
-  if arg not in ("", "tiny"):
-    raise ValueError(f"unknown variant {arg!r} of configs/drift.py; one of '', 'tiny'")
-  c = curriculum.get_config("tiny_wan" if arg == "tiny" else "")
+def base_config() -> ml_collections.ConfigDict:
+  """The paper-scale corrector: the curriculum's config, 5-frame clips at 720 px."""
+  c = curriculum.get_config("")
   c.drift = True
   c.data.frames = 5
   c.data.drift_outputs = ""  # required: the base model's outputs <category>/<id>.<ext>
   # c.init_from (required unless tiny): the exported base model (python -m vbridge_jax.export)
-  if arg == "tiny":
-    c.data.source = ""
-    c.stages = "64"
-    c.total_steps = 50
-  else:
-    c.stages = "720"
-    c.total_steps = 10_000  # the paper gives no length for the corrector (overrides epochs)
+  c.stages = "720"
+  c.total_steps = 10_000  # the paper gives no length for the corrector (overrides epochs)
   return c
+
+
+def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The curriculum's random tiny models on a CPU (needs `data.source`)."""
+  c = curriculum.tiny_wan(c)
+  c.data.frames = 5
+  c.data.source = ""
+  c.stages = "64"
+  c.total_steps = 50
+  return c
+
+
+VARIANTS = {"": lambda c: c, "tiny": tiny}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = arg or ""
+  if arg not in VARIANTS:
+    raise ValueError(f"unknown variant {arg!r} of configs/drift.py; one of "
+                     f"{', '.join(repr(v) for v in VARIANTS)}")
+  return VARIANTS[arg](base_config())

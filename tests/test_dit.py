@@ -9,7 +9,8 @@ from flax import nnx
 from tests.dit_reference import (inputs, jax_from_torch, make_torch_dit, max_rel_err,
                                  torch_forward)
 from vbridge_jax.models import DiTConfig, WanDiT
-from vbridge_jax.models.layers import LOGICAL_AXES, attention, logical_specs
+from vbridge_jax.models.layers import attention
+from vbridge_jax.sharding import PARAM_AXES, logical_specs
 
 TOL = 1e-4
 
@@ -132,7 +133,8 @@ def test_sharded_forward_matches(pair):
   cfg, ref = pair
   x, t, ctx = inputs(cfg, per_token=True)
   want = torch_forward(ref, x, t, ctx, cfg.text_len)
-  rules = (("batch", "data"), ("embed", "fsdp"), ("heads", "tensor"), ("mlp", "tensor"))
+  rules = (("activation_batch", "data"), ("embed", "fsdp"), ("heads", "tensor"), ("mlp", "tensor"),
+           ("activation_heads", "tensor"), ("activation_mlp", "tensor"))
   state, got = _sharded_forward(jax_from_torch(ref, cfg), ("data", "fsdp", "tensor"), rules, x, t, ctx)
   kernel = state["blocks"]["ffn"]["fc1"]["kernel"][...]
   assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
@@ -146,7 +148,7 @@ def test_time_modulation_is_sharded_by_batch():
   cfg = CONFIGS["a"]
   dit = WanDiT(cfg, rngs=nnx.Rngs(0))
   mesh = jax.make_mesh((4, 2), ("data", "context"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
-  rules = (("batch", "data"), ("length", "context"))
+  rules = (("activation_batch", "data"), ("activation_length", "context"))
   t = jnp.linspace(0.0, 999.0, 4 * 16).reshape(4, 16)
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
     temb, e = nnx.jit(lambda m, t: m.embed_time(t, (4, 2, 2)))(dit, t)
@@ -188,7 +190,8 @@ def test_sharded_splash_sequence_parallel():
   ref = make_torch_dit(cfg, seed=3)
   x, t, ctx = inputs(cfg, per_token=True)
   want = torch_forward(ref, x, t, ctx, cfg.text_len)
-  rules = (("batch", "data"), ("length", "context"), ("heads", "tensor"), ("mlp", "tensor"))
+  rules = (("activation_batch", "data"), ("activation_length", "context"), ("heads", "tensor"),
+           ("mlp", "tensor"), ("activation_heads", "tensor"), ("activation_mlp", "tensor"))
   dit = jax_from_torch(ref, cfg.replace(attention="splash", splash_block=128))
   _, got = _sharded_forward(dit, ("data", "context", "tensor"), rules, x, t, ctx)
   assert max_rel_err(got, want) <= TOL
@@ -229,7 +232,7 @@ def test_every_parameter_has_known_logical_names():
   state = nnx.state(nnx.eval_shape(lambda: WanDiT(CONFIGS["a"], rngs=nnx.Rngs(0))))
   for v in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, nnx.Variable)):
     names = v.get_metadata()["out_sharding"]
-    assert len(names) == len(v.shape) and set(names) <= set(LOGICAL_AXES), names
+    assert len(names) == len(v.shape) and set(names) <= set(PARAM_AXES), names
 
 
 def test_block_activations_are_named_for_remat():

@@ -285,6 +285,14 @@ def test_train_help_lists_variants_and_fields_and_exits_0():
   assert "--config.profile.start_step=-1" in r.stdout and "--workdir" in r.stdout
 
 
+def test_every_training_config_lists_its_variants():
+  """configs/drift.py has a VARIANTS table like the others, so --help names its variants."""
+  from vbridge_jax import train
+  text = train.help_text([f"--config={REPO / 'configs' / 'drift.py'}"])
+  assert "Variants (--config=FILE:VARIANT): (none), 'tiny'" in text
+  assert "--config.data.drift_outputs=''" in text
+
+
 def test_eta_after_warm_up_and_plain_progress_lines_in_a_file(tmp_path, caplog):
   """The first line's rate includes compiling: no ETA from it. Not on a terminal (here
   pytest captures stderr), progress is one log line per row, no tqdm carriage returns."""

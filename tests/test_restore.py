@@ -300,7 +300,7 @@ def test_fsdp_tensor_restore_equals_replicated(model_dir, low_compile_effort):
   import jax
   from flax import nnx
   from vbridge_jax import sharding as sh
-  from vbridge_jax.models import load_vae
+  from vbridge_jax.models import load_dit, load_vae
   from vbridge_jax.sampler import SamplerConfig
 
   rng = np.random.default_rng(0)
@@ -313,7 +313,7 @@ def test_fsdp_tensor_restore_equals_replicated(model_dir, low_compile_effort):
   latents, restored = {}, {}
   for name, sizes in (("replicated", {"data": 8}), ("fsdp_tensor", {"fsdp": 4, "tensor": 2})):
     mesh = sh.create_mesh(sizes)
-    dit = restore.load_dit_sharded(model_dir / "model", mesh, rules, dtype="float32")
+    dit = load_dit(model_dir / "model", mesh, rules, dtype="float32")
     specs = {str(v.sharding.spec) for v in jax.tree.leaves(nnx.state(dit))}
     assert any("fsdp" in s for s in specs) == (name == "fsdp_tensor"), specs
     assert any("tensor" in s for s in specs) == (name == "fsdp_tensor"), specs
@@ -322,7 +322,7 @@ def test_fsdp_tensor_restore_equals_replicated(model_dir, low_compile_effort):
     ctx = [sh.replicated(mesh, a[None]) for a in (pos, neg)]
     with jax.set_mesh(mesh):
       out = restore.sample_step(state, put(first), put(noise), *ctx, graphdef=graphdef,
-                                config=cfg, rules=sh.activation_rules(rules))
+                                config=cfg, rules=rules)
     latents[name] = np.asarray(out)
     vae = restore.place(load_vae(model_dir / "model"), mesh, rules)
     r = restore.Restorer(dit, vae, pos, neg, cfg, frames=5, mesh=mesh, rules=rules)

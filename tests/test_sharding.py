@@ -35,9 +35,14 @@ def test_mesh_shape_fills_and_rejects():
 def test_logical_to_spec_never_reuses_an_axis_and_respects_divisibility():
   mesh = sh.create_mesh({"data": 2, "fsdp": 2, "tensor": 2})
   rules = sh.DEFAULT_RULES
-  # Activations: batch takes data+fsdp, so embed (-> fsdp) must stay replicated.
-  assert sh.logical_to_spec(("batch", "length", "embed"), rules, shape=(4, 8, 16),
-                            mesh=mesh) == P(("data", "fsdp"))
+  # Activations have their own names: the batch takes data+fsdp, the width stays whole
+  # although the parameters' 'embed' is on fsdp.
+  stream = ("activation_batch", "activation_length", "activation_embed")
+  assert sh.logical_to_spec(stream, rules, shape=(4, 8, 16), mesh=mesh) == P(("data", "fsdp"))
+  # A batch that data x fsdp does not divide is replicated, and the width still stays whole.
+  assert sh.logical_to_spec(stream, rules, shape=(1, 8, 16), mesh=mesh) == P()
+  # A name reused within one array: its second dimension takes no axis already taken.
+  assert sh.logical_to_spec(("embed", "embed"), rules, shape=(16, 16), mesh=mesh) == P("fsdp")
   assert sh.logical_to_spec(("embed", "mlp"), rules, shape=(16, 32), mesh=mesh) == P("fsdp", "tensor")
   assert sh.logical_to_spec(("embed", "mlp"), rules, shape=(3, 32), mesh=mesh) == P(None, "tensor")
   # A second candidate rule is used when the first one's axis is taken.
@@ -45,7 +50,26 @@ def test_logical_to_spec_never_reuses_an_axis_and_respects_divisibility():
   assert sh.logical_to_spec(("embed", "mlp"), rules2) == P("fsdp", "tensor")
   with pytest.raises(ValueError, match="mesh axis"):
     sh.rules_from_config([("embed", "model")])
-  assert sh.rules_from_config([["batch", ["data", "fsdp"]]]) == (("batch", ("data", "fsdp")),)
+  assert sh.rules_from_config([["embed", ["data", "fsdp"]]])[0] == ("embed", ("data", "fsdp"))
+
+
+def test_rules_name_every_axis_and_old_configs_get_the_activation_defaults():
+  """Every logical name has a default rule. A config saved before activations had their
+  own names (its rule list as the trainer wrote it to config.json) gets the default
+  activation rules, and resolves parameters and activations as the defaults do."""
+  names = [n for n, _ in sh.DEFAULT_RULES]
+  assert sorted(names) == sorted(sh.PARAM_AXES + sh.ACTIVATION_AXES)
+  old = [["batch", ["data", "fsdp"]], ["length", "context"], ["text_length", None],
+         ["layers", None], ["embed", "fsdp"], ["mlp", "tensor"], ["heads", "tensor"],
+         ["kv", None], ["text_embed", "fsdp"], ["freq", None], ["patch_in", None],
+         ["patch_out", None], ["mod", None], ["mod_embed", "tensor"]]
+  rules = sh.rules_from_config(old)
+  assert dict(rules)["embed"] == "fsdp"
+  assert {n: t for n, t in rules if n in sh.ACTIVATION_AXES} == {
+      n: t for n, t in sh.DEFAULT_RULES if n in sh.ACTIVATION_AXES}
+  # An activation rule the config does give is kept (and not doubled by the default).
+  custom = sh.rules_from_config([["activation_batch", "data"]])
+  assert [t for n, t in custom if n == "activation_batch"] == ["data"]
 
 
 def test_create_sharded_model_and_optimizer_are_born_sharded():

@@ -297,7 +297,6 @@ def compile_case(config, topo: Topology, devices, *, step: str, frames: int, hw:
   """Lowers and compiles one step for the topology; returns its table row."""
   mesh = sh.create_mesh(dict(config.mesh), devices=devices)
   rules = sh.rules_from_config(config.logical_axis_rules)
-  act_rules = sh.activation_rules(rules)
   st = abstract_state(config, mesh, rules)
   (graphdef, state), (vae_graphdef, vae_state) = st.train, st.vae
   dcfg, wrt = st.dit_config, st.wrt
@@ -315,7 +314,7 @@ def compile_case(config, topo: Topology, devices, *, step: str, frames: int, hw:
   if step == "train":  # built outside the mesh: it may create host constants (the RNG key)
     fn = train_step_fn(graphdef, vae_graphdef, config, dcfg, wrt,
                        jax.tree.map(lambda s: s.sharding, state), mesh, vae=vae)
-  with jax.set_mesh(mesh), nnx.logical_axis_rules(act_rules):
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
     if step == "train":
       lat = (batch, 1 + (frames - 1) // 4, h // 16, w // 16, dcfg.in_channels)
       data = _batched(mesh, (batch, frames, h, w, 3)) if vae else _batched(mesh, lat)
@@ -329,7 +328,7 @@ def compile_case(config, topo: Topology, devices, *, step: str, frames: int, hw:
     elif step == "restore":
       from vbridge_jax.sampler import SamplerConfig, guided_steps
       dit_graphdef, dit_state = st.dit
-      fn, static = restore_step_lowering(dit_graphdef, vae_graphdef, dcfg, act_rules, vae=vae)
+      fn, static = restore_step_lowering(dit_graphdef, vae_graphdef, dcfg, rules, vae=vae)
       lat = (batch, 1 + (frames - 1) // temporal, h // spatial, w // spatial, dcfg.in_channels)
       if vae:
         args = (dit_state, vae_state, _batched(mesh, (batch, h, w, 3)), _batched(mesh, lat), ctx, ctx)

@@ -87,6 +87,19 @@ def _devices_for(batch: int) -> int:
   return n
 
 
+def _tiny_config(module, source: Path, progress: bool, steps: int | None, stages: str | None):
+  """A config file's `tiny` variant (`configs/curriculum.py` or `configs/drift.py`) on
+  the `source` split, its length and stages replaced when given."""
+  config = module.get_config("tiny")
+  config.data.source = str(source)
+  config.progress = progress
+  if steps:
+    config.total_steps = steps
+  if stages:
+    config.stages = stages
+  return config
+
+
 def _train(config, workdir: Path, log) -> bool:
   """Trains (or resumes) a run; False when it had already finished."""
   from vbridge_jax import trainer
@@ -224,13 +237,7 @@ def run(workdir: str | os.PathLike, *, base_steps: int | None = None, base_stage
   train, heldout = _demo_splits(wd, per_category=per_category,
                                 heldout_per_category=heldout_per_category,
                                 categories=categories, size=size)
-  base = curriculum.get_config("tiny")
-  base.data.source = str(train)
-  base.progress = progress
-  if base_steps:
-    base.total_steps = base_steps
-  if base_stages:
-    base.stages = base_stages
+  base = _tiny_config(curriculum, train, progress, base_steps, base_stages)
   phase("1 train base", _train(base, wd / "base", log))
   phase("2 export base", _export(wd / "base", wd / "base_model"))
   prompts = _write_prompts(wd / "prompts.npz", setup.dit_config(base))
@@ -242,16 +249,10 @@ def run(workdir: str | os.PathLike, *, base_steps: int | None = None, base_stage
              steps=restore_steps)
   phase("2 restore training split (base)", todo)
 
-  corr = drift_configs.get_config("tiny")
-  corr.data.source = str(train)
+  corr = _tiny_config(drift_configs, train, progress, drift_steps, drift_stage)
   corr.data.drift_outputs = str(restored["train"])
   corr.init_from = str(wd / "base_model")
   corr.prompts = str(prompts)
-  corr.progress = progress
-  if drift_steps:
-    corr.total_steps = drift_steps
-  if drift_stage:
-    corr.stages = drift_stage
   phase("3 train drift corrector", _train(corr, wd / "drift", log))
   phase("3 export drift corrector", _export(wd / "drift", wd / "drift_model"))
 

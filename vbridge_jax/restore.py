@@ -121,25 +121,6 @@ def load_codec(path: str | Path, mesh) -> Any:
   return load_vae(path, sharding=jax.sharding.NamedSharding(mesh, P()))
 
 
-def load_dit_sharded(path: str | Path, mesh, rules, **overrides) -> Any:
-  """A converted DiT read straight into its shardings on `mesh` (each process reads only the
-  chunks its devices hold; the full model is never assembled on one host)."""
-  from vbridge_jax.checkpoints import io
-  from vbridge_jax.models.configs import DiTConfig
-  from vbridge_jax.models.wan_dit import WanDiT
-
-  folder = io.find_component(Path(path), "dit")
-  cfg = DiTConfig.from_dict(io.read_component_config(folder), **overrides)
-  with nnx.use_eager_sharding(False):
-    abstract = nnx.eval_shape(lambda: WanDiT(cfg, rngs=nnx.Rngs(0)))
-  graphdef, state = nnx.split(abstract)
-  shardings = nnx.to_pure_dict(sh.state_shardings(state, mesh, rules))
-  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        nnx.to_pure_dict(state), shardings)
-  nnx.replace_by_pure_dict(state, io.restore_params(folder, target))
-  return nnx.merge(graphdef, state)
-
-
 # -------------------------------------------------------------------------------- restorer
 
 
@@ -157,7 +138,6 @@ class Restorer:
                mesh=None, rules=None, drift_frames: int | None = None,
                quantize: str = "truncate"):
     self.rules = sh.rules_from_config(rules)
-    self.act_rules = sh.activation_rules(self.rules)
     if mesh is None:
       mesh = sh.create_mesh({"data": -1}, jax.local_devices())
       dit, vae = place(dit, mesh, self.rules), place(vae, mesh, self.rules)
@@ -248,7 +228,7 @@ class Restorer:
         shape = (latent_frames,) + first.shape[2:]
         noise = self._global(dict(enumerate(self.noise(names, shape, k))), (batch,) + shape)
         latent = sample_step(state, first, noise, self.positive, self.negative, graphdef=graphdef,
-                             config=self.config, rules=self.act_rules)
+                             config=self.config, rules=self.rules)
         video = decode_step(self.vae_state, latent, graphdef=self.vae_graphdef,
                             all_frames=all_frames and last)
         for r, frames in self._local(video).items():

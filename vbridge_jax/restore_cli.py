@@ -229,6 +229,7 @@ def _restore(config, todo, out_root: Path, status: dict) -> int:
   from vbridge_jax.data.files import DataError, image_size, read_rgb  # noqa: E501
   from vbridge_jax import prompts, restore
   from vbridge_jax import sharding as sh
+  from vbridge_jax.models import load_dit
 
   n_dev = int(config.num_devices)
   mesh = sh.create_mesh(dict(config.mesh), jax.devices()[:n_dev] if n_dev > 0 else None)
@@ -238,8 +239,8 @@ def _restore(config, todo, out_root: Path, status: dict) -> int:
   _say(f"loading the model from {config.model} onto mesh {dict(mesh.shape)} "
        f"({mesh.size} devices, {jax.process_count()} process(es)) ...")
   t0 = time.time()
-  dit = restore.load_dit_sharded(config.model, mesh, rules, **overrides)
-  drift = restore.load_dit_sharded(config.drift, mesh, rules, **overrides) if config.drift else None
+  dit = load_dit(config.model, mesh, rules, **overrides)
+  drift = load_dit(config.drift, mesh, rules, **overrides) if config.drift else None
   vae = restore.place(restore.load_codec(config.model, mesh), mesh, rules)
   positive, negative = prompts.load_prompts(Path(config.prompts), dit.config.text_dim)
   restorer = restore.Restorer(dit, vae, positive, negative, restore.sampler_config(config),

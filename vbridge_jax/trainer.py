@@ -224,9 +224,8 @@ class _Run:
     self.stages = setup.parse_stages(config.stages, total, setup.pixel_multiple(config))
     self.total, self.stop_at = total, _stop_step(config, total)
     self.mesh = sh.create_mesh(dict(config.mesh), devices)
-    rules = sh.rules_from_config(config.logical_axis_rules)
-    self.act_rules = sh.activation_rules(rules)
-    model, opt, vae, self.schedule = setup.build_state(config, self.mesh, rules)
+    self.rules = sh.rules_from_config(config.logical_axis_rules)
+    model, opt, vae, self.schedule = setup.build_state(config, self.mesh, self.rules)
     self.dcfg = model.config
     wrt = nnx.LoRAParam if config.finetune == "lora" else nnx.Param
     self.graphdef, self.state = nnx.split((model, opt))
@@ -299,7 +298,7 @@ class _Run:
     if not self.pending and not self.last_row and self.step == self.first_step:
       self.logger.write("compiling the train step (the first step takes longer)")
     self.profile.before(self.step)
-    with nnx.logical_axis_rules(self.act_rules):
+    with nnx.logical_axis_rules(self.rules):
       self.state, metrics = self.train_step(
           self.state, self.vae_state, batch["latents" if self.cached else "clip"],
           self.context, jnp.asarray(self.step, jnp.int32), self.nan_at)

@@ -1,10 +1,11 @@
 """Building blocks shared by the Wan2.2 ports: dense layers with logical axes, norms, RoPE,
-attention (XLA, cuDNN, TPU splash), and activation sharding constraints.
+and attention (XLA, cuDNN, TPU splash).
 
-Parameters carry logical axis names (`out_sharding` metadata); activations are constrained
-with `constrain(x, names)`. Both resolve through the logical-axis rules that the caller
-sets with `nnx.logical_axis_rules(rules)` and the mesh set with `jax.set_mesh`; no mesh axis
-name appears in model code.
+Parameters carry logical axis names (`out_sharding` metadata, `sharding.PARAM_AXES`);
+activations are constrained with `sharding.constrain(x, names)` (`sharding.ACTIVATION_AXES`).
+Both resolve in `vbridge_jax.sharding`, through the logical-axis rules that the caller sets
+with `nnx.logical_axis_rules(rules)` and the mesh set with `jax.set_mesh`; no mesh axis name
+appears in model code.
 """
 
 from __future__ import annotations
@@ -12,98 +13,16 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
-import math
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from flax.core import spmd as core_spmd
-from jax.sharding import PartitionSpec
+
+from vbridge_jax.sharding import current_spec
 
 Names = Sequence[str | None]
-
-
-
-# Every logical axis name the models use. Rules map a name to a mesh axis (or None); a name
-# the rules leave out is replicated.
-LOGICAL_AXES = (
-    # activations
-    "batch", "length", "text_length", "kv",
-    # parameters and activations
-    "embed", "heads", "mlp",
-    # parameters only
-    "layers", "mod", "mod_embed", "freq", "text_embed", "patch_in", "patch_out",
-)
-
-
-def mesh_axes(target) -> tuple[str, ...]:
-  if target is None:
-    return ()
-  return tuple(target) if isinstance(target, (tuple, list)) else (target,)
-
-
-def logical_to_spec(names: Names, rules, *, shape: Sequence[int] | None = None,
-                    mesh=None) -> PartitionSpec:
-  """Resolves logical names with ordered `rules`: `(logical, mesh axis | axes | None)` pairs.
-
-  Dimensions are resolved left to right. A name may have several candidate rules; the
-  first whose mesh axes are not yet used by an earlier dimension of the same array (and,
-  given `shape` and `mesh`, whose total size divides that dimension) wins; when none
-  qualifies the dimension is replicated rather than failing. Names without a rule, and
-  `None`, are replicated; with a `mesh`, axes of size 1 are dropped.
-  """
-  used: set[str] = set()
-  out: list = []
-  for i, name in enumerate(names):
-    chosen: tuple[str, ...] = ()
-    for logical, target in (rules if name is not None else ()):
-      if logical != name:
-        continue
-      axes = mesh_axes(target)
-      if mesh is not None:
-        axes = tuple(a for a in axes if mesh.shape[a] > 1)
-      if used.intersection(axes):
-        continue
-      if shape is not None and mesh is not None and axes:
-        if shape[i] % math.prod(mesh.shape[a] for a in axes):
-          continue
-      chosen = axes
-      break
-    used.update(chosen)
-    out.append(None if not chosen else chosen[0] if len(chosen) == 1 else chosen)
-  while out and out[-1] is None:
-    out.pop()
-  return PartitionSpec(*out)
-
-
-def logical_specs(tree, rules, mesh=None):
-  """A PartitionSpec for every `nnx.Variable` in `tree` (an nnx State or module), from the
-  logical names in its `out_sharding` metadata (shape-aware when `mesh` is given)."""
-  def spec(v):
-    names = v.get_metadata().get("out_sharding") or ()
-    return v.replace(logical_to_spec(names, rules, shape=v.shape, mesh=mesh))
-  return jax.tree.map(spec, tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
-
-
-def constrain(x: jax.Array, names: Names) -> jax.Array:
-  """A sharding constraint by logical names; a no-op without rules or without a mesh.
-
-  The rules are flax's current ones (`with nnx.logical_axis_rules(rules):`), the mesh the
-  current one (`with jax.set_mesh(mesh):`); the models are written for meshes whose axes are
-  `AxisType.Auto` (the compiler propagates shardings between the constraints).
-  """
-  rules = core_spmd.get_logical_axis_rules()
-  if not rules:
-    return x
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh is None or mesh.empty:
-    return x
-  spec = logical_to_spec(names, rules, shape=x.shape, mesh=mesh)
-  if mesh.are_all_axes_explicit:
-    return jax.sharding.reshard(x, spec)
-  return jax.lax.with_sharding_constraint(x, spec)
 
 
 def param(rngs: nnx.Rngs, init, shape: Sequence[int], names: Names, dtype) -> nnx.Param:
@@ -216,7 +135,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, impl: str = "xla",
   `xla` is plain dot-product attention that the compiler partitions like any op; `cudnn` is
   `jax.nn.dot_product_attention`'s cuDNN kernel (GPU, bf16/fp16); `splash` the Pallas TPU
   kernel, run per shard under `shard_map` when a mesh and rules are active: batch and heads
-  stay sharded, queries keep their `length` sharding (sequence parallelism over `context`),
+  stay sharded, queries keep their `activation_length` sharding (sequence parallelism over `context`),
   keys and values are gathered along their length.
   """
   if impl == "xla":
@@ -229,12 +148,11 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, impl: str = "xla",
 
 
 def _per_shard(fn, q, k, v):
-  rules = core_spmd.get_logical_axis_rules()
-  mesh = jax.sharding.get_abstract_mesh()
-  if not rules or mesh is None or mesh.empty:
+  q_spec = current_spec(("activation_batch", "activation_length", "activation_heads",
+                         "activation_kv"), q.shape)
+  if q_spec is None:
     return fn(q, k, v)
-  q_spec = logical_to_spec(("batch", "length", "heads", "kv"), rules, shape=q.shape, mesh=mesh)
-  kv_spec = logical_to_spec(("batch", None, "heads", "kv"), rules, shape=k.shape, mesh=mesh)
+  kv_spec = current_spec(("activation_batch", None, "activation_heads", "activation_kv"), k.shape)
   return jax.shard_map(fn, in_specs=(q_spec, kv_spec, kv_spec), out_specs=q_spec,
                        check_vma=False)(q, k, v)
 

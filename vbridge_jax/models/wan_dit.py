@@ -30,7 +30,15 @@ from jax.ad_checkpoint import checkpoint_name
 
 from vbridge_jax.models.configs import DTYPES, DiTConfig
 from vbridge_jax.models.layers import (Dense, LayerNorm, RMSNorm, apply_rope, attention,
-                                       constrain, layer_norm, param, rope_tables)
+                                       layer_norm, param, rope_tables)
+from vbridge_jax.sharding import constrain
+
+# Logical names of the activations (`sharding.ACTIVATION_AXES`); the rules map them to mesh
+# axes, apart from the parameters' names (`sharding.PARAM_AXES`).
+BATCH, LENGTH, EMBED, MOD = "activation_batch", "activation_length", "activation_embed", "activation_mod"
+HEADS, KV, MLP = "activation_heads", "activation_kv", "activation_mlp"
+TEXT_LENGTH, TEXT_EMBED = "activation_text_length", "activation_text_embed"
+STREAM = (BATCH, LENGTH, EMBED)  # the residual stream (B, L, D)
 
 # Names of the block's main activations (`checkpoint_name`), so that a remat policy can
 # save tensors by name, e.g. `jax.checkpoint_policies.save_only_these_names("attn_q", "attn_k", "attn_v")`:
@@ -86,10 +94,10 @@ class Attention(nnx.Module):
     v = split(self.to_v(kv_in))
     if rope is not None:
       q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-    kv_len = "length" if ctx is None else "text_length"
-    q = checkpoint_name(constrain(q.astype(self.dtype), ("batch", "length", "heads", "kv")), "attn_q")
-    k = checkpoint_name(constrain(k.astype(self.dtype), ("batch", kv_len, "heads", "kv")), "attn_k")
-    v = checkpoint_name(constrain(v.astype(self.dtype), ("batch", kv_len, "heads", "kv")), "attn_v")
+    kv_len = LENGTH if ctx is None else TEXT_LENGTH
+    q = checkpoint_name(constrain(q.astype(self.dtype), (BATCH, LENGTH, HEADS, KV)), "attn_q")
+    k = checkpoint_name(constrain(k.astype(self.dtype), (BATCH, kv_len, HEADS, KV)), "attn_k")
+    v = checkpoint_name(constrain(v.astype(self.dtype), (BATCH, kv_len, HEADS, KV)), "attn_v")
     with jax.named_scope("attention"):
       out = attention(q, k, v, self.impl, self.splash_block, self.xla_block)
     out = checkpoint_name(out.reshape(out.shape[:2] + (-1,)), "attn_out")
@@ -104,7 +112,7 @@ class FeedForward(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     h = gelu_tanh(self.fc1(x))
-    h = checkpoint_name(constrain(h, ("batch", "length", "mlp")), "ffn_hidden")
+    h = checkpoint_name(constrain(h, (BATCH, LENGTH, MLP)), "ffn_hidden")
     return checkpoint_name(self.fc2(h), "ffn_out")
 
 
@@ -130,15 +138,15 @@ class WanBlock(nnx.Module):
     with jax.named_scope("self_attention"):
       h = (layer_norm(x, self.eps) * (1 + scale) + shift).astype(self.dtype)
       a = checkpoint_name(self.attn1(h, rope=rope), "self_attn")
-      x = constrain(x + a.astype(jnp.float32) * gate, ("batch", "length", "embed"))
+      x = constrain(x + a.astype(jnp.float32) * gate, STREAM)
     with jax.named_scope("cross_attention"):
       h = self.norm2(x).astype(self.dtype)
       a = checkpoint_name(self.attn2(h, ctx), "cross_attn")
-      x = constrain(x + a.astype(jnp.float32), ("batch", "length", "embed"))
+      x = constrain(x + a.astype(jnp.float32), STREAM)
     with jax.named_scope("ffn"):
       h = (layer_norm(x, self.eps) * (1 + c_scale) + c_shift).astype(self.dtype)
       x = x + self.ffn(h).astype(jnp.float32) * c_gate
-    return constrain(x, ("batch", "length", "embed"))
+    return constrain(x, STREAM)
 
 
 def per_token(a: jax.Array, num_tokens: int) -> jax.Array:
@@ -152,7 +160,7 @@ def per_token(a: jax.Array, num_tokens: int) -> jax.Array:
   if groups in (1, num_tokens):
     return a
   a = jnp.repeat(a, num_tokens // groups, axis=1, total_repeat_length=num_tokens)
-  return constrain(a, ("batch", "length", "embed"))
+  return constrain(a, STREAM)
 
 
 class MLP2(nnx.Module):
@@ -224,7 +232,7 @@ class WanDiT(nnx.Module):
     if t.ndim == 1:
       t, rows = t[:, None], None
     elif t.ndim == 2 and t.shape[1] == num_tokens:
-      rows = "length"  # per token (also when F == L: one token per frame)
+      rows = LENGTH  # per token (also when F == L: one token per frame)
     elif t.ndim == 2 and t.shape[1] == frames:
       rows = None  # per frame: a few rows, replicated over the token axis
     else:
@@ -232,12 +240,12 @@ class WanDiT(nnx.Module):
                        f"or (B, {num_tokens}) per token")
     # Sharded by batch (and tokens) like the stream they modulate: with per-token timesteps
     # `e` is (B, L, 6, D), which, left to propagation, XLA may compute whole on every chip.
-    t = constrain(t, ("batch", rows))
+    t = constrain(t, (BATCH, rows))
     temb = constrain(self.time_embedder(timestep_embedding(t, self.config.freq_dim)),
-                     ("batch", rows, "embed"))
+                     (BATCH, rows, EMBED))
     e = self.time_proj(nnx.silu(temb))
     return temb, constrain(e.reshape(e.shape[:-1] + (6, self.config.dim)),
-                           ("batch", rows, "mod", "embed"))
+                           (BATCH, rows, MOD, EMBED))
 
   def embed_text(self, context: jax.Array) -> jax.Array:
     cfg = self.config
@@ -247,9 +255,9 @@ class WanDiT(nnx.Module):
     if context.shape[-1] != cfg.text_dim:
       raise ValueError(f"context width {context.shape[-1]} != text_dim={cfg.text_dim}")
     context = jnp.pad(context, ((0, 0), (0, cfg.text_len - n), (0, 0)))
-    context = constrain(context, ("batch", "text_length", "text_embed"))  # often a broadcast
+    context = constrain(context, (BATCH, TEXT_LENGTH, TEXT_EMBED))  # often a broadcast
     ctx = self.text_embedder(context.astype(DTYPES[cfg.dtype]))
-    return constrain(ctx, ("batch", "text_length", "embed"))
+    return constrain(ctx, (BATCH, TEXT_LENGTH, EMBED))
 
   def run_blocks(self, x, ctx, e, rope):
     cfg = self.config
@@ -279,7 +287,7 @@ class WanDiT(nnx.Module):
     with jax.named_scope("embed"):
       tokens = self.patchify(x)
       h = self.patch_embedding(tokens).astype(jnp.float32)
-      h = constrain(h, ("batch", "length", "embed"))
+      h = constrain(h, STREAM)
       temb, e = self.embed_time(jnp.asarray(t), grid)
       ctx = self.embed_text(jnp.asarray(context))
     cos, sin = rope_tables(grid, cfg.rope_split, cfg.rope_theta, cfg.rope_max_seq_len)
@@ -292,19 +300,19 @@ class WanDiT(nnx.Module):
       return self.unpatchify(out, grid)
 
 
-def load_dit(path: str | Path, **overrides) -> WanDiT:
+def load_dit(path: str | Path, mesh=None, rules=None, **overrides) -> WanDiT:
   """Loads a converted DiT from `OUT` or `OUT/dit` (written by convert/wan_to_jax.py).
 
   `overrides` set run-time switches (`dtype`, `param_dtype`, `scan_layers`, `remat`,
-  `attention`).
+  `attention`). Given a `mesh`, the parameters are read straight into the shardings that
+  the logical-axis `rules` (default `sharding.DEFAULT_RULES`) give them there: each
+  process reads only the chunks its devices hold, and the model is never whole on one host.
   """
-  from vbridge_jax.checkpoints import io
+  from vbridge_jax.checkpoints import loading
 
-  folder = io.find_component(Path(path), "dit")
-  cfg = DiTConfig.from_dict(io.read_component_config(folder), **overrides)
-  abstract = nnx.eval_shape(lambda: WanDiT(cfg, rngs=nnx.Rngs(0)))
-  graphdef, state = nnx.split(abstract)
-  target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), nnx.to_pure_dict(state))
-  params = io.restore_params(folder, target)
-  nnx.replace_by_pure_dict(state, params)
-  return nnx.merge(graphdef, state)
+  shardings = None
+  if mesh is not None:
+    from vbridge_jax import sharding as sh
+    rules = sh.rules_from_config(rules)
+    shardings = lambda state: sh.state_shardings(state, mesh, rules)
+  return loading.load_module(path, "dit", DiTConfig, WanDiT, shardings, **overrides)

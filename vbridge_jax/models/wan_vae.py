@@ -302,20 +302,10 @@ def load_vae(path: str | Path, sharding: Any = None, **overrides) -> WanVAE:
   `sharding` (e.g. replicated over a mesh that spans processes): every parameter is read
   straight into it, as a multi-process restore needs.
   """
-  from vbridge_jax.checkpoints import io
+  from vbridge_jax.checkpoints import loading
   from vbridge_jax.models import pixel_codec
 
   pixel = pixel_codec.read_config(path)
   if pixel is not None:
     return pixel_codec.PixelCodec(pixel)
-  folder = io.find_component(Path(path), "vae")
-  cfg = VAEConfig.from_dict(io.read_component_config(folder), **overrides)
-  abstract = nnx.eval_shape(lambda: WanVAE(cfg, rngs=nnx.Rngs(0)))
-  graphdef, state = nnx.split(abstract)
-  pure = state.to_pure_dict()
-  target = _str_keys(pure)
-  if sharding is not None:
-    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), target)
-  params = io.restore_params(folder, target)
-  nnx.replace_by_pure_dict(state, _like(pure, params))
-  return nnx.merge(graphdef, state)
+  return loading.load_module(path, "vae", VAEConfig, WanVAE, sharding, **overrides)

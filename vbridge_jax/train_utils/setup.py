@@ -19,6 +19,7 @@ from flax import nnx
 from vbridge_jax import optim
 from vbridge_jax import prompts
 from vbridge_jax import sharding as sh
+from vbridge_jax.checkpoints import io, loading
 from vbridge_jax.models import lora as lora_lib
 from vbridge_jax.models.configs import DiTConfig, VAEConfig
 from vbridge_jax.models.pixel_codec import PixelCodec, PixelCodecConfig, read_config
@@ -106,7 +107,6 @@ def _runtime(config) -> dict[str, Any]:
 
 def dit_config(config) -> DiTConfig:
   if config.init_from:
-    from vbridge_jax.checkpoints import io
     folder = io.find_component(Path(config.init_from), "dit")
     return DiTConfig.from_dict(io.read_component_config(folder), **_runtime(config))
   presets = {"ti2v_5b": DiTConfig.ti2v_5b, "tiny": DiTConfig.tiny}
@@ -132,7 +132,6 @@ def vae_config(config) -> VAEConfig | PixelCodecConfig:
     pixel = read_config(config.init_from)
     if pixel is not None:
       return pixel
-    from vbridge_jax.checkpoints import io
     folder = io.find_component(Path(config.init_from), "vae")
     return VAEConfig.from_dict(io.read_component_config(folder), **rt)
   if config.model.vae not in VAE_PRESETS:
@@ -297,7 +296,10 @@ def build_state(config, mesh, rules) -> tuple[WanDiT, nnx.Optimizer, WanVAE | Pi
   seed = int(config.seed)
   model, opt = sh.create_sharded(build, mesh, rules)
   if config.init_from:
-    _restore_into(model, config.init_from)
+    # Straight into the live model's shardings (each process reads only its chunks); LoRA's
+    # `base` level is matched to the plain model's paths, the adapters keep their init.
+    folder = io.find_component(Path(config.init_from), "dit")
+    nnx.update(model, loading.read_into(folder, nnx.state(model, nnx.Not(nnx.LoRAParam))))
     vae = load_vae(config.init_from, dtype=config.model.vae_dtype)
   elif isinstance(vcfg, PixelCodecConfig):
     vae = PixelCodec(vcfg)
@@ -331,30 +333,6 @@ def random_vae(vcfg: VAEConfig, seed: int) -> WanVAE:
       value = np.ones(shape, np.float32)
     updates.append((path, var.replace(jnp.asarray(value, dtype))))
   return nnx.merge(graphdef, nnx.from_flat_state(updates))
-
-
-def _restore_into(target: nnx.Module, init_from: str) -> None:
-  """Reads the converted DiT's parameters straight into `target`'s shardings.
-
-  Each process reads only the stored chunks that overlap the slices its devices hold, so
-  the 5B model is never assembled on one host. LoRA wrappers add a `base` level to the paths; the adapters
-  keep their own initialisation.
-  """
-  from vbridge_jax.checkpoints import io
-
-  folder = io.find_component(Path(init_from), "dit")
-  flat = nnx.to_flat_state(nnx.state(target, nnx.Not(nnx.LoRAParam)))
-  keys = [tuple(str(k) for k in path if k != "base") for path, _ in flat]
-  abstract: dict[str, Any] = {}
-  for key, (_, var) in zip(keys, flat):
-    node = abstract
-    for k in key[:-1]:
-      node = node.setdefault(k, {})
-    v = var.get_value()
-    node[key[-1]] = jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=v.sharding)
-  loaded = dict(io.flatten(io.restore_params(folder, abstract)))
-  nnx.update(target, nnx.from_flat_state(
-      [(path, var.replace(loaded[key])) for key, (path, var) in zip(keys, flat)]))
 
 
 def load_context(config, dcfg: DiTConfig) -> np.ndarray:
