@@ -29,7 +29,6 @@ at once), and the sampler's `steps`, `solver`, `shift`, `schedule`, `guidance`,
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import os
 from pathlib import Path
@@ -146,6 +145,7 @@ class Evaluator:
 
   def __init__(self, config, workdir: str, dcfg, mesh, logger=None):
     self.workdir, self.mesh, self.logger = workdir, mesh, logger
+    self.rules = config.logical_axis_rules  # the run's: the live model is sharded by them
     self._tb = None
     root = eval_source(config, workdir)
     self.enabled = root is not None
@@ -174,14 +174,11 @@ class Evaluator:
     return self.enabled and (step == stage.end or (self.every > 0 and step % self.every == 0))
 
   def restore(self, model, vae) -> list[np.ndarray]:
-    """Restored uint8 images, through the restore command's `Restorer` and the run's mesh
-    where the Restorer takes one."""
-    kw = {"mesh": self.mesh} if "mesh" in inspect.signature(R.Restorer).parameters else {}
+    """Restored uint8 images, through the restore command's `Restorer` on the run's mesh
+    and logical-axis rules (the live model stays where the trainer put it)."""
     restorer = R.Restorer(model, vae, self.positive, self.negative, self.sampler_config,
-                          frames=self.frames, seed=self.seed, **kw)
-    # A Restorer without `mesh=` builds its own over the local devices; it must also be the
-    # context mesh (the trainer runs inside `jax.set_mesh` of its own, maybe smaller, mesh).
-    with jax.set_mesh(getattr(restorer, "mesh", self.mesh)):
+                          frames=self.frames, seed=self.seed, mesh=self.mesh, rules=self.rules)
+    with jax.set_mesh(self.mesh):
       return self._restore_all(restorer)
 
   def _restore_all(self, restorer) -> list[np.ndarray]:
