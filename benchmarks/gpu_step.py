@@ -139,7 +139,8 @@ def bench_train(finetune: str) -> dict:
       _sync(metrics)
       times.append(time.perf_counter() - t0)
     tokens = flops.video_tokens(FRAMES, H, W, dcfg.patch_size)
-    sf = flops.train_step_flops(dcfg, tokens, 1, finetune=finetune, lora_rank=int(config.lora.rank))
+    sf = flops.train_step_flops(dcfg, tokens, 1, finetune=finetune, lora_rank=int(config.lora.rank),
+                                time_rows=lat[1])  # per-frame timesteps
     return {"phase": f"train-{finetune}", "param_dtype": param_dtype, "remat": remat,
             "compile_s": compile_s, "step_s": float(np.median(times[1:])), "first_s": times[0],
             "model_flops": sf.model, "hardware_flops": sf.hardware, "tokens": tokens,

@@ -43,19 +43,22 @@ SHAPE = (2, 3, 8, 12, CFG.in_channels)  # 3 * 4 * 6 = 72 tokens
 TOKENS = 72
 
 
-def _inputs(per_token: bool):
+TIME_ROWS = {"token": None, "frame": SHAPE[1], "sample": 1}  # flops' time_rows per layout
+
+
+def _inputs(rows: str):
   x = jnp.ones(SHAPE)
-  t = jnp.full((2, TOKENS) if per_token else (2,), 500.0)
+  t = jnp.full({"token": (2, TOKENS), "frame": (2, SHAPE[1]), "sample": (2,)}[rows], 500.0)
   ctx = jnp.ones((2, 5, CFG.text_dim))
   return x, t, ctx
 
 
-@pytest.mark.parametrize("per_token", [True, False])
-def test_forward_matches_traced_matmuls(per_token):
+@pytest.mark.parametrize("rows", list(TIME_ROWS))
+def test_forward_matches_traced_matmuls(rows):
   graphdef, state = nnx.split(WanDiT(CFG, rngs=nnx.Rngs(0)))
-  x, t, ctx = _inputs(per_token)
+  x, t, ctx = _inputs(rows)
   jaxpr = jax.make_jaxpr(lambda s, x, t, c: nnx.merge(graphdef, s)(x, t, c))(state, x, t, ctx).jaxpr
-  want = flops.forward_flops(CFG, TOKENS, batch=2, per_token_time=per_token)
+  want = flops.forward_flops(CFG, TOKENS, batch=2, time_rows=TIME_ROWS[rows])
   assert _dot_flops(jaxpr) == pytest.approx(want, rel=1e-9)
 
 
@@ -63,7 +66,7 @@ def test_forward_matches_traced_matmuls(per_token):
 def test_full_finetune_step_matches_traced_matmuls(remat):
   cfg = CFG.replace(remat=remat)
   graphdef, state = nnx.split(WanDiT(cfg, rngs=nnx.Rngs(0)))
-  x, t, ctx = _inputs(True)
+  x, t, ctx = _inputs("token")
   loss = lambda m: jnp.mean(m(x, t, ctx) ** 2)
   step = lambda s: nnx.value_and_grad(loss)(nnx.merge(graphdef, s))
   jaxpr = jax.make_jaxpr(step)(state).jaxpr
@@ -82,7 +85,7 @@ def test_lora_step_matches_traced_matmuls():
   model = WanDiT(CFG, rngs=nnx.Rngs(0))
   apply_lora(model, rank=4, alpha=4.0)
   graphdef, state = nnx.split(model)
-  x, t, ctx = _inputs(True)
+  x, t, ctx = _inputs("token")
   loss = lambda m: jnp.mean(m(x, t, ctx) ** 2)
   grad = lambda s: nnx.value_and_grad(loss, argnums=nnx.DiffState(0, nnx.LoRAParam))(
       nnx.merge(graphdef, s))
@@ -105,7 +108,7 @@ def test_video_tokens():
 def test_5b_magnitudes():
   cfg = DiTConfig.ti2v_5b()
   # Per video token: 30 blocks x 2 x (12 D^2 + 2 D F) weights ~ 8.7 GFLOP.
-  fwd = flops.forward_flops(cfg, 1, text_len=0, per_token_time=False)
+  fwd = flops.forward_flops(cfg, 1, text_len=0, time_rows=1)
   assert 8.6e9 < fwd < 8.9e9
   step = flops.train_step_flops(cfg.replace(remat="full"), 2700, 32)
   assert step.hardware / step.model == pytest.approx(4 / 3, rel=0.02)

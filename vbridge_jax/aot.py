@@ -304,26 +304,27 @@ def compile_case(config, topo: Topology, devices, *, step: str, frames: int, hw:
   if batch % sh.batch_shards(mesh):
     raise AOTError(f"batch {batch} does not divide over the {sh.batch_shards(mesh)} data x fsdp shards")
   h, w = hw
-  tokens = flops.video_tokens(frames, h, w, dcfg.patch_size)
   ctx = _replicated(mesh, (1, dcfg.text_len, dcfg.text_dim))
   t0 = time.time()
   static: dict[str, Any] = {}
   from vbridge_jax.train_utils import setup
   vcfg = setup.vae_config(config)
   spatial, temporal = int(vcfg.scale_factor_spatial), int(vcfg.scale_factor_temporal)
+  tokens = flops.video_tokens(frames, h, w, dcfg.patch_size, vae_stride=(temporal, spatial, spatial))
   if step == "train":  # built outside the mesh: it may create host constants (the RNG key)
     fn = train_step_fn(graphdef, vae_graphdef, config, dcfg, wrt,
                        jax.tree.map(lambda s: s.sharding, state), mesh, vae=vae)
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
     if step == "train":
-      lat = (batch, 1 + (frames - 1) // 4, h // 16, w // 16, dcfg.in_channels)
+      lat = (batch, 1 + (frames - 1) // temporal, h // spatial, w // spatial, dcfg.in_channels)
       data = _batched(mesh, (batch, frames, h, w, 3)) if vae else _batched(mesh, lat)
       step_no = _replicated(mesh, (), jnp.int32)
       ctx2 = _replicated(mesh, (2, dcfg.text_len, dcfg.text_dim))  # positive, empty prompts
       args = (state, vae_state if vae else None, data, ctx2, step_no, step_no)
       sf = flops.train_step_flops(dcfg, tokens, batch, finetune=config.finetune,
                                   lora_rank=int(config.lora.rank),
-                                  lora_targets=_lora_targets(config))
+                                  lora_targets=_lora_targets(config),
+                                  time_rows=1 + (frames - 1) // temporal)  # per-frame timesteps
       model_f, hw_f = sf.model, sf.hardware
     elif step == "restore":
       from vbridge_jax.sampler import SamplerConfig, guided_steps

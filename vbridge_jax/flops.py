@@ -8,8 +8,10 @@ text context padded to `text_len` tokens:
 - per block: self-attention q/k/v/o `8 L D^2`, scores and values `4 L^2 D`; cross-attention
   q/o `4 L D^2`, k/v on the text `4 T D^2`, scores and values `4 L T D`; FFN `4 L D F`;
 - outside the blocks: patch embedding and output projection, the text embedder (on `T`
-  tokens), and the time embedding with its 6-way projection, per token when the timesteps
-  are per token (TI2V: frame 0 gets t = 0), else once per sample.
+  tokens), and the time embedding with its 6-way projection, once per row of timesteps:
+  per latent frame for the TI2V trainer and sampler (frame 0 gets t = 0; the DiT computes
+  the modulation per frame and broadcasts it over the frame's tokens), per token for
+  per-token timesteps, once for a single timestep per sample.
 
 Training: the backward pass of a trained weight matmul costs twice its forward (input and
 weight gradients), a frozen one once (input gradient), a matmul of two activations twice.
@@ -103,8 +105,11 @@ def _cfg_dims(cfg) -> tuple[int, int, int, int, int]:
 
 
 def forward_parts(cfg, tokens: int, *, text_len: int | None = None,
-                  per_token_time: bool = True) -> dict[str, float]:
+                  time_rows: int | None = None) -> dict[str, float]:
   """Forward FLOPs of one sample, by matmul group (all layers summed).
+
+  `time_rows`: the rows of timesteps the time embedding runs on per sample (the latent
+  frame count for per-frame timesteps, 1 for one timestep; None: per token).
 
   Weight matmuls: `patch`, `proj_out`, `text1`/`text2` (text embedder), `time1`/`time2`
   (time embedder), `time_proj`, `self_qkvo`, `cross_qo`, `cross_kv` (on the text), `ffn`;
@@ -112,7 +117,7 @@ def forward_parts(cfg, tokens: int, *, text_len: int | None = None,
   """
   d, f, n, pin, pout = _cfg_dims(cfg)
   L, T = float(tokens), float(cfg.text_len if text_len is None else text_len)
-  n_time = L if per_token_time else 1.0
+  n_time = L if time_rows is None else float(time_rows)
   return {
       "patch": 2 * L * pin * d, "proj_out": 2 * L * d * pout,
       "text1": 2 * T * cfg.text_dim * d, "text2": 2 * T * d * d,
@@ -167,8 +172,9 @@ class StepFlops:
 
 def train_step_flops(cfg, tokens: int, batch: int, *, finetune: str = "full", lora_rank: int = 64,
                      lora_targets: Iterable[str] = LORA_ROLES, remat: str | None = None,
-                     text_len: int | None = None, per_token_time: bool = True) -> StepFlops:
-  """Model and hardware FLOPs of one step; `remat` defaults to `cfg.remat`.
+                     text_len: int | None = None, time_rows: int | None = None) -> StepFlops:
+  """Model and hardware FLOPs of one step; `remat` defaults to `cfg.remat`; `time_rows` as
+  in `forward_parts` (the trainer: its latent frame count).
 
   Exact for the matmuls the step must run: no input gradient into the latents, the text or
   the timesteps, and with LoRA no backward at all through frozen matmuls fed only by those
@@ -177,7 +183,7 @@ def train_step_flops(cfg, tokens: int, batch: int, *, finetune: str = "full", lo
   if finetune not in ("full", "lora"):
     raise ValueError(f"finetune={finetune!r} is not one of full, lora")
   remat = cfg.remat if remat is None else remat
-  p = forward_parts(cfg, tokens, text_len=text_len, per_token_time=per_token_time)
+  p = forward_parts(cfg, tokens, text_len=text_len, time_rows=time_rows)
   fwd = sum(p.values())
   weights = fwd - p["attention"]
   if finetune == "full":

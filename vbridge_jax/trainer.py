@@ -183,7 +183,8 @@ def _rate_fields(config, dcfg, crop: int):
   tokens = setup.latent_tokens(config, crop)  # from the codec's and the DiT's geometry
   step = flops.train_step_flops(dcfg, tokens, int(config.data.batch_size), finetune=config.finetune,
                                 lora_rank=int(config.lora.rank),
-                                lora_targets=setup.lora_targets(config))
+                                lora_targets=setup.lora_targets(config),
+                                time_rows=setup.latent_frames(config))  # per-frame timesteps
   kind, n = jax.devices()[0].device_kind, jax.device_count()
   return lambda sps: flops.throughput(sps, step, kind, n)
 

@@ -191,10 +191,15 @@ def pixel_multiple(config) -> int:
   return vae_config(config).scale_factor_spatial * max(dcfg.patch_size[1:])
 
 
+def latent_frames(config) -> int:
+  """Latent frames of a `data.frames` clip (the codec's temporal factor)."""
+  return 1 + (int(config.data.frames) - 1) // vae_config(config).scale_factor_temporal
+
+
 def latent_tokens(config, crop: int) -> int:
   """DiT tokens of one `crop x crop` clip of `data.frames` frames (codec and patch geometry)."""
   vcfg, dcfg = vae_config(config), dit_config(config)
-  frames = 1 + (int(config.data.frames) - 1) // vcfg.scale_factor_temporal
+  frames = latent_frames(config)
   side = crop // vcfg.scale_factor_spatial
   return (frames // dcfg.patch_size[0]) * (side // dcfg.patch_size[1]) * (side // dcfg.patch_size[2])
 
