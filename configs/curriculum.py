@@ -109,6 +109,10 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.source = ""  # paired folders, a TFDS version folder, or "demo"
+  # With source "demo": the built-in set's training and held-out pairs per category
+  # (data/fewshot.py), built into WORKDIR/demo_data on first use.
+  c.data.demo_per_category = 4
+  c.data.demo_heldout = 2
   c.data.data_dir = ""  # with a TFDS name in `source`
   # 5 frames: the paper's Table 3 row for 5 frames (22.16 / .7242) equals its Table 4 row
   # for the 512 stage alone, so the curriculum runs were 5-frame runs, and the released

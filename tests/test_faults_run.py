@@ -285,6 +285,14 @@ def test_train_help_lists_variants_and_fields_and_exits_0():
   assert "--config.profile.start_step=-1" in r.stdout and "--workdir" in r.stdout
 
 
+def test_aot_help_lists_flags_variants_and_fields_and_exits_0():
+  r = subprocess.run([sys.executable, "-m", "vbridge_jax.aot", "--help"], capture_output=True,
+                     text=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+  assert r.returncode == 0, r.stderr[-1500:]
+  assert "--topology" in r.stdout and "--restore_size" in r.stdout
+  assert "'tiny_wan'" in r.stdout and "--config.mesh.fsdp=-1" in r.stdout
+
+
 def test_every_training_config_lists_its_variants():
   """configs/drift.py has a VARIANTS table like the others, so --help names its variants."""
   from vbridge_jax import train

@@ -133,8 +133,10 @@ def test_help_lists_variants_and_fields(capsys):
     restore_cli.main(["--help"])
   out = capsys.readouterr().out
   assert e.value.code == 0
-  assert "tiny: dtype='float32', param_dtype='float32', steps=4" in out and "mesh.fsdp = 1" in out and "guidance = 6.0" in out
-  assert "distributed.coordinator_address = ''" in out and "param_dtype = 'bfloat16'" in out
+  assert "tiny: dtype='float32', param_dtype='float32', steps=4" in out
+  assert "--config.mesh.fsdp=1" in out and "--config.guidance=6.0" in out
+  assert "--config.distributed.coordinator_address=''" in out
+  assert "--config.param_dtype='bfloat16'" in out
 
 
 def test_config_and_its_errors(tmp_path, capsys):

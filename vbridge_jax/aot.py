@@ -38,6 +38,7 @@ import math
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -442,6 +443,11 @@ def main(argv: list[str]) -> int:
 
 def console() -> None:
   """The `vbridge-aot` script (same as `python -m vbridge_jax.aot`)."""
+  from vbridge_jax import cli_help
+  if cli_help.wants_help(sys.argv[1:]):
+    default = Path(__file__).resolve().parent.parent / "configs" / "curriculum.py"
+    cli_help.print_and_exit(__doc__.strip(), "Flags:\n" + flags.FLAGS.main_module_help(),
+                            cli_help.config_text(sys.argv[1:], default))
   flags.mark_flag_as_required("config")
   app.run(main)
 

@@ -296,30 +296,25 @@ def main(argv: list[str]) -> int:
   return run(_CONFIG.value)
 
 
-def _config_help() -> str:
-  """The config fields and their defaults, for --help."""
-  from configs import evaluate as cfg_module
-  c = cfg_module.get_config()
-  fields = "\n".join(f"  --config.{k}={c[k]!r}" for k in c.keys())
-  return (f"\nVariants of configs/evaluate.py: {', '.join(cfg_module.VARIANTS)}.\n"
-          f"Fields (defaults):\n{fields}\n")
-
-
 _CONFIG_FILE = Path(__file__).resolve().parent.parent / "configs" / "evaluate.py"
+
 
 def console() -> None:
   """The `vbridge-evaluate` script (same as `python -m vbridge_jax.evaluate`)."""
-  global __doc__, _CONFIG
+  global _CONFIG
   from absl import app
   from ml_collections import config_flags
 
+  from vbridge_jax import cli_help
+
+  if cli_help.wants_help(sys.argv[1:]):
+    cli_help.print_and_exit(__doc__.strip(), "Flags:\n  --config=FILE[:VARIANT]  config file "
+                            "(default configs/evaluate.py); --config.FIELD=VALUE overrides a field",
+                            cli_help.config_text(sys.argv[1:], _CONFIG_FILE))
   sys.path.insert(0, str(_CONFIG_FILE.parent.parent))
-  __doc__ += _config_help()
   _CONFIG = config_flags.DEFINE_config_file(
       "config", str(_CONFIG_FILE), "configs/evaluate.py[:vbridge|vbridge_mp4|foundir]",
       lock_config=True)
-  if any(a in ("--help", "-h", "--helpshort", "-?") for a in sys.argv[1:]):
-    app.usage(shorthelp=True, writeto_stdout=True, exitcode=0)  # absl's own --help exits 1
   app.run(main)
 
 

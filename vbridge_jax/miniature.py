@@ -23,7 +23,7 @@ Phases, each with its outputs in DIR:
 
 Rerunning resumes: a finished phase is skipped (training resumes from its last checkpoint,
 restore skips the images already written); delete a phase's folder to redo it. The
-restores use the sampler settings the base run's sample grids use (`config.samples`).
+restores use the sampler settings of the base run's held-out evaluation (`config.eval`).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CATEGORIES = None  # all 21 demo categories
 COLUMNS = ("input", "base", "base + corrector")
+DRIFT_STEPS = 300  # corrector steps (configs/drift.py:tiny has 50, for the tests)
 
 
 # ------------------------------------------------------------------------------- data
@@ -119,18 +120,21 @@ def _export(run: Path, out: Path) -> bool:
   return True
 
 
-def _restore(model: Path, prompts: Path, split: Path, out: Path, samples, *, drift: Path | None,
+def _restore(model: Path, prompts: Path, split: Path, out: Path, sampler, *, drift: Path | None,
              steps: int | None) -> None:
-  """`python -m vbridge_jax.restore` over a split (already restored images are skipped).
+  """`python -m vbridge_jax.restore` over a split (already restored images are skipped),
+  with the sampler settings of the base run's held-out evaluation (`config.eval`), so the
+  table scores what the training log reported.
 
   No `--frames`: restore takes each model's clip length from its `model.json` (the tiny
   configs' 5 frames are also restore's default).
   """
   from vbridge_jax import restore
   argv = [f"--config.model={model}", f"--config.prompts={prompts}", f"--config.input={split}",
-          f"--config.output={out}", f"--config.steps={steps or int(samples.steps)}",
-          f"--config.solver={samples.solver}", f"--config.shift={float(samples.shift)}",
-          "--config.schedule=diffusers", "--config.guidance=1.0", "--config.cfg_skip=0.0",
+          f"--config.output={out}", f"--config.steps={steps or int(sampler.steps)}",
+          f"--config.solver={sampler.solver}", f"--config.shift={float(sampler.shift)}",
+          f"--config.schedule={sampler.schedule}", f"--config.guidance={float(sampler.guidance)}",
+          f"--config.cfg_skip={float(sampler.cfg_skip)}",
           "--config.dtype=float32", "--config.param_dtype=float32", "--config.quantize=round"]
   if drift is not None:
     argv.append(f"--config.drift={drift}")
@@ -211,13 +215,16 @@ def picture(path: Path, heldout: Path, restored: dict[str, Path]) -> Path:
 def run(workdir: str | os.PathLike, *, base_steps: int | None = None, base_stages: str | None = None,
         drift_steps: int | None = None, drift_stage: str | None = None,
         restore_steps: int | None = None, categories: Sequence[str] | None = None,
-        per_category: int = 4, heldout_per_category: int = 2, size: int | None = None,
-        progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+        per_category: int | None = None, heldout_per_category: int | None = None,
+        size: int | None = None, progress: bool = True,
+        log: Callable[[str], None] = print) -> dict[str, Any]:
   """Runs (or resumes) the recipe in `workdir`; returns `{"table", "phases"}`.
 
   `phases` maps each phase to "ran" or "skipped". The defaults are the tiny configs'
-  (`configs/curriculum.py:tiny`, `configs/drift.py:tiny`); the arguments shrink them (the
-  smoke test) or grow them.
+  (`configs/curriculum.py:tiny`, `configs/drift.py:tiny` with the base's flow shift and
+  learning rate, DRIFT_STEPS steps): the demo split sizes (`data.demo_per_category`,
+  `data.demo_heldout`) and image size (`eval.size`) as the README's main command
+  evaluates; the arguments shrink them (the smoke test) or grow them.
   """
   if str(REPO) not in sys.path:  # configs/ is a folder of the repository, beside the package
     sys.path.insert(0, str(REPO))
@@ -234,10 +241,12 @@ def run(workdir: str | os.PathLike, *, base_steps: int | None = None, base_stage
     phases[name] = "ran" if ran else "skipped"
     log(f"[miniature] {name}: {phases[name]} ({time.time() - t0:.0f} s so far)")
 
-  train, heldout = _demo_splits(wd, per_category=per_category,
-                                heldout_per_category=heldout_per_category,
-                                categories=categories, size=size)
-  base = _tiny_config(curriculum, train, progress, base_steps, base_stages)
+  base = _tiny_config(curriculum, Path(), progress, base_steps, base_stages)
+  train, heldout = _demo_splits(
+      wd, per_category=per_category or int(base.data.demo_per_category),
+      heldout_per_category=heldout_per_category or int(base.data.demo_heldout),
+      categories=categories, size=size or int(base.eval.size) or None)
+  base.data.source = str(train)
   phase("1 train base", _train(base, wd / "base", log))
   phase("2 export base", _export(wd / "base", wd / "base_model"))
   prompts = _write_prompts(wd / "prompts.npz", setup.dit_config(base))
@@ -245,11 +254,13 @@ def run(workdir: str | os.PathLike, *, base_steps: int | None = None, base_stage
               "drift": wd / "restored" / "heldout_drift"}
   todo = not _done(train, restored["train"])
   if todo:
-    _restore(wd / "base_model", prompts, train, restored["train"], base.samples, drift=None,
+    _restore(wd / "base_model", prompts, train, restored["train"], base.eval, drift=None,
              steps=restore_steps)
   phase("2 restore training split (base)", todo)
 
-  corr = _tiny_config(drift_configs, train, progress, drift_steps, drift_stage)
+  corr = _tiny_config(drift_configs, train, progress, drift_steps or DRIFT_STEPS, drift_stage)
+  # The corrector samples with the base's settings (`config.eval`): the same flow shift.
+  corr.flow.shift, corr.optim.lr = base.flow.shift, base.optim.lr
   corr.data.drift_outputs = str(restored["train"])
   corr.init_from = str(wd / "base_model")
   corr.prompts = str(prompts)
@@ -259,7 +270,7 @@ def run(workdir: str | os.PathLike, *, base_steps: int | None = None, base_stage
   for key, drift in (("base", None), ("drift", wd / "drift_model")):
     todo = not _done(heldout, restored[key])
     if todo:
-      _restore(wd / "base_model", prompts, heldout, restored[key], base.samples, drift=drift,
+      _restore(wd / "base_model", prompts, heldout, restored[key], base.eval, drift=drift,
                steps=restore_steps)
     phase(f"4 restore held-out ({'base + corrector' if drift else 'base'})", todo)
 
@@ -279,13 +290,17 @@ def run(workdir: str | os.PathLike, *, base_steps: int | None = None, base_stage
 def main(argv: list[str] | None = None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--workdir", required=True, type=Path, help="folder for every phase's outputs")
-  p.add_argument("--base-steps", type=int, default=None, help="base training steps (tiny: 150)")
-  p.add_argument("--drift-steps", type=int, default=None, help="corrector steps (tiny: 50)")
+  p.add_argument("--base-steps", type=int, default=None,
+                 help="base training steps (default: configs/curriculum.py:tiny's total_steps)")
+  p.add_argument("--drift-steps", type=int, default=None,
+                 help=f"corrector steps (default {DRIFT_STEPS})")
   p.add_argument("--restore-steps", type=int, default=None,
-                 help="sampler steps when restoring (default: the run's sample-grid steps)")
+                 help="sampler steps when restoring (default: the base config's eval.steps)")
   p.add_argument("--categories", default="", help="comma-separated subset (default: all 21)")
-  p.add_argument("--per-category", type=int, default=4, help="training pairs per category")
-  p.add_argument("--heldout-per-category", type=int, default=2, help="held-out pairs per category")
+  p.add_argument("--per-category", type=int, default=None,
+                 help="training pairs per category (default: the tiny config's data.demo_per_category)")
+  p.add_argument("--heldout-per-category", type=int, default=None,
+                 help="held-out pairs per category (default: its data.demo_heldout)")
   args = p.parse_args(argv)
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   from absl import logging as absl_logging

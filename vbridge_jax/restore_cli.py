@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from absl import flags
 from ml_collections import config_flags
@@ -27,48 +27,19 @@ class _Usage(Exception):
   """A command-line error (one line)."""
 
 
-def _config_module():
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("_restore_config", DEFAULT_CONFIG)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
-
-
-def _flat(cfg, prefix: str = "") -> list[tuple[str, Any]]:
-  out = []
-  for k, v in cfg.items():
-    if hasattr(v, "items") and not isinstance(v, dict):
-      out += _flat(v, f"{prefix}{k}.")
-    else:
-      out.append((f"{prefix}{k}", v))
-  return out
-
-
-def usage() -> str:
-  """`--help`: what the command does, its config variants and every field with its default."""
-  from vbridge_jax import restore
-  lines = [restore.__doc__.strip(), "", "Flags:",
-           "  --config=FILE[:VARIANT]  config file (default configs/restore.py); "
-           "--config.KEY=VALUE overrides a field", ""]
-  if DEFAULT_CONFIG.is_file():
-    mod = _config_module()
-    base = dict(_flat(mod.get_config("")))
-    lines.append("Variants of configs/restore.py:")
-    for name in mod.VARIANTS:
-      diff = {k: v for k, v in _flat(mod.get_config(name)) if base.get(k) != v}
-      lines.append(f"  {name or '(none)'}: " + (", ".join(f"{k}={v!r}" for k, v in diff.items())
-                                                 or "the defaults below"))
-    lines += ["", "Fields (--config.KEY=VALUE) and their defaults:"]
-    lines += [f"  {k} = {v!r}" for k, v in base.items()]
-  return "\n".join(lines)
+def usage(argv: Sequence[str] = ()) -> str:
+  """`--help`: what the command does, its flag, the config's variants and every field."""
+  from vbridge_jax import cli_help, restore
+  flag = ("Flags:\n  --config=FILE[:VARIANT]  config file (default configs/restore.py); "
+          "--config.FIELD=VALUE overrides a field")
+  return "\n\n".join([restore.__doc__.strip(), flag, cli_help.config_text(argv, DEFAULT_CONFIG)])
 
 
 def parse(argv: Sequence[str]):
   """argv (without the program name) -> the resolved ConfigDict."""
-  if any(a in ("--help", "-h", "--helpfull", "-?") for a in argv):
-    print(usage())
-    raise SystemExit(0)
+  from vbridge_jax import cli_help
+  if cli_help.wants_help(argv):
+    cli_help.print_and_exit(usage(argv))
   fv = flags.FlagValues()
   default = str(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else None
   try:

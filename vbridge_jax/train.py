@@ -9,7 +9,6 @@ on a bad config or flag, missing weights or data, a damaged checkpoint, a failed
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import sys
 from pathlib import Path
@@ -24,59 +23,22 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "run folder (checkpoints, logs, 
 flags.mark_flags_as_required(["config", "workdir"])
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "curriculum.py"
-_HELP = ("-h", "--help", "--helpshort", "--helpfull", "-?")
-
-
-def _config_module(argv: list[str]):
-  """The config file named by --config (default configs/curriculum.py), as a module."""
-  path = str(DEFAULT_CONFIG)
-  for i, a in enumerate(argv):
-    if a.startswith("--config="):
-      path = a.split("=", 1)[1]
-    elif a == "--config" and i + 1 < len(argv):
-      path = argv[i + 1]
-  path = path.split(":", 1)[0]
-  spec = importlib.util.spec_from_file_location("_vbridge_help_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return path, module
-
-
-def _fields(node, prefix: str = "") -> list[tuple[str, object]]:
-  out = []
-  for k, v in node.items():
-    if hasattr(v, "to_dict") and not len(v):
-      v = v.to_dict()
-    if hasattr(v, "items") and len(v):
-      out.extend(_fields(v, f"{prefix}{k}."))
-    else:
-      out.append((f"{prefix}{k}", v))
-  return out
 
 
 def help_text(argv: list[str]) -> str:
   """Usage, the config file's variants and every field with its default."""
-  lines = [__doc__.strip(), ""]
-  try:
-    path, module = _config_module(argv)
-  except (OSError, ImportError, SyntaxError) as e:
-    return "\n".join(lines + [f"(cannot read the config file to list its fields: {e})"])
-  variants = list(getattr(module, "VARIANTS", {}) or [""])
-  lines += [f"Config file {path}: {(module.__doc__ or '').strip().splitlines()[0]}",
-            "Variants (--config=FILE:VARIANT): " +
-            ", ".join(repr(v) if v else "(none)" for v in variants), "",
-            "Fields (--config.FIELD=VALUE; the defaults of the plain config):"]
-  lines += [f"  --config.{k}={v!r}" for k, v in _fields(module.get_config(""))]
-  lines += ["", "Flags:", "  --config=FILE[:VARIANT]  the training config (required)",
-            "  --workdir=DIR            run folder: checkpoints, logs, samples (required)"]
-  return "\n".join(lines)
+  from vbridge_jax import cli_help
+  flags_text = "\n".join([
+      "Flags:", "  --config=FILE[:VARIANT]  the training config (required)",
+      "  --workdir=DIR            run folder: checkpoints, logs, samples (required)"])
+  return "\n\n".join([__doc__.strip(), cli_help.config_text(argv, DEFAULT_CONFIG), flags_text])
 
 
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing with `--help` that lists the config, and one-line errors."""
-  if any(a in _HELP for a in argv[1:]):
-    print(help_text(argv[1:]))
-    sys.exit(0)
+  from vbridge_jax import cli_help
+  if cli_help.wants_help(argv[1:]):
+    cli_help.print_and_exit(help_text(argv[1:]))
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:

@@ -371,7 +371,8 @@ def demo_split(config, workdir: str, split: str) -> str:
   if jax.process_index() == 0 and not os.path.exists(done):
     from vbridge_jax.data import fewshot
     fewshot.build(out, per_category=int(config.data.get("demo_per_category", 4)),
-                  heldout=max(1, int(config.data.get("demo_heldout", 2))), seed=int(config.seed))
+                  heldout=max(1, int(config.data.get("demo_heldout", 2))), seed=int(config.seed),
+                  progress=bool(config.get("progress", True)))
     Path(done).touch()
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
