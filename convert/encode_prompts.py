@@ -1,6 +1,6 @@
 """Encode the restoration prompts once with umT5 and store them for restoring and training.
 
-  python convert/encode_prompts.py --text-encoder PATH --out FILE.npz \
+  python convert/encode_prompts.py --text_encoder PATH --out FILE.npz \
       [--prompt TEXT] [--negative TEXT] [--tokenizer DIR] [--dtype float32|bfloat16]
 
 PATH is a diffusers repository (`text_encoder/` + `tokenizer/`), its `text_encoder/` folder,
@@ -21,8 +21,11 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--text-encoder", required=True, type=Path,
+  sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+  from vbridge_jax import cli_help
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                   formatter_class=cli_help.ArgparseFormatter)
+  parser.add_argument("--text_encoder", "--text-encoder", required=True, type=Path,
                       help="diffusers repo / text_encoder folder, or the Wan umT5 .pth")
   parser.add_argument("--out", required=True, type=Path, help="output .npz file")
   parser.add_argument("--prompt", default=None, help="positive prompt (default: V-Bridge's)")
@@ -32,7 +35,6 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                       help="encoder compute dtype (default float32)")
   args = parser.parse_args(argv)
-  sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
   from vbridge_jax import prompts
   from vbridge_jax.checkpoints import umt5
   from vbridge_jax.checkpoints.io import CheckpointError

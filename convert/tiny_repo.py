@@ -80,11 +80,13 @@ def write(out: Path, seed: int = 0) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+  from vbridge_jax import cli_help
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                   formatter_class=cli_help.ArgparseFormatter)
   parser.add_argument("--out", required=True, type=Path, help="output folder (a diffusers repo)")
   parser.add_argument("--seed", type=int, default=0, help="torch seed for the random weights")
   args = parser.parse_args(argv)
-  sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
   if args.out.exists() and any(args.out.iterdir()):
     print(f"error: {args.out}: exists and is not empty", file=sys.stderr)
     return 1

@@ -293,6 +293,19 @@ def test_aot_help_lists_flags_variants_and_fields_and_exits_0():
   assert "'tiny_wan'" in r.stdout and "--config.mesh.fsdp=-1" in r.stdout
 
 
+@pytest.mark.parametrize("module", ["vbridge_jax.data.fewshot", "vbridge_jax.data.prepare",
+                                    "vbridge_jax.export", "vbridge_jax.miniature"])
+def test_argparse_commands_help_lists_defaults_in_one_spelling(module, capsys):
+  import importlib
+  with pytest.raises(SystemExit) as e:
+    importlib.import_module(module).main(["--help"])
+  out = capsys.readouterr().out
+  assert e.value.code == 0 and "default" in out
+  # One spelling: underscores (absl's and the config fields'); a hyphenated alias may follow.
+  primary = [line.split()[0].rstrip(",") for line in out.splitlines() if line.startswith("  --")]
+  assert primary and all("-" not in w[2:] for w in primary), primary
+
+
 def test_every_training_config_lists_its_variants():
   """configs/drift.py has a VARIANTS table like the others, so --help names its variants."""
   from vbridge_jax import train

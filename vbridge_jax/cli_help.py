@@ -8,6 +8,7 @@ status 0; absl's own `--help` lists neither variants nor fields and exits 1.
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import sys
 from pathlib import Path
@@ -76,3 +77,13 @@ def config_text(argv: Sequence[str], default: str | Path) -> str:
 def print_and_exit(*parts: str) -> NoReturn:
   print("\n\n".join(p.strip("\n") for p in parts if p))
   sys.exit(0)
+
+
+class ArgparseFormatter(argparse.ArgumentDefaultsHelpFormatter):
+  """argparse `--help` with every flag's default, unless its help already states one."""
+
+  def _get_help_string(self, action):
+    text = action.help or ""
+    if "default" in text or action.default in (None, argparse.SUPPRESS) or action.required:
+      return text
+    return super()._get_help_string(action)

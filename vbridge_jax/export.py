@@ -16,7 +16,7 @@ abstractly from the run's config (`train_utils.setup.dit_config`: the preset, or
   `data.frames` and the codec name). `python -m vbridge_jax.restore --model MODEL` and
   `--config.init_from=MODEL` (a further fine-tune, e.g. the drift corrector) read it.
 - `wan`: the original Wan2.2 DiT layout, `MODEL/config.json` + safetensors (sharded with
-  `diffusion_pytorch_model.safetensors.index.json` above `--max-shard-gb`): what the
+  `diffusion_pytorch_model.safetensors.index.json` above `--max_shard_gb`): what the
   authors' PyTorch code (and the released V-Bridge checkpoint) uses.
 - `diffusers`: `MODEL/transformer/` (config.json + safetensors), for
   `diffusers.WanTransformer3DModel.from_pretrained`.
@@ -308,13 +308,15 @@ def export_run(workdir: str | os.PathLike, out: str | os.PathLike, *, step: int 
 
 
 def main(argv: list[str] | None = None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  from vbridge_jax import cli_help
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                              formatter_class=cli_help.ArgparseFormatter)
   p.add_argument("--workdir", required=True, type=Path, help="the training run's folder")
   p.add_argument("--out", required=True, type=Path, help="the model folder to write")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
   p.add_argument("--format", default="jax", help=f"one of {', '.join(FORMATS)} (default jax)")
   p.add_argument("--dtype", default=None, help="float32 | bfloat16 (default: the run's param_dtype)")
-  p.add_argument("--max-shard-gb", type=float, default=5.0,
+  p.add_argument("--max_shard_gb", "--max-shard-gb", type=float, default=5.0,
                  help="wan/diffusers: shard the safetensors above this size (default 5)")
   p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
   args = p.parse_args(argv)

@@ -1,7 +1,7 @@
 """The paper in miniature: the whole V-Bridge recipe at tiny scale, on the demo data, on a CPU.
 
-  python -m vbridge_jax.miniature --workdir DIR [--base-steps N] [--drift-steps N]
-      [--restore-steps N] [--categories A,B,...] [--per-category N] [--heldout-per-category N]
+  python -m vbridge_jax.miniature --workdir DIR [--base_steps N] [--drift_steps N]
+      [--restore_steps N] [--categories A,B,...] [--per_category N] [--heldout_per_category N]
 
 Phases, each with its outputs in DIR:
 
@@ -247,6 +247,7 @@ def run(workdir: str | os.PathLike, *, base_steps: int | None = None, base_stage
       heldout_per_category=heldout_per_category or int(base.data.demo_heldout),
       categories=categories, size=size or int(base.eval.size) or None)
   base.data.source = str(train)
+  base.eval.source = str(heldout)  # the training log's held-out lines score the table's split
   phase("1 train base", _train(base, wd / "base", log))
   phase("2 export base", _export(wd / "base", wd / "base_model"))
   prompts = _write_prompts(wd / "prompts.npz", setup.dit_config(base))
@@ -288,18 +289,20 @@ def run(workdir: str | os.PathLike, *, base_steps: int | None = None, base_stage
 
 
 def main(argv: list[str] | None = None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  from vbridge_jax import cli_help
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                              formatter_class=cli_help.ArgparseFormatter)
   p.add_argument("--workdir", required=True, type=Path, help="folder for every phase's outputs")
-  p.add_argument("--base-steps", type=int, default=None,
+  p.add_argument("--base_steps", "--base-steps", type=int, default=None,
                  help="base training steps (default: configs/curriculum.py:tiny's total_steps)")
-  p.add_argument("--drift-steps", type=int, default=None,
+  p.add_argument("--drift_steps", "--drift-steps", type=int, default=None,
                  help=f"corrector steps (default {DRIFT_STEPS})")
-  p.add_argument("--restore-steps", type=int, default=None,
+  p.add_argument("--restore_steps", "--restore-steps", type=int, default=None,
                  help="sampler steps when restoring (default: the base config's eval.steps)")
   p.add_argument("--categories", default="", help="comma-separated subset (default: all 21)")
-  p.add_argument("--per-category", type=int, default=None,
+  p.add_argument("--per_category", "--per-category", type=int, default=None,
                  help="training pairs per category (default: the tiny config's data.demo_per_category)")
-  p.add_argument("--heldout-per-category", type=int, default=None,
+  p.add_argument("--heldout_per_category", "--heldout-per-category", type=int, default=None,
                  help="held-out pairs per category (default: its data.demo_heldout)")
   args = p.parse_args(argv)
   os.environ.setdefault("JAX_PLATFORMS", "cpu")

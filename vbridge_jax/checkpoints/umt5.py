@@ -161,7 +161,7 @@ def load_diffusers_encoder(folder: Path, dtype: str = "float32"):
 
 
 def locate(path: Path, tokenizer: Path | None = None) -> tuple[str, Path, Path]:
-  """(layout, weights, tokenizer folder) for a `--text-encoder PATH` in either layout."""
+  """(layout, weights, tokenizer folder) for a `--text_encoder PATH` in either layout."""
   path = Path(path)
   if not path.exists():
     raise CheckpointError(f"{path}: no such file or folder")

@@ -1,6 +1,6 @@
 """Few-shot restoration sets from clean images: `DIR/<category>/{LQ,GT}/<id>.png`.
 
-    python -m vbridge_jax.data.fewshot --out DIR [--clean DIR] [--per-category N]
+    python -m vbridge_jax.data.fewshot --out DIR [--clean DIR] [--per_category N]
         [--heldout N] [--seed S] [--size PX] [--categories A,B,...]
 
 With no `--clean`, the clean images are the public-domain photos that ship inside
@@ -15,7 +15,7 @@ The output is a pure function of the inputs and `--seed`. `--out` may not overla
 dangling link under `--clean` and a write that fails (a full disk) are one-line errors.
 
 `--heldout N` (N > 0) also writes a held-out split whose clean images are disjoint from the
-training split's: `DIR/train/<category>/{LQ,GT}/<id>.png` (`--per-category` pairs each) and
+training split's: `DIR/train/<category>/{LQ,GT}/<id>.png` (`--per_category` pairs each) and
 `DIR/heldout/<category>/{LQ,GT}/<id>.png` (N pairs each). The built-in photos split as
 `HELDOUT_PHOTOS` (held out) and the rest; with `--clean`, every fourth image (sorted order,
 the 4th, 8th, ...) is held out. The trainer's demo set (`data.source="demo"`) is built this
@@ -108,7 +108,7 @@ def build(out: str | os.PathLike, *, clean: str | os.PathLike | None = None,
   if heldout < 0:
     raise DataError(f"--heldout must be >= 0, got {heldout}")
   if per_category < 1:
-    raise DataError(f"--per-category must be at least 1, got {per_category}")
+    raise DataError(f"--per_category must be at least 1, got {per_category}")
   unknown = [c for c in categories if c not in CATEGORIES]
   if unknown:
     raise DataError(f"unknown categories: {', '.join(unknown)}")
@@ -184,15 +184,18 @@ def _write(out: Path, todo, sources, from_folder: bool, size: int, seed: int,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  from vbridge_jax import cli_help
   p = argparse.ArgumentParser(prog="python -m vbridge_jax.data.fewshot",
-                              description=__doc__.split("\n\n")[0])
+                              description=__doc__.split("\n\n")[0],
+                              formatter_class=cli_help.ArgparseFormatter)
   p.add_argument("--out", required=True, help="output folder")
   p.add_argument("--clean", default=None, help="folder of clean images (default: built-in)")
-  p.add_argument("--per-category", type=int, default=DEFAULT_PER_CATEGORY)
+  p.add_argument("--per_category", "--per-category", type=int, default=DEFAULT_PER_CATEGORY,
+                 help="pairs per category (the training split's with --heldout)")
   p.add_argument("--heldout", type=int, default=0,
                  help="held-out pairs per category from disjoint clean images: writes "
                  "OUT/train/ and OUT/heldout/ (default 0: one flat set)")
-  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--seed", type=int, default=0, help="the set is a pure function of the inputs and this")
   p.add_argument("--size", type=int, default=None,
                  help=f"square crop size (default {DEFAULT_SIZE}; 0 = full image, the "
                  "default with --clean)")

@@ -122,9 +122,12 @@ def prepare(builder_name: str, manual_dir: str, data_dir: str, *, skip_bad: bool
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  from vbridge_jax import cli_help
   p = argparse.ArgumentParser(prog="python -m vbridge_jax.data.prepare",
-                              description=__doc__.split("\n\n")[0])
-  p.add_argument("--builder", required=True, choices=("paired_folders", "foundir", "realce"))
+                              description=__doc__.split("\n\n")[0],
+                              formatter_class=cli_help.ArgparseFormatter)
+  p.add_argument("--builder", required=True, choices=("paired_folders", "foundir", "realce"),
+                 help="the source's layout")
   p.add_argument("--manual_dir", required=True, help="the source tree")
   p.add_argument("--data_dir", required=True, help="TFDS data folder to write into")
   p.add_argument("--skip_bad", action="store_true",
