@@ -308,8 +308,9 @@ def test_argparse_commands_help_lists_defaults_in_one_spelling(module, capsys):
 
 def test_every_training_config_lists_its_variants():
   """configs/drift.py has a VARIANTS table like the others, so --help names its variants."""
-  from vbridge_jax import train
-  text = train.help_text([f"--config={REPO / 'configs' / 'drift.py'}"])
+  from vbridge_jax import cli_help  # not train: its absl flags clash with aot's in one process
+  text = cli_help.config_text([f"--config={REPO / 'configs' / 'drift.py'}"],
+                              REPO / "configs" / "curriculum.py")
   assert "Variants (--config=FILE:VARIANT): (none), 'tiny'" in text
   assert "--config.data.drift_outputs=''" in text
 
