@@ -277,17 +277,21 @@ def test_lora_targets_with_spaces_parse_once_for_setup_and_flops(demo, latent_di
 # ------------------------------------------------- 15.5 / 15.6: help, ETA, progress, profile
 
 
+def _help(module: str) -> subprocess.CompletedProcess:
+  """`python -m MODULE --help` from the repository."""
+  return subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True,
+                        text=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+
+
 def test_train_help_lists_variants_and_fields_and_exits_0():
-  r = subprocess.run([sys.executable, "-m", "vbridge_jax.train", "--help"], capture_output=True,
-                     text=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+  r = _help("vbridge_jax.train")
   assert r.returncode == 0, r.stderr[-1500:]
   assert "'tiny'" in r.stdout and "--config.data.batch_size=8" in r.stdout
   assert "--config.profile.start_step=-1" in r.stdout and "--workdir" in r.stdout
 
 
 def test_aot_help_lists_flags_variants_and_fields_and_exits_0():
-  r = subprocess.run([sys.executable, "-m", "vbridge_jax.aot", "--help"], capture_output=True,
-                     text=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+  r = _help("vbridge_jax.aot")
   assert r.returncode == 0, r.stderr[-1500:]
   assert "--topology" in r.stdout and "--restore_size" in r.stdout
   assert "'tiny_wan'" in r.stdout and "--config.mesh.fsdp=-1" in r.stdout

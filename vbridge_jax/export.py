@@ -152,25 +152,12 @@ def load_run_model(workdir: str | os.PathLike, step: int | None = None, *, merge
     pure = nnx.to_pure_dict(state)
     state_dir = workdir / "checkpoints" / str(step) / "state"
     stored = _restore_model_tree(state_dir)
-    io._check_tree(state_dir, stored, _str_keys(pure))
-    nnx.replace_by_pure_dict(state, _like(pure, stored))
+    io._check_tree(state_dir, stored, io.string_keys(pure))
+    nnx.replace_by_pure_dict(state, io.rekey_like(pure, stored))
     model = nnx.merge(graphdef, state)
     if merge:
       lora_lib.merge_lora(model)
   return model, config, step
-
-
-def _str_keys(tree):
-  if isinstance(tree, dict):
-    return {str(k): _str_keys(v) for k, v in tree.items()}
-  return tree
-
-
-def _like(template, tree):
-  """`tree` (string keys) re-keyed like `template` (whose list indices may be ints)."""
-  if isinstance(template, dict):
-    return {k: _like(v, tree[str(k)]) for k, v in template.items()}
-  return tree
 
 
 def _numpy_params(module, dtype) -> dict:

@@ -417,6 +417,21 @@ def _check_tree(path: Path, stored: Mapping, abstract: Mapping) -> None:
       raise CheckpointError(f"{path}: parameter {k} has shape {have[k]}, the model {want[k]}")
 
 
+def string_keys(tree: Any) -> Any:
+  """A nested dict (an nnx pure dict, whose list indices are ints) with string keys, as
+  stored parameter trees have them; leaves unchanged."""
+  if isinstance(tree, Mapping):
+    return {str(k): string_keys(v) for k, v in tree.items()}
+  return tree
+
+
+def rekey_like(template: Any, tree: Any) -> Any:
+  """`tree` (string keys) re-keyed like `template` (whose list indices may be ints)."""
+  if isinstance(template, Mapping):
+    return {k: rekey_like(v, tree[str(k)]) for k, v in template.items()}
+  return tree
+
+
 def flatten(tree: Mapping, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
   for k, v in tree.items():
     if isinstance(v, Mapping):

@@ -262,21 +262,10 @@ def _tiled(fn: Callable[[jax.Array], jax.Array], x: np.ndarray, tile: int, overl
 
 def abstract_params(model: nnx.Module) -> dict:
   """The parameter tree as the converter writes it: nested dicts with string keys."""
+  from vbridge_jax.checkpoints import io
   _, state = nnx.split(model)
-  return _str_keys(state.to_pure_dict())
-
-
-def _str_keys(tree):
-  if isinstance(tree, dict):
-    return {str(k): _str_keys(v) for k, v in tree.items()}
-  return jax.ShapeDtypeStruct(tree.shape, tree.dtype)
-
-
-def _like(template, tree):
-  """`tree` (string keys) re-keyed like `template` (whose list indices are ints)."""
-  if isinstance(template, dict):
-    return {k: _like(v, tree[str(k)]) for k, v in template.items()}
-  return tree
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
+                      io.string_keys(state.to_pure_dict()))
 
 
 def from_params(config: VAEConfig, params: dict) -> WanVAE:
@@ -287,8 +276,9 @@ def from_params(config: VAEConfig, params: dict) -> WanVAE:
 
 
 def _filled(state, params: dict):
+  from vbridge_jax.checkpoints import io
   pure = state.to_pure_dict()
-  cast = jax.tree.map(lambda t, a: jnp.asarray(a, t.dtype), pure, _like(pure, params))
+  cast = jax.tree.map(lambda t, a: jnp.asarray(a, t.dtype), pure, io.rekey_like(pure, params))
   nnx.replace_by_pure_dict(state, cast)
   return state
 
