@@ -54,6 +54,21 @@ def test_resized_crops_and_flips_aligned(tmp_path):
     np.testing.assert_array_equal(b["clip"][:, 0], b["clip"][:, -1])
 
 
+def test_still_clips_replace_the_lq_by_the_gt_at_the_asked_rate(tmp_path):
+  tree = make_tree(tmp_path / "t", {"A": 4}, h=32, w=32)  # LQ = 255 - GT: never still by chance
+  rows = [(b["clip"][i, 0], b["clip"][i, -1]) for b in
+          _take(pipeline.make_dataset(tree, size=24, still=0.5, **KW), 40) for i in range(2)]
+  still = [np.array_equal(lq, gt) for lq, gt in rows]
+  assert 25 <= sum(still) <= 55, sum(still)  # 80 draws at 1/2
+  for lq, gt in rows:  # the others are the pair as before: LQ = 255 - GT in pixels
+    if not np.array_equal(lq, gt):
+      np.testing.assert_allclose(_pixels(lq), 255 - _pixels(gt), atol=1)
+  plain = _take(pipeline.make_dataset(tree, size=24, **KW), 40)
+  assert not any(np.array_equal(b["clip"][i, 0], b["clip"][i, -1]) for b in plain for i in range(2))
+  with pytest.raises(ValueError, match="still"):
+    pipeline.make_dataset(tree, size=24, still=1.5, **KW)
+
+
 def test_deterministic_under_seed(tmp_path):
   tree = make_tree(tmp_path / "t", {"A": 3, "B": 3}, h=40, w=50)
   a = _take(pipeline.make_dataset(tree, size=24, **KW), 3)

@@ -8,7 +8,8 @@ scikit-image (astronaut, coffee, chelsea, rocket, hubble_deep_field,
 immunohistochemistry, retina, the left motorcycle view): random scales and square crops
 of `--size` pixels (default 256), so it runs on a fresh machine with no download. This is
 the trainer's embedded demo set: by default 4 pairs for each of the 21 categories (FoundIR's
-20 and RealCE), 168 PNGs, a few seconds. With `--clean DIR` every image under DIR
+20 and RealCE), 168 PNGs, a few seconds (the trainer builds it with its config's
+`data.demo_per_category`). With `--clean DIR` every image under DIR
 (recursively, sorted) is used in turn; `--size 0` (the default there) keeps full images.
 The output is a pure function of the inputs and `--seed`. `--out` may not overlap
 `--clean` (the set would feed its own outputs back in, or overwrite its inputs); a

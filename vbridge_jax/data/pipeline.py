@@ -211,17 +211,21 @@ class BalancedRecords:
 
 class CropPair(grain.transforms.RandomMap):
   """Decodes a pair, resizes the short side to `size`, same random `crop` x `crop` window
-  (default `size`), optional flip.
+  (default `size`), optional flip. With probability `still` the LQ crop is replaced by the
+  GT crop: a still clip, every frame the clean image (see `make_dataset`).
 
   Returns {"lq", "gt": uint8 (crop, crop, 3), "category": int32}, or None for a bad pair
   when `skip_bad` (a warning names it; the pipeline drops Nones).
   """
 
   def __init__(self, size: int, *, crop: int | None = None, flips: bool = True,
-               allow_upscale: bool = False, skip_bad: bool = False):
+               allow_upscale: bool = False, skip_bad: bool = False, still: float = 0.0):
     self.size, self.crop, self.flips = size, crop or size, flips
     if self.crop > size:
       raise ValueError(f"crop {self.crop} is larger than the resized short side {size}")
+    if not 0.0 <= still <= 1.0:
+      raise ValueError(f"still (the still-clip fraction) must be in [0, 1], got {still}")
+    self.still = still
     self.allow_upscale, self.skip_bad = allow_upscale, skip_bad
     self.skipped = 0
 
@@ -253,6 +257,7 @@ class CropPair(grain.transforms.RandomMap):
     c = self.crop
     x0, y0 = int(rng.integers(0, rw - c + 1)), int(rng.integers(0, rh - c + 1))
     flip = self.flips and bool(rng.integers(2))
+    still = self.still > 0 and bool(rng.random() < self.still)
     out = []
     for im in (lq, gt):
       if rw == w and rh == h:
@@ -262,6 +267,8 @@ class CropPair(grain.transforms.RandomMap):
         im = im.resize((c, c), Image.BICUBIC, box=box)
       a = np.asarray(im, dtype=np.uint8)
       out.append(np.ascontiguousarray(a[:, ::-1]) if flip else a)
+    if still:
+      out[0] = out[1]
     return {"lq": out[0], "gt": out[1], "category": np.int32(record["category"])}
 
 
@@ -314,7 +321,7 @@ def make_dataset(
     size: int, frames: int, global_batch_size: int, seed: int, crop: int | None = None,
     data_dir: str | os.PathLike | None = None, split: str | None = None,
     sharding: jax.sharding.Sharding | None = None,
-    flips: bool = True, balance: bool = False,
+    flips: bool = True, balance: bool = False, still: float = 0.0,
     drift_outputs: str | os.PathLike | None = None,
     num_epochs: int | None = None, allow_upscale: bool = False, skip_bad: bool = False,
     worker_count: int = 0, worker_buffer_size: int = 2, read_threads: int = 4,
@@ -338,6 +345,9 @@ def make_dataset(
     sharding: the clip's sharding; then batches are global `jax.Array`s, otherwise numpy.
     flips: random left-right flips (the same on LQ and GT).
     balance: category-balanced endless stream (each round of C draws has every category).
+    still: the fraction of samples whose LQ side is replaced by the GT crop, a still clip
+      (every frame the clean image): it teaches a randomly initialised DiT to carry frame 0
+      forward, which a pretrained video model already does.
     drift_outputs: drift-corrector mode; the LQ side is replaced by the base model's
       outputs `<drift_outputs>/<category>/<id>.<ext>` (use a short `frames`, e.g. 5).
     num_epochs: None = repeat forever (each epoch reshuffled); ignored with `balance`.
@@ -367,7 +377,7 @@ def make_dataset(
   else:
     ds = grain.MapDataset.source(records).shuffle(seed=seed).repeat(num_epochs)
   ds = ds.random_map(CropPair(size, crop=crop, flips=flips, allow_upscale=allow_upscale,
-                              skip_bad=skip_bad), seed=seed + 1)
+                              skip_bad=skip_bad, still=still), seed=seed + 1)
   if shard.shard_count > 1:  # each process: its contiguous rows of every global batch
     rows = _ProcessRows(ds, global_batch_size, local_batch, shard.shard_index)
     ds = grain.MapDataset.range(len(ds) // global_batch_size * local_batch).map(rows)

@@ -42,6 +42,8 @@ def cache_key(config, stage, vae_config: dict[str, Any]) -> str:
              batch=int(d.batch_size), seed=int(config.seed), flips=bool(d.flips),
              balance=bool(d.balance), upscale=bool(d.allow_upscale), vae=vae_config,
              init_from=str(config.init_from), random_init=bool(config.random_init))
+  if d.get("still", 0.0):  # only when set, so that the keys of earlier caches stay valid
+    key["still"] = float(d.still)
   return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 

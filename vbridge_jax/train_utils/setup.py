@@ -409,5 +409,6 @@ def make_iterator(config, source: str, stage: Stage, mesh) -> Any:
       global_batch_size=int(d.batch_size),
       seed=int(config.seed) + 1000 * stage.index, data_dir=d.data_dir or None,
       sharding=sh.batch_sharding(mesh, 5), flips=bool(d.flips), balance=bool(d.balance),
+      still=float(d.get("still", 0.0)),
       drift_outputs=d.drift_outputs or None, allow_upscale=bool(d.allow_upscale),
       worker_count=int(d.workers))
