@@ -348,3 +348,36 @@ def test_profile_traces_the_configured_steps(tmp_path):
     prof.after(step + 1, x)
   assert not prof.active
   assert [p for p in (tmp_path / "profile").rglob("*") if p.is_file()]
+
+
+def test_resuming_checkpoints_of_another_model_or_demo_set_is_refused(tmp_path):
+  """A workdir's checkpoints are resumed only under the model and demo data they were made
+  with (`trainer._RUN_FIELDS`): two heads and six have the same parameter shapes, so the
+  weights would load without a complaint into the other model."""
+  wd = tmp_path / "run"
+  (wd / "checkpoints" / "200").mkdir(parents=True)
+  saved = curriculum.get_config("tiny")
+  (wd / "config.json").write_text(saved.to_json_best_effort())
+  before = sorted(p.name for p in wd.rglob("*"))
+
+  other_heads = curriculum.get_config("tiny")
+  other_heads.model.dit_overrides.num_heads = 6
+  with pytest.raises(ConfigError, match=r"config\.json: .* model\.dit_overrides=.*\"num_heads\": 2"):
+    trainer.train_and_evaluate(other_heads, str(wd))
+  other_demo = curriculum.get_config("tiny")
+  other_demo.data.demo_per_category = 4
+  with pytest.raises(ConfigError, match=r"data\.demo_per_category=32, this config has 4"):
+    trainer.train_and_evaluate(other_demo, str(wd))
+  assert sorted(p.name for p in wd.rglob("*")) == before  # refused before anything is written
+
+  longer = curriculum.get_config("tiny")  # length, logging, sampler: free to change
+  longer.total_steps, longer.log_every, longer.eval.steps = 3000, 5, 8
+  trainer._check_same_run(longer, str(wd))
+  other_demo.data.source = str(tmp_path / "pairs")  # demo sizes do not matter off the demo
+  other_demo.data.demo_per_category = 32
+  trainer._check_same_run(other_demo, str(wd))
+  old = json.loads((wd / "config.json").read_text())  # a config.json from before a field
+  del old["data"]["demo_per_category"]
+  (wd / "config.json").write_text(json.dumps(old))
+  other_demo.data.source, other_demo.data.demo_per_category = "demo", 4
+  trainer._check_same_run(other_demo, str(wd))

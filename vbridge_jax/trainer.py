@@ -165,6 +165,43 @@ def _stage_iterator(config, source: str, stage, mesh, workdir: str, encoder, vae
   return latents.LatentIterator(path, mesh)
 
 
+# The fields that fix a run's parameters and its demo data: resuming a checkpoint under
+# other values would load the weights into another model, or train on other data, silently.
+_RUN_FIELDS = (("model", "dit"), ("model", "vae"), ("model", "dit_overrides"),
+               ("model", "vae_overrides"), ("finetune",), ("lora", "rank"), ("lora", "targets"),
+               ("data", "demo_per_category"), ("data", "demo_heldout"))
+
+
+def _check_same_run(config, workdir: str) -> None:
+  """Refuses to resume a run whose checkpoints were made with other `_RUN_FIELDS` values
+  (`workdir/config.json` against this config); fields the saved file lacks are not compared."""
+  saved_path = os.path.join(workdir, "config.json")
+  ckpts = os.path.join(workdir, "checkpoints")
+  if not (os.path.isfile(saved_path) and os.path.isdir(ckpts)
+          and any(n.isdigit() for n in os.listdir(ckpts))):
+    return
+  try:
+    with open(saved_path, encoding="utf-8") as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    raise setup.ConfigError(f"{saved_path}: unreadable ({e}); it records the run to resume") from None
+  now = json.loads(config.to_json_best_effort())
+  for path in _RUN_FIELDS:
+    if path[1:2] in (("demo_per_category",), ("demo_heldout",)) and now["data"]["source"] != "demo":
+      continue
+    old, new, missing = saved, now, False
+    for key in path:
+      if not isinstance(old, dict) or key not in old or key not in new:
+        missing = True
+        break
+      old, new = old[key], new[key]
+    if not missing and old != new:
+      raise setup.ConfigError(
+          f"{saved_path}: the checkpoints in {workdir} were trained with {'.'.join(path)}="
+          f"{json.dumps(old)}, this config has {json.dumps(new)}; resuming would load them into "
+          f"another model or data set: use a new --workdir, or the run's own settings")
+
+
 def _write_config(config, workdir: str) -> None:
   """`workdir/config.json` (atomic), written only once the config has been validated."""
   if jax.process_index() == 0:
@@ -414,6 +451,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   and writes nothing.
   """
   setup.check_config(config)
+  _check_same_run(config, workdir)
   sh.maybe_initialize_distributed(config.get("distributed"))
   devices = setup.check_devices(config)
   source = setup.data_source(config, workdir)  # 'demo': built once into workdir/demo_data
