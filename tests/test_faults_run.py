@@ -372,6 +372,7 @@ def test_resuming_checkpoints_of_another_model_or_demo_set_is_refused(tmp_path):
 
   longer = curriculum.get_config("tiny")  # length, logging, sampler: free to change
   longer.total_steps, longer.log_every, longer.eval.steps = 3000, 5, 8
+  longer.lora.rank = 8  # a full fine-tune has no adapter
   trainer._check_same_run(longer, str(wd))
   other_demo.data.source = str(tmp_path / "pairs")  # demo sizes do not matter off the demo
   other_demo.data.demo_per_category = 32

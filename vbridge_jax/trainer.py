@@ -187,8 +187,9 @@ def _check_same_run(config, workdir: str) -> None:
     raise setup.ConfigError(f"{saved_path}: unreadable ({e}); it records the run to resume") from None
   now = json.loads(config.to_json_best_effort())
   for path in _RUN_FIELDS:
-    if path[1:2] in (("demo_per_category",), ("demo_heldout",)) and now["data"]["source"] != "demo":
-      continue
+    if ((path[0] == "lora" and now["finetune"] != "lora")
+        or (path[0] == "data" and now["data"]["source"] != "demo")):
+      continue  # the adapter's shape matters only with LoRA, the demo sizes only on the demo
     old, new, missing = saved, now, False
     for key in path:
       if not isinstance(old, dict) or key not in old or key not in new:
