@@ -165,20 +165,32 @@ def _stage_iterator(config, source: str, stage, mesh, workdir: str, encoder, vae
   return latents.LatentIterator(path, mesh)
 
 
-# The fields that fix a run's parameters and its demo data: resuming a checkpoint under
-# other values would load the weights into another model, or train on other data, silently.
-_RUN_FIELDS = (("model", "dit"), ("model", "vae"), ("model", "dit_overrides"),
-               ("model", "vae_overrides"), ("finetune",), ("lora", "rank"), ("lora", "targets"),
-               ("data", "demo_per_category"), ("data", "demo_heldout"))
+# The fields that fix a run's parameters and its demo data, each group with when it matters:
+# resuming a checkpoint under other values would load the weights into another model, or
+# train on other data, silently.
+_RUN_FIELDS = (
+    (lambda c: True, (("model", "dit"), ("model", "vae"), ("model", "dit_overrides"),
+                      ("model", "vae_overrides"), ("finetune",))),
+    (lambda c: c["finetune"] == "lora", (("lora", "rank"), ("lora", "targets"))),
+    (lambda c: c["data"]["source"] == "demo",
+     (("data", "demo_per_category"), ("data", "demo_heldout"))),
+)
+_MISSING = object()
+
+
+def _field(tree: dict, path: tuple[str, ...]) -> Any:
+  for key in path:
+    if not isinstance(tree, dict) or key not in tree:
+      return _MISSING
+    tree = tree[key]
+  return tree
 
 
 def _check_same_run(config, workdir: str) -> None:
   """Refuses to resume a run whose checkpoints were made with other `_RUN_FIELDS` values
   (`workdir/config.json` against this config); fields the saved file lacks are not compared."""
   saved_path = os.path.join(workdir, "config.json")
-  ckpts = os.path.join(workdir, "checkpoints")
-  if not (os.path.isfile(saved_path) and os.path.isdir(ckpts)
-          and any(n.isdigit() for n in os.listdir(ckpts))):
+  if not (os.path.isfile(saved_path) and _checkpoint_steps(workdir)):
     return
   try:
     with open(saved_path, encoding="utf-8") as f:
@@ -186,21 +198,22 @@ def _check_same_run(config, workdir: str) -> None:
   except (OSError, ValueError) as e:
     raise setup.ConfigError(f"{saved_path}: unreadable ({e}); it records the run to resume") from None
   now = json.loads(config.to_json_best_effort())
-  for path in _RUN_FIELDS:
-    if ((path[0] == "lora" and now["finetune"] != "lora")
-        or (path[0] == "data" and now["data"]["source"] != "demo")):
-      continue  # the adapter's shape matters only with LoRA, the demo sizes only on the demo
-    old, new, missing = saved, now, False
-    for key in path:
-      if not isinstance(old, dict) or key not in old or key not in new:
-        missing = True
-        break
-      old, new = old[key], new[key]
-    if not missing and old != new:
-      raise setup.ConfigError(
-          f"{saved_path}: the checkpoints in {workdir} were trained with {'.'.join(path)}="
-          f"{json.dumps(old)}, this config has {json.dumps(new)}; resuming would load them into "
-          f"another model or data set: use a new --workdir, or the run's own settings")
+  for applies, paths in _RUN_FIELDS:
+    if not applies(now):
+      continue
+    for path in paths:
+      old, new = _field(saved, path), _field(now, path)
+      if _MISSING not in (old, new) and old != new:
+        raise setup.ConfigError(
+            f"{saved_path}: the checkpoints in {workdir} were trained with {'.'.join(path)}="
+            f"{json.dumps(old)}, this config has {json.dumps(new)}; resuming would load them "
+            f"into another model or data set: use a new --workdir, or the run's own settings")
+
+
+def _checkpoint_steps(workdir: str) -> list[int]:
+  """The steps of the checkpoint folders in `workdir/checkpoints` (names only)."""
+  folder = os.path.join(workdir, "checkpoints")
+  return [int(n) for n in os.listdir(folder) if n.isdigit()] if os.path.isdir(folder) else []
 
 
 def _write_config(config, workdir: str) -> None:
@@ -238,8 +251,7 @@ def _finished(workdir: str, stop_at: int) -> dict[str, Any] | None:
   Reads only the checkpoint folder names and `final.json`, so a rerun of a finished run
   builds nothing and writes nothing (its records stay as they are).
   """
-  folder = os.path.join(workdir, "checkpoints")
-  steps = [int(n) for n in os.listdir(folder) if n.isdigit()] if os.path.isdir(folder) else []
+  steps = _checkpoint_steps(workdir)
   if not steps or max(steps) < stop_at:
     return None
   try:
