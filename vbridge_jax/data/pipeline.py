@@ -30,7 +30,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from vbridge_jax.data import clips
+from vbridge_jax.data import clips, video_corpus
 from vbridge_jax.data.files import DataError, category_ids, open_image, scan_paired_folders
 
 log = logging.getLogger(__name__)
@@ -273,14 +273,18 @@ class CropPair(grain.transforms.RandomMap):
 
 
 class HostClip(grain.transforms.Map):
-  """Batch of uint8 pairs -> {"clip": float32 (B, T, S, S, 3), "category"} in numpy."""
+  """Batch of uint8 pairs (or a video source's uint8 clips) -> {"clip": float32
+  (B, T, S, S, 3) in [-1, 1], "category"} in numpy."""
 
   def __init__(self, frames: int):
     self.frames = frames
 
   def map(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {"clip": clips.make_clip(batch["lq"], batch["gt"], self.frames),
-            "category": batch["category"]}
+    if "clip" in batch:  # a video source's uint8 frames
+      clip = batch["clip"].astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+    else:
+      clip = clips.make_clip(batch["lq"], batch["gt"], self.frames)
+    return {"clip": clip, "category": batch["category"]}
 
 
 class ToGlobal(grain.transforms.Map):
@@ -333,7 +337,9 @@ def make_dataset(
   Args:
     source: a paired-folder tree `<category>/{LQ,GT}/<id>.<ext>`, a prepared TFDS
       version folder, or with `data_dir` a TFDS name (`foundir`, `realce:1.0.0`); or a
-      list of these, concatenated (global category ids, see `files.category_ids`).
+      list of these, concatenated (global category ids, see `files.category_ids`); or
+      `"video_corpus"`: the endless synthetic video corpus (`data/video_corpus.py`, seeded
+      by `seed`, rendered at the crop size; the pair options do not apply; category 0).
     size: stage size S (short side resized to S, then an S x S crop).
     crop: a smaller square crop after that resize (e.g. the largest multiple of 32 <= S,
       which the VAE and the DiT's patch need); default S.
@@ -370,23 +376,28 @@ def make_dataset(
   sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
   if not sources:
     raise DataError("no data source given")
-  records = Records([open_records(s, data_dir=data_dir, split=split, skip_bad=skip_bad)
-                     for s in sources], drift_outputs=drift_outputs)
-  if balance:
-    ds = grain.MapDataset.source(BalancedRecords(records, seed))
+  corpus = str(sources[0]) == video_corpus.SOURCE_NAME
+  if corpus:
+    if len(sources) > 1 or drift_outputs is not None:
+      raise DataError(f"data source {video_corpus.SOURCE_NAME!r} stands alone (no other "
+                      "sources, no drift outputs)")
+    # Endless and seeded record by record: no shuffle, no epochs, no crops or flips.
+    ds = grain.MapDataset.source(video_corpus.VideoCorpus(seed, size=crop or size, frames=frames))
   else:
-    ds = grain.MapDataset.source(records).shuffle(seed=seed).repeat(num_epochs)
-  ds = ds.random_map(CropPair(size, crop=crop, flips=flips, allow_upscale=allow_upscale,
-                              skip_bad=skip_bad, still=still), seed=seed + 1)
+    ds = _pair_records(sources, size=size, crop=crop, flips=flips, balance=balance, still=still,
+                       seed=seed, data_dir=data_dir, split=split, skip_bad=skip_bad,
+                       drift_outputs=drift_outputs, num_epochs=num_epochs,
+                       allow_upscale=allow_upscale)
   if shard.shard_count > 1:  # each process: its contiguous rows of every global batch
     rows = _ProcessRows(ds, global_batch_size, local_batch, shard.shard_index)
     ds = grain.MapDataset.range(len(ds) // global_batch_size * local_batch).map(rows)
-  if skip_bad:
+  if skip_bad and not corpus:
     ds = ds.filter(_not_none)
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
                                             prefetch_buffer_size=prefetch_buffer_size))
   it = it.batch(local_batch, drop_remainder=True)
-  device_blend = sharding is not None and isinstance(sharding, jax.sharding.NamedSharding)
+  device_blend = (sharding is not None and isinstance(sharding, jax.sharding.NamedSharding)
+                  and not corpus)
   if not device_blend:
     it = it.map(HostClip(frames))
   if worker_count > 0:
@@ -398,6 +409,19 @@ def make_dataset(
   if sharding is not None:
     it = it.map(ToGlobal(sharding, frames))
   return it
+
+
+def _pair_records(sources, *, size, crop, flips, balance, still, seed, data_dir, split,
+                  skip_bad, drift_outputs, num_epochs, allow_upscale) -> grain.MapDataset:
+  """The paired sources as a MapDataset of cropped uint8 pairs (shuffled or balanced)."""
+  records = Records([open_records(s, data_dir=data_dir, split=split, skip_bad=skip_bad)
+                     for s in sources], drift_outputs=drift_outputs)
+  if balance:
+    ds = grain.MapDataset.source(BalancedRecords(records, seed))
+  else:
+    ds = grain.MapDataset.source(records).shuffle(seed=seed).repeat(num_epochs)
+  return ds.random_map(CropPair(size, crop=crop, flips=flips, allow_upscale=allow_upscale,
+                                skip_bad=skip_bad, still=still), seed=seed + 1)
 
 
 class _ProcessRows:
