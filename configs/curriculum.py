@@ -157,7 +157,7 @@ def base_config() -> ml_collections.ConfigDict:
   # sampler settings, scored with the vbridge protocol.
   c.eval = ml_collections.ConfigDict(dict(
       source="", every_steps=0, max_images=0, size=0, batch_size=0, steps=20, solver="unipc",
-      shift=5.0, schedule="wan", guidance=1.0, cfg_skip=0.0, seed=43))
+      shift=5.0, schedule="wan", guidance=1.0, cfg_skip=0.0, seed=43, ceiling=False))
   # XLA options for the train step and VAE-encode compiles, e.g. the tests'
   # {"xla_backend_optimization_level": 0} (tiny programs: compile time dominates).
   c.compiler_options = ml_collections.ConfigDict()
@@ -205,10 +205,21 @@ def tiny_wan(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The README's main command: a small DiT on the lossless pixel codec that visibly
-  learns on a CPU, scored on the demo set's held-out split (module docstring)."""
+  """The README's main command: the tiny video prior (configs/prior.py, built on first use)
+  fine-tuned with V-Bridge on the demo set, scored on its held-out split (module docstring).
+  `--config.init_from=` (empty) trains the same DiT from scratch instead (`tiny_scratch`)."""
+  c = tiny_scratch(c)
+  c.init_from = "prior:tiny"  # train_utils/prior.py: trained once, cached, reused
+  c.optim.lr = 2e-4  # a fine-tune keeps what the prior knows (2e-3 wipes it)
+  return c
+
+
+def tiny_scratch(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`tiny` without the prior: the same DiT randomly initialised (the miniature's
+  no-prior row)."""
   c = tiny_wan(c)
-  c.total_steps = 1400
+  c.init_from = ""
+  c.total_steps = 700
   c.stages = "64:5,128:1"
   # Wide and shallow: a token is 2x2 codec pixels x 48 = 192 values, which the DiT must
   # carry through (the velocity contains the input noise), so dim > 192. Two heads: wider
@@ -230,7 +241,8 @@ def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.samples.every_steps = -1  # the held-out grids (samples/heldout_step_*.png) replace them
   c.eval = ml_collections.ConfigDict(dict(
       source="demo", every_steps=0, max_images=0, size=128, batch_size=0, steps=4,
-      solver="euler", shift=5.0, schedule="diffusers", guidance=1.0, cfg_skip=0.0, seed=43))
+      solver="euler", shift=5.0, schedule="diffusers", guidance=1.0, cfg_skip=0.0, seed=43,
+      ceiling=True))
   return c
 
 
@@ -240,7 +252,8 @@ def lora(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
-VARIANTS = {"": lambda c: c, "tiny": tiny, "tiny_wan": tiny_wan, "lora": lora}
+VARIANTS = {"": lambda c: c, "tiny": tiny, "tiny_scratch": tiny_scratch, "tiny_wan": tiny_wan,
+            "lora": lora}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -2,11 +2,17 @@
 
 Variants (`--config=configs/restore.py:VARIANT`):
 
-- (none): the authors' released test code: flow UniPC with Wan's schedule, 50 steps, shift 5,
-  guidance 6.0 with the last 15% of the steps unguided (`vbridge_jax.sampler.SamplerConfig`'s
-  defaults, the one source of them), the DiT in bf16 (params and compute, as their
-  inference casts it), seed 43, the frame count the model folder records (`model.json`; 5,
-  as their eval.sh, when it records none). `model`, `prompts`, `input` and `output` must be
+- (none): the sampler fields (`solver`, `steps`, `shift`, `schedule`, `guidance`,
+  `cfg_skip`), `seed`, `dtype`, `param_dtype`, `vae_dtype` and `quantize` are unset (None):
+  a value given here or on the command line wins, else the one the model folder's
+  `model.json` records (`evaluated_with`: how the trainer's held-out evaluation restored
+  it, written by `python -m vbridge_jax.export`), else the authors' released test code:
+  flow UniPC with Wan's schedule, 50 steps, shift 5, guidance 6.0 with the last 15% of the
+  steps unguided (`vbridge_jax.sampler.SamplerConfig`'s defaults, the one source of them),
+  seed 43, the DiT in bf16 (params and compute, as their inference casts it), the VAE as
+  its folder stores it, truncation to uint8 (`vbridge_jax.restore_cli.resolve_settings`).
+  The frame count is the model folder's (`model.json`; 5, as their eval.sh, when it
+  records none). `model`, `prompts`, `input` and `output` must be
   given; `drift` optionally. One image per device, weights replicated (`mesh.data=-1`); for
   a model that does not fit one chip, `--config.mesh.data=1 --config.mesh.fsdp=-1` (FSDP), or
   a `tensor` axis, exactly as in training.
@@ -26,9 +32,13 @@ On several hosts every host runs the same command (`distributed.*` as in trainin
 from __future__ import annotations
 
 import ml_collections
+from ml_collections import config_dict
 
-from vbridge_jax.sampler import SETTINGS, SamplerConfig
 from vbridge_jax.sharding import DEFAULT_RULES
+
+# Unset (None) unless given: resolved by vbridge_jax/restore_cli.py (flag > model.json > default).
+UNSET = dict(solver=str, steps=int, shift=float, schedule=str, guidance=float, cfg_skip=float,
+             seed=int, dtype=str, param_dtype=str, vae_dtype=str, quantize=str)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -40,14 +50,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.output = ""  # required: output folder, PNGs at the same relative paths
   c.frames = 0  # clip length 1 + 4k; 0: the model folder's model.json (5 without one)
   c.drift_frames = 0  # the corrector's; 0: its own folder's model.json
-  defaults = SamplerConfig()
-  for f in SETTINGS:  # solver, steps, shift, schedule, guidance, cfg_skip
-    setattr(c, f, getattr(defaults, f))
-  c.seed = 43
+  # solver, steps, shift, schedule, guidance, cfg_skip; seed; dtype (DiT compute),
+  # param_dtype (DiT and corrector weights as held: bf16 halves the memory), vae_dtype (the
+  # Wan VAE's compute), quantize (frames to uint8: truncate, as the authors' x * 255 | round).
+  for name, kind in UNSET.items():
+    setattr(c, name, config_dict.placeholder(kind))
+  c.batched_cfg = False  # guided steps as one forward of batch 2B (sampler.SamplerConfig)
   c.batch = 0  # global images per batch; 0: one per data x fsdp shard
-  c.dtype = "bfloat16"  # DiT compute dtype
-  c.param_dtype = "bfloat16"  # DiT (and corrector) weights as held: bf16 halves the memory
-  c.quantize = "truncate"  # frames to uint8 as the authors (x * 255 truncated) | round
   c.video = False  # also write each sample's frames as <name>.mp4 (imageio defaults, 24 fps)
   c.overwrite = False  # restore images whose output exists
   c.progress = True

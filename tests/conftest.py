@@ -67,6 +67,22 @@ def set_fields(config, **fields):
   return config
 
 
+@pytest.fixture(scope="session")
+def test_prior(tmp_path_factory):
+  """`configs/prior.py:test`, the test-sized video prior, built once per test session into a
+  session cache (`$VBRIDGE_CACHE`, restored afterwards); its model folder."""
+  from vbridge_jax.train_utils import prior
+  old = os.environ.get(prior.ENV)
+  os.environ[prior.ENV] = str(tmp_path_factory.mktemp("vbridge_cache"))
+  try:
+    yield prior.ensure("test", progress=False, log=lambda _: None)
+  finally:
+    if old is None:
+      os.environ.pop(prior.ENV, None)
+    else:
+      os.environ[prior.ENV] = old
+
+
 @pytest.fixture(scope="module")
 def persistent_compiles(tmp_path_factory):
   """For a test module that trains: identical programs (the resume runs) compile once, and

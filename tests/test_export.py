@@ -80,6 +80,7 @@ def _forward(dit, cfg):
 def test_jax_export_is_the_trained_model(lora_run, jax_export):
   assert sorted(p.name for p in jax_export.iterdir()) == ["dit", "model.json", "vae"]
   assert read_model_info(jax_export).frames == 5 and read_model_info(jax_export).codec == "wan22"
+  assert read_model_info(jax_export).evaluated_with is None  # the run has no held-out evaluation
   dit = load_dit(jax_export)
   merged, config, step = export.load_run_model(lora_run)
   assert step == 3 and config.finetune == "lora"
@@ -228,9 +229,30 @@ def test_export_trains_further_with_init_from(lora_run, jax_export, tmp_path):
 def test_pixel_codec_folder(tmp_path):
   """A run on the pixel codec exports `vae/config.json` alone, as the codec's contract says."""
   c = curriculum.get_config("tiny")
+  c.init_from = ""  # a random DiT on the pixel codec (a run's config.json holds no `prior:`)
   c.model.vae = "pixel"
   assert export._write_vae(c, tmp_path) == "pixel"
   assert sorted(p.name for p in (tmp_path / "vae").iterdir()) == ["config.json"]
   assert json.loads((tmp_path / "vae" / "config.json").read_text()) == {
       "_class_name": "PixelCodec", "patch": 4, "temporal": 4, "scale": 2.0}
   assert type(load_vae(tmp_path)).__name__ == "PixelCodec"
+
+
+def test_records_the_held_out_evaluation_settings():
+  """A run with `config.eval.source` gets its evaluation's restore settings in model.json
+  (`train_utils.evaluation.restore_settings`); one without gets none."""
+  c = curriculum.get_config("tiny")
+  c.init_from = ""  # the random DiT's config (no prior to build)
+  dcfg = setup.dit_config(c)
+  got = export._evaluated_with(c, dcfg).recorded()
+  assert got == dict(solver="euler", steps=4, shift=5.0, schedule="diffusers", guidance=1.0,
+                     cfg_skip=0.0, seed=43, dtype="float32", param_dtype="float32",
+                     quantize="truncate")  # the pixel codec has no compute dtype
+  c = curriculum.get_config("")
+  c.eval.source = "demo"
+  c.model.dit = "tiny"
+  got = export._evaluated_with(c, setup.dit_config(c)).recorded()
+  assert (got["solver"], got["steps"], got["schedule"], got["dtype"], got["param_dtype"],
+          got["vae_dtype"]) == ("unipc", 20, "wan", "bfloat16", "float32", "bfloat16")
+  c.eval.source = ""
+  assert export._evaluated_with(c, setup.dit_config(c)) is None

@@ -1,9 +1,11 @@
 """The paper in miniature, shrunk to a smoke run: every phase once, then a rerun that resumes.
 
-Costs about 55 s of CPU time, 2-5 minutes of wall time on a busy 2-core machine (mostly
-compiles: the base step, the corrector step and the sampler; two categories, one pair each,
-2 + 1 training steps, 2 sampler steps).
+Two categories, one pair each (two for the corrector), 2 + 2 + 1 training steps, 2 sampler
+steps, on the session's test prior (conftest's `test_prior`, shared with test_learning); a
+few minutes of wall time on a busy 2-core machine, mostly compiles.
 """
+
+import json
 
 import numpy as np
 import pytest
@@ -12,31 +14,40 @@ from PIL import Image
 from vbridge_jax import miniature
 from vbridge_jax.models import read_model_info
 
-pytestmark = pytest.mark.usefixtures("low_compile_effort")
+pytestmark = pytest.mark.usefixtures("low_compile_effort", "test_prior")
 
 
 def test_miniature_runs_every_phase_and_resumes(tmp_path):
   kw = dict(base_steps=2, base_stages="32", drift_steps=1, drift_stage="32", restore_steps=2,
-            categories=("Blur", "Noise"), per_category=1, heldout_per_category=1, size=64,
-            progress=False, log=lambda _: None)
+            categories=("Blur", "Noise"), per_category=1, heldout_per_category=1,
+            drift_per_category=2, size=64, prior_variant="test", progress=False,
+            log=lambda _: None)
   first = miniature.run(tmp_path, **kw)
   assert set(first["phases"].values()) == {"ran"}
   for name in ("train", "heldout"):
     for cat in ("Blur", "Noise"):
       assert (tmp_path / "demo_data" / name / cat / "LQ" / "0000.png").is_file()
-  # The base model's restores of the training split are where the corrector read them.
+  # The base model's restores of the corrector's own pairs are where the corrector read them;
+  # the corrector starts from the prior, the base from the prior, the scratch run from nothing.
   for cat in ("Blur", "Noise"):
-    assert (tmp_path / "restored" / "train_base" / cat / "LQ" / "0000.png").is_file()
+    for i in range(2):
+      assert (tmp_path / "restored" / "drift_base" / cat / "LQ" / f"{i:04d}.png").is_file()
+    assert (tmp_path / "demo_data" / "drift" / "train" / cat / "GT" / "0001.png").is_file()
   assert read_model_info(tmp_path / "base_model").frames == 5
-  assert (tmp_path / "drift" / "config.json").read_text().count(str(tmp_path / "base_model")) == 1
+  drift_cfg = json.loads((tmp_path / "drift" / "config.json").read_text())
+  base_cfg = json.loads((tmp_path / "base" / "config.json").read_text())
+  scratch_cfg = json.loads((tmp_path / "scratch" / "config.json").read_text())
+  assert drift_cfg["init_from"] == base_cfg["init_from"] and "priors" in base_cfg["init_from"]
+  assert scratch_cfg["init_from"] == "" and drift_cfg["data"]["drift_outputs"].endswith("drift_base")
 
   table = (tmp_path / "table.md").read_text()
   assert table == first["table"]
-  assert "| category | n | input | base | base + corrector |" in table
+  assert ("| category | n | input | (a) prior alone | (b) from scratch | (c) from the prior | "
+          "(d) (c) + corrector |") in table
   rows = [l for l in table.splitlines() if l.startswith("| ")]
   assert [r.split(" | ")[0] for r in rows[1:]] == ["| Blur", "| Noise", "| **average per image**",
                                                     "| **average per category**"]
-  assert all(r.count(" / ") == 3 for r in rows[1:])  # PSNR-Y / SSIM-Y in all three columns
+  assert all(r.count(" / ") == 5 for r in rows[1:])  # PSNR-Y / SSIM-Y in all five columns
   # The input column scores the LQ images themselves: identical inputs would be +inf dB.
   assert 10 < float(rows[1].split(" | ")[2].split(" / ")[0]) < 60
   # Base and base + corrector differ: the corrector ran on the base model's output.
@@ -44,7 +55,7 @@ def test_miniature_runs_every_phase_and_resumes(tmp_path):
   b = np.asarray(Image.open(tmp_path / "restored" / "heldout_drift" / "Blur" / "LQ" / "0000.png"))
   assert a.shape == b.shape == (64, 64, 3) and not np.array_equal(a, b)
   pic = Image.open(tmp_path / "picture.png")
-  assert pic.height > 2 * 128 and pic.width > 4 * 128  # two rows of four enlarged cells
+  assert pic.height > 2 * 128 and pic.width > 6 * 128  # two rows of six enlarged cells
 
   second = miniature.run(tmp_path, **kw)
   assert {k: v for k, v in second["phases"].items() if k != "5 evaluate"} == {

@@ -87,7 +87,7 @@ def test_setup_geometry_follows_the_codec():
   import configs.curriculum as curriculum
   from vbridge_jax.train_utils import setup
 
-  c = curriculum.get_config("tiny")
+  c = curriculum.get_config("tiny_scratch")  # random init: the geometry follows model.vae
   c.model.vae = "pixel"
   assert setup.pixel_multiple(c) == 8
   assert setup.crop_size(100, setup.pixel_multiple(c)) == 96

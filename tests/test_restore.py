@@ -134,17 +134,23 @@ def test_help_lists_variants_and_fields(capsys):
   out = capsys.readouterr().out
   assert e.value.code == 0
   assert "tiny: dtype='float32', param_dtype='float32', steps=4" in out
-  assert "--config.mesh.fsdp=1" in out and "--config.guidance=6.0" in out
+  assert "--config.mesh.fsdp=1" in out and "--config.guidance=None" in out
   assert "--config.distributed.coordinator_address=''" in out
-  assert "--config.param_dtype='bfloat16'" in out
+  assert "--config.param_dtype=None" in out
+  # what unset means, with today's defaults (restore_cli.fallback_settings)
+  assert "Fields shown as None are unset" in out and "model.json" in out
+  assert "guidance=6.0" in out and "param_dtype='bfloat16'" in out
 
 
 def test_config_and_its_errors(tmp_path, capsys):
   cfg = restore_cli.parse([f"--config={REPO / 'configs' / 'restore.py'}", "--config.steps=7",
                            "--config.mesh.fsdp=-1", "--config.mesh.data=1"])
-  assert (cfg.steps, cfg.guidance, cfg.cfg_skip, cfg.seed, cfg.mesh.fsdp) == (7, 6.0, 0.15, 43, -1)
+  assert (cfg.steps, cfg.guidance, cfg.seed, cfg.mesh.fsdp) == (7, None, None, -1)  # unset
+  cfg, _ = restore_cli.resolve_settings(cfg)  # no model folder: the defaults
+  assert (cfg.steps, cfg.guidance, cfg.cfg_skip, cfg.seed) == (7, 6.0, 0.15, 43)
   from vbridge_jax.sampler import SamplerConfig
-  assert restore.sampler_config(restore_cli.parse([])) == SamplerConfig()  # the one source
+  cfg, _ = restore_cli.resolve_settings(restore_cli.parse([]))
+  assert restore.sampler_config(cfg) == SamplerConfig()  # the one source
   assert restore_cli.main(["--config.nope=1"]) == 2
   assert "nope" in capsys.readouterr().err
   assert restore_cli.main([f"--config.input={tmp_path}"]) == 1

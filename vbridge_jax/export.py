@@ -13,8 +13,10 @@ abstractly from the run's config (`train_utils.setup.dit_config`: the preset, or
   (the codec the run trained with: a copy of the `init_from` folder's `vae/`; for a random
   tiny Wan VAE, its parameters, redrawn from the run's seed as the trainer drew them; for
   the pixel codec, its `config.json` alone) and `MODEL/model.json` (the run's
-  `data.frames` and the codec name). `python -m vbridge_jax.restore --model MODEL` and
-  `--config.init_from=MODEL` (a further fine-tune, e.g. the drift corrector) read it.
+  `data.frames` and the codec name; for a run with a held-out evaluation, `config.eval`,
+  also the settings it restored with: `_evaluated_with`). `python -m vbridge_jax.restore
+  --model MODEL` and `--config.init_from=MODEL` (a further fine-tune, e.g. the drift
+  corrector) read it.
 - `wan`: the original Wan2.2 DiT layout, `MODEL/config.json` + safetensors (sharded with
   `diffusion_pytorch_model.safetensors.index.json` above `--max_shard_gb`): what the
   authors' PyTorch code (and the released V-Bridge checkpoint) uses.
@@ -218,6 +220,22 @@ def _write_vae(config, staging: Path) -> str:
 # ------------------------------------------------------------------------------- export
 
 
+def _evaluated_with(config, dcfg):
+  """The `EvalSettings` of the run's held-out evaluation (the sampler fields, seed, dtypes and
+  quantize of `train_utils.evaluation.restore_settings`, which the trainer's evaluation used),
+  for model.json; None when the run has none (`config.eval.source` empty)."""
+  from vbridge_jax.models.model_info import eval_settings
+  from vbridge_jax.train_utils import evaluation
+  e = config.get("eval")
+  if e is None or not str(e.get("source", "") or ""):
+    return None
+  try:
+    return eval_settings(evaluation.restore_settings(config, dcfg))
+  except (KeyError, AttributeError, TypeError, ValueError) as err:
+    raise ExportError(f"config.eval: cannot record the held-out evaluation's settings "
+                      f"({' '.join(str(err).split())})") from None
+
+
 def _related(a: Path, b: Path) -> bool:
   return a == b or a in b.parents or b in a.parents
 
@@ -257,6 +275,7 @@ def export_run(workdir: str | os.PathLike, out: str | os.PathLike, *, step: int 
   np_dtype = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}[dtype]
   model, config, step = load_run_model(workdir, step)
   cfg = model.config
+  evaluated = _evaluated_with(config, cfg)
   params = _numpy_params(model, np_dtype)
   del model
   source = f"run:{workdir}@step{step}"
@@ -276,7 +295,8 @@ def export_run(workdir: str | os.PathLike, out: str | os.PathLike, *, step: int 
       meta = dit_ckpt.wan_config(cfg) if fmt == "wan" else dit_ckpt.diffusers_config(cfg)
       (folder / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
       codec = _run_codec(config)
-    write_model_info(staging, ModelInfo(frames=int(config.data.frames), codec=codec))
+    write_model_info(staging, ModelInfo(frames=int(config.data.frames), codec=codec,
+                                        evaluated_with=evaluated))
     if out.exists():
       old = out.parent / f".{out.name}.old"
       shutil.rmtree(old, ignore_errors=True)

@@ -1,25 +1,34 @@
 """The paper in miniature: the whole V-Bridge recipe at tiny scale, on the demo data, on a CPU.
 
   python -m vbridge_jax.miniature --workdir DIR [--base_steps N] [--drift_steps N]
-      [--restore_steps N] [--categories A,B,...] [--per_category N] [--heldout_per_category N]
+      [--drift_init prior|base] [--restore_steps N] [--categories A,B,...]
+      [--per_category N] [--heldout_per_category N] [--drift_per_category N]
 
-Phases, each with its outputs in DIR:
+It tests the paper's thesis, that a pretrained video model is what lets a few pairs teach
+restoration, by training the same DiT on the same few-shot pairs for the same steps with
+and without the video prior. Phases, each with its outputs in DIR:
 
 1. `demo_data/{train,heldout}/<category>/{LQ,GT}/<id>.png`: the demo training split and a
-   held-out split (`_demo_splits`);
-2. `base/`: curriculum training of the base model (`configs/curriculum.py:tiny`) on the
-   training split (`python -m vbridge_jax.train`'s code path);
-3. `base_model/`: its export (`python -m vbridge_jax.export`), then `restored/train_base/`:
-   the training split restored by it (`python -m vbridge_jax.restore`), in the layout
-   `data.drift_outputs` reads;
-4. `drift/`: the drift corrector (`configs/drift.py:tiny`, `init_from` = `base_model/`)
-   trained on (base output -> GT) clips, and its export `drift_model/`;
-5. `restored/heldout_base/` and `restored/heldout_drift/`: the held-out split restored by
-   the base model alone and by base + corrector;
-6. `scores/{input,base,drift}/` (`vbridge_jax.evaluate`, the `vbridge` protocol: PSNR/SSIM
-   on luma Y), then `table.md`, shaped like the paper's Table 1 (per category: input, base,
-   base + corrector; averages per image and per category), also printed, and `picture.png`
-   (one row per category: LQ | base | base + corrector | GT).
+   held-out split from photos it never uses (`_demo_splits`); `demo_data/drift/train/`:
+   the corrector's own pairs (`--drift_per_category`, 50 as the paper's per-category
+   count), cut from the training photos with another seed, so disjoint from the base's
+   pairs (the base's outputs on pairs it memorised would carry almost no drift);
+2. the video prior (`configs/prior.py:tiny`, `train_utils/prior.py`: built once and cached
+   under `$VBRIDGE_CACHE`, shared with the README's main command);
+3. `scratch/` + `scratch_model/`: `configs/curriculum.py:tiny_scratch`, the DiT fine-tuned
+   from random weights; `base/` + `base_model/`: `configs/curriculum.py:tiny`, the same
+   fine-tune from the prior;
+4. `restored/drift_base/`: the corrector's pairs restored by the base model, then `drift/` +
+   `drift_model/`: the drift corrector (`configs/drift.py:tiny` with the base's sampler
+   shift and learning rate) on (base output -> GT) clips, initialised from the prior ("both
+   models adopt Wan2.2-TI2V-5B as the backbone") or, with `--drift_init base`, from the base;
+5. `restored/heldout_{prior,scratch,base,drift}/`: the held-out split restored by (a) the
+   prior alone, with no fine-tune (the off-the-shelf video model of the paper's Fig. 4),
+   (b) the fine-tune from scratch, (c) the fine-tune from the prior, (d) (c) + corrector;
+6. `scores/<row>/` (`vbridge_jax.evaluate`, the `vbridge` protocol: PSNR/SSIM on luma Y),
+   then `table.md` (per category: input and the four rows; averages per image and per
+   category), also printed, and `picture.png` (one row per category: LQ | (a) | (b) | (c) |
+   (d) | GT).
 
 Rerunning resumes: a finished phase is skipped (training resumes from its last checkpoint,
 restore skips the images already written); delete a phase's folder to redo it. The
@@ -40,8 +49,11 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CATEGORIES = None  # all 21 demo categories
-COLUMNS = ("input", "base", "base + corrector")
+# The table's columns: (key, label); the keys name the restored/ and scores/ folders.
+COLUMNS = (("input", "input"), ("prior", "(a) prior alone"), ("scratch", "(b) from scratch"),
+           ("base", "(c) from the prior"), ("drift", "(d) (c) + corrector"))
 DRIFT_STEPS = 300  # corrector steps (configs/drift.py:tiny has 50, for the tests)
+DRIFT_PER_CATEGORY = 50  # the corrector's own pairs per category
 
 
 # ------------------------------------------------------------------------------- data
@@ -66,6 +78,21 @@ def _demo_splits(workdir: Path, *, per_category: int = 4, heldout_per_category: 
   return root / "train", root / "heldout"
 
 
+def _drift_split(workdir: Path, *, per_category: int, categories: Sequence[str] | None,
+                 size: int | None) -> Path:
+  """The corrector's pairs, `DIR/demo_data/drift/train/`: the training photos (fewshot's
+  train side) cut and degraded with another seed, so no pair is one of the base's."""
+  from vbridge_jax.data import fewshot
+  from vbridge_jax.data.degrade import CATEGORIES
+
+  root = workdir / "demo_data" / "drift"
+  if not (root / ".complete_split").is_file():
+    fewshot.build(root, per_category=per_category, heldout=1, seed=1,
+                  categories=tuple(categories or CATEGORIES), size=size)
+    (root / ".complete_split").touch()
+  return root / "train"
+
+
 def _write_prompts(path: Path, dit_config) -> Path:
   """Zero prompt embeddings: the tiny configs train with an all-zero context."""
   if not path.is_file():
@@ -88,10 +115,11 @@ def _devices_for(batch: int) -> int:
   return n
 
 
-def _tiny_config(module, source: Path, progress: bool, steps: int | None, stages: str | None):
-  """A config file's `tiny` variant (`configs/curriculum.py` or `configs/drift.py`) on
+def _tiny_config(module, source: Path, progress: bool, steps: int | None, stages: str | None,
+                 variant: str = "tiny"):
+  """A config file's tiny `variant` (`configs/curriculum.py` or `configs/drift.py`) on
   the `source` split, its length and stages replaced when given."""
-  config = module.get_config("tiny")
+  config = module.get_config(variant)
   config.data.source = str(source)
   config.progress = progress
   if steps:
@@ -135,7 +163,7 @@ def _restore(model: Path, prompts: Path, split: Path, out: Path, sampler, *, dri
           f"--config.solver={sampler.solver}", f"--config.shift={float(sampler.shift)}",
           f"--config.schedule={sampler.schedule}", f"--config.guidance={float(sampler.guidance)}",
           f"--config.cfg_skip={float(sampler.cfg_skip)}",
-          "--config.dtype=float32", "--config.param_dtype=float32", "--config.quantize=round"]
+          "--config.dtype=float32", "--config.param_dtype=float32"]
   if drift is not None:
     argv.append(f"--config.drift={drift}")
   if restore.main(argv) != 0:
@@ -155,31 +183,33 @@ def _done(split: Path, out: Path) -> bool:
 def table(scores: dict[str, dict[str, Any]]) -> str:
   """Markdown shaped like the paper's Table 1: PSNR-Y / SSIM-Y per category and column."""
   cats = list(scores["input"]["per_category"])
-  head = ["category", "n"] + list(COLUMNS)
+  cols = [(k, label) for k, label in COLUMNS if k in scores]
+  head = ["category", "n"] + [label for _, label in cols]
   lines = ["PSNR-Y (dB) / SSIM-Y on the held-out split (`vbridge` protocol).", "",
-           "| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * len(COLUMNS)]
+           "| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * len(cols)]
 
   def cell(vals: dict[str, float] | None) -> str:
     return f"{vals['psnr_y']:.2f} / {vals['ssim_y']:.4f}" if vals else "-"
 
-  keys = ("input", "base", "drift")
   for cat in cats:
     row = [cat, str(scores["input"]["per_category"][cat]["count"])]
-    row += [cell(scores[k]["per_category"].get(cat)) for k in keys]
+    row += [cell(scores[k]["per_category"].get(cat)) for k, _ in cols]
     lines.append("| " + " | ".join(row) + " |")
   n = str(len(scores["input"]["per_image"]))
   for label, field in (("average per image", "average_per_image"),
                        ("average per category", "average_per_category")):
-    lines.append("| " + " | ".join([f"**{label}**", n] + [cell(scores[k][field]) for k in keys])
+    lines.append("| " + " | ".join([f"**{label}**", n] + [cell(scores[k][field]) for k, _ in cols])
                  + " |")
   return "\n".join(lines) + "\n"
 
 
 def picture(path: Path, heldout: Path, restored: dict[str, Path]) -> Path:
-  """One row per category (its first held-out image): LQ | base | base + corrector | GT."""
+  """One row per category (its first held-out image): LQ | each restored row | GT."""
   from PIL import Image, ImageDraw
   from vbridge_jax.data.files import read_rgb
 
+  keys = [k for k, _ in COLUMNS if k in restored]
+  names = ["LQ"] + [label for k, label in COLUMNS if k in restored] + ["GT"]
   rows = []
   for cat in sorted(p.name for p in heldout.iterdir() if p.is_dir()):
     lq = sorted((heldout / cat / "LQ").iterdir())
@@ -188,15 +218,16 @@ def picture(path: Path, heldout: Path, restored: dict[str, Path]) -> Path:
     stem = lq[0].stem
     gt = next(iter(sorted((heldout / cat / "GT").glob(f"{stem}.*"))))
     cells = [read_rgb(lq[0])] + [read_rgb(restored[k] / cat / "LQ" / f"{stem}.png")
-                                 for k in ("base", "drift")] + [read_rgb(gt)]
+                                 for k in keys] + [read_rgb(gt)]
     rows.append((cat, cells))
   h, w = rows[0][1][0].shape[:2]
   scale = max(1, -(-128 // w))  # small crops are enlarged (nearest) so the labels fit
   h, w = h * scale, w * scale
   label_w, head_h, gap = 120, 18, 2
-  canvas = Image.new("RGB", (label_w + 4 * (w + gap), head_h + len(rows) * (h + gap)), "white")
+  canvas = Image.new("RGB", (label_w + len(names) * (w + gap), head_h + len(rows) * (h + gap)),
+                     "white")
   draw = ImageDraw.Draw(canvas)
-  for j, name in enumerate(("LQ", "base", "base + corrector", "GT")):
+  for j, name in enumerate(names):
     draw.text((label_w + j * (w + gap) + 4, 3), name, fill="black")
   for i, (cat, cells) in enumerate(rows):
     y = head_h + i * (h + gap)
@@ -216,20 +247,26 @@ def run(workdir: str | os.PathLike, *, base_steps: int | None = None, base_stage
         drift_steps: int | None = None, drift_stage: str | None = None,
         restore_steps: int | None = None, categories: Sequence[str] | None = None,
         per_category: int | None = None, heldout_per_category: int | None = None,
-        size: int | None = None, progress: bool = True,
+        drift_per_category: int | None = None, drift_init: str = "prior",
+        size: int | None = None, progress: bool = True, prior_variant: str = "tiny",
         log: Callable[[str], None] = print) -> dict[str, Any]:
   """Runs (or resumes) the recipe in `workdir`; returns `{"table", "phases"}`.
 
   `phases` maps each phase to "ran" or "skipped". The defaults are the tiny configs'
-  (`configs/curriculum.py:tiny`, `configs/drift.py:tiny` with the base's flow shift and
-  learning rate, DRIFT_STEPS steps): the demo split sizes (`data.demo_per_category`,
-  `data.demo_heldout`) and image size (`eval.size`) as the README's main command
-  evaluates; the arguments shrink them (the smoke test) or grow them.
+  (`configs/curriculum.py:tiny` and `:tiny_scratch`, `configs/drift.py:tiny` with the base's
+  flow shift and learning rate, DRIFT_STEPS steps): the demo split sizes
+  (`data.demo_per_category`, `data.demo_heldout`) and image size (`eval.size`) as the
+  README's main command evaluates; the arguments shrink them (the smoke test) or grow them.
+  `drift_init`: the corrector starts from the `prior` (the paper's shared backbone) or the
+  fine-tuned `base`. `prior_variant`: the variant of configs/prior.py (the tests: `test`).
   """
+  if drift_init not in ("prior", "base"):
+    raise ValueError(f"drift_init={drift_init!r} is not 'prior' or 'base'")
   if str(REPO) not in sys.path:  # configs/ is a folder of the repository, beside the package
     sys.path.insert(0, str(REPO))
   from configs import curriculum, drift as drift_configs
   from vbridge_jax import evaluate
+  from vbridge_jax.train_utils import prior as prior_lib
   from vbridge_jax.train_utils import setup
 
   wd = Path(workdir).resolve()
@@ -241,42 +278,54 @@ def run(workdir: str | os.PathLike, *, base_steps: int | None = None, base_stage
     phases[name] = "ran" if ran else "skipped"
     log(f"[miniature] {name}: {phases[name]} ({time.time() - t0:.0f} s so far)")
 
+  prior_model = prior_lib.ensure(prior_variant, progress=progress, log=log)
+  phase("0 video prior", True)
   base = _tiny_config(curriculum, Path(), progress, base_steps, base_stages)
+  base.init_from = str(prior_model)
+  # The same fine-tune without the prior: random weights, the from-scratch learning rate.
+  scratch = _tiny_config(curriculum, Path(), progress, base_steps, base_stages, "tiny_scratch")
+  size = size or int(base.eval.size) or None
   train, heldout = _demo_splits(
       wd, per_category=per_category or int(base.data.demo_per_category),
       heldout_per_category=heldout_per_category or int(base.data.demo_heldout),
-      categories=categories, size=size or int(base.eval.size) or None)
-  base.data.source = str(train)
-  base.eval.source = str(heldout)  # the training log's held-out lines score the table's split
-  phase("1 train base", _train(base, wd / "base", log))
-  phase("2 export base", _export(wd / "base", wd / "base_model"))
+      categories=categories, size=size)
+  drift_pairs = _drift_split(wd, per_category=drift_per_category or DRIFT_PER_CATEGORY,
+                             categories=categories, size=size)
+  for c in (base, scratch):
+    c.data.source = str(train)
+    c.eval.source = str(heldout)  # the training log's held-out lines score the table's split
+  phase("1 train from scratch", _train(scratch, wd / "scratch", log))
+  phase("1 export from scratch", _export(wd / "scratch", wd / "scratch_model"))
+  phase("2 train from the prior", _train(base, wd / "base", log))
+  phase("2 export from the prior", _export(wd / "base", wd / "base_model"))
   prompts = _write_prompts(wd / "prompts.npz", setup.dit_config(base))
-  restored = {"train": wd / "restored" / "train_base", "base": wd / "restored" / "heldout_base",
-              "drift": wd / "restored" / "heldout_drift"}
-  todo = not _done(train, restored["train"])
+  restored = {k: wd / "restored" / f"heldout_{k}" for k, _ in COLUMNS if k != "input"}
+  drift_base = wd / "restored" / "drift_base"
+  todo = not _done(drift_pairs, drift_base)
   if todo:
-    _restore(wd / "base_model", prompts, train, restored["train"], base.eval, drift=None,
+    _restore(wd / "base_model", prompts, drift_pairs, drift_base, base.eval, drift=None,
              steps=restore_steps)
-  phase("2 restore training split (base)", todo)
+  phase("3 restore the corrector's pairs (base)", todo)
 
-  corr = _tiny_config(drift_configs, train, progress, drift_steps or DRIFT_STEPS, drift_stage)
+  corr = _tiny_config(drift_configs, drift_pairs, progress, drift_steps or DRIFT_STEPS, drift_stage)
   # The corrector samples with the base's settings (`config.eval`): the same flow shift.
   corr.flow.shift, corr.optim.lr = base.flow.shift, base.optim.lr
-  corr.data.drift_outputs = str(restored["train"])
-  corr.init_from = str(wd / "base_model")
+  corr.data.drift_outputs = str(drift_base)
+  corr.init_from = str(prior_model if drift_init == "prior" else wd / "base_model")
   corr.prompts = str(prompts)
   phase("3 train drift corrector", _train(corr, wd / "drift", log))
   phase("3 export drift corrector", _export(wd / "drift", wd / "drift_model"))
 
-  for key, drift in (("base", None), ("drift", wd / "drift_model")):
+  models = {"prior": (prior_model, None), "scratch": (wd / "scratch_model", None),
+            "base": (wd / "base_model", None), "drift": (wd / "base_model", wd / "drift_model")}
+  for key, (model, drift) in models.items():
     todo = not _done(heldout, restored[key])
     if todo:
-      _restore(wd / "base_model", prompts, heldout, restored[key], base.eval, drift=drift,
-               steps=restore_steps)
-    phase(f"4 restore held-out ({'base + corrector' if drift else 'base'})", todo)
+      _restore(model, prompts, heldout, restored[key], base.eval, drift=drift, steps=restore_steps)
+    phase(f"4 restore held-out ({dict(COLUMNS)[key]})", todo)
 
   scores = {}
-  for key, pred in (("input", heldout), ("base", restored["base"]), ("drift", restored["drift"])):
+  for key, pred in [("input", heldout)] + list(restored.items()):
     scores[key] = evaluate.evaluate(pred, heldout, "vbridge", progress=False)
     evaluate.write(scores[key], wd / "scores" / key)
   text = table(scores)
@@ -304,6 +353,11 @@ def main(argv: list[str] | None = None) -> int:
                  help="training pairs per category (default: the tiny config's data.demo_per_category)")
   p.add_argument("--heldout_per_category", "--heldout-per-category", type=int, default=None,
                  help="held-out pairs per category (default: its data.demo_heldout)")
+  p.add_argument("--drift_per_category", type=int, default=None,
+                 help=f"the corrector's own pairs per category (default {DRIFT_PER_CATEGORY})")
+  p.add_argument("--drift_init", choices=("prior", "base"), default="prior",
+                 help="the corrector's initial weights: the video prior (the paper's shared "
+                 "backbone) or the fine-tuned base")
   args = p.parse_args(argv)
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   from absl import logging as absl_logging
@@ -316,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
   try:
     run(args.workdir, base_steps=args.base_steps, drift_steps=args.drift_steps,
         restore_steps=args.restore_steps, categories=cats, per_category=args.per_category,
-        heldout_per_category=args.heldout_per_category)
+        heldout_per_category=args.heldout_per_category,
+        drift_per_category=args.drift_per_category, drift_init=args.drift_init)
   except (ConfigError, CheckpointError, DataError, ExportError, RuntimeError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

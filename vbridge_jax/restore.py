@@ -15,9 +15,10 @@ finished outputs, batches and process shares).
 Per image, as the authors' inference code does (`vbridge_jax.restore_geometry`): reflect
 padding to a multiple of the codec x patch size (or their resize for large images), frame 0
 encoded, `frames` frames sampled (UniPC, shift 5, guidance 6 with the last 15% of the steps
-unguided: `SamplerConfig`'s defaults), decoded, the last frame cropped (or zoomed) back. The
-frame count is the model's own (`model.json`; the corrector's from its folder) unless
-`frames` is given. Noise is drawn per image from `seed` and its relative path, so the bytes
+unguided: `SamplerConfig`'s defaults, unless the model folder's `model.json` records the
+settings its held-out evaluation used: `restore_cli.resolve_settings`), decoded, the last
+frame cropped (or zoomed) back. The frame count is the model's own (`model.json`; the
+corrector's from its folder) unless `frames` is given. Noise is drawn per image from `seed` and its relative path, so the bytes
 do not depend on batching or on the number of processes (on XLA:CPU the number of devices
 sharing one process can move a pixel by one level: its threading changes the arithmetic).
 
@@ -115,10 +116,11 @@ def place(module: Any, mesh, rules) -> Any:
   return nnx.merge(graphdef, jax.tree.map(put, state, shardings))
 
 
-def load_codec(path: str | Path, mesh) -> Any:
-  """The model folder's VAE, read replicated over `mesh` (every process reads it whole)."""
+def load_codec(path: str | Path, mesh, **overrides) -> Any:
+  """The model folder's VAE, read replicated over `mesh` (every process reads it whole);
+  `overrides` set run-time switches (`dtype`; the pixel codec has none)."""
   from vbridge_jax.models import load_vae
-  return load_vae(path, sharding=jax.sharding.NamedSharding(mesh, P()))
+  return load_vae(path, sharding=jax.sharding.NamedSharding(mesh, P()), **overrides)
 
 
 # -------------------------------------------------------------------------------- restorer

@@ -6,14 +6,22 @@ nothing: the config is validated, `jax.distributed` started when asked, the inpu
 (duplicates refused, dangling symlinks reported), the output folder's writability checked,
 finished outputs verified and skipped; only then is the model loaded. Each failure is one
 line on stderr and exit status 1.
+
+The restore settings of `models.model_info.EvalSettings` (the sampler fields, `seed`, `dtype`,
+`param_dtype`, `vae_dtype`, `quantize`) are unset (None) in configs/restore.py and resolved
+in one place, `resolve_settings`: a value set in the config or on the command line wins, else
+the model folder's `model.json` record (`evaluated_with`, how the trainer's held-out
+evaluation restored it), else `fallback_settings()` (today's defaults); the drift corrector
+samples with the same. One line says which settings are used and where they came from.
 """
 
 from __future__ import annotations
 
+import collections
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from absl import flags
 from ml_collections import config_flags
@@ -21,6 +29,8 @@ from ml_collections import config_flags
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "configs" / "restore.py"
 REQUIRED = ("model", "prompts", "input", "output")
+FROM_CONFIG = "--config"
+FROM_DEFAULTS = "the defaults"
 
 
 class _Usage(Exception):
@@ -32,7 +42,73 @@ def usage(argv: Sequence[str] = ()) -> str:
   from vbridge_jax import cli_help, restore
   flag = ("Flags:\n  --config=FILE[:VARIANT]  config file (default configs/restore.py); "
           "--config.FIELD=VALUE overrides a field")
-  return "\n\n".join([restore.__doc__.strip(), flag, cli_help.config_text(argv, DEFAULT_CONFIG)])
+  return "\n\n".join([restore.__doc__.strip(), flag, cli_help.config_text(argv, DEFAULT_CONFIG),
+                      unset_text()])
+
+
+def unset_text() -> str:
+  """`--help`'s note on the fields that default to None."""
+  import textwrap
+  rest = ", ".join(f"{k}={v!r}" for k, v in fallback_settings().items())
+  return textwrap.fill(
+      "Fields shown as None are unset: a value given in the config or on the command line "
+      "wins, else the one the model folder's model.json records (`evaluated_with`: how the "
+      "trainer's held-out evaluation restored it, written by python -m vbridge_jax.export), "
+      f"else {rest} (vae_dtype=None: the VAE as its folder stores it).", width=95,
+      break_long_words=False, break_on_hyphens=False)
+
+
+def fallback_settings() -> dict[str, Any]:
+  """Today's defaults of the resolved settings: `SamplerConfig`'s sampler fields, seed 43, the
+  DiT in bf16, the VAE as stored (None), truncation to uint8."""
+  from vbridge_jax.models.model_info import EvalSettings
+  from vbridge_jax.sampler import SamplerConfig
+  sampler = SamplerConfig()
+  known = dict(seed=43, dtype="bfloat16", param_dtype="bfloat16", vae_dtype=None,
+               quantize="truncate")
+  return {f: known[f] if f in known else getattr(sampler, f)
+          for f in EvalSettings.__dataclass_fields__}
+
+
+def resolve_settings(config) -> tuple[Any, dict[str, str]]:
+  """(a copy of `config` with every resolved setting filled in, {field: where it came from}).
+
+  Per field: the config's value when set (not None), else the model folder's model.json
+  record (`ModelInfo.evaluated_with`), else `fallback_settings()`. A bad record raises
+  ModelInfoError (a ValueError: one line, exit status 1).
+  """
+  from vbridge_jax.models import read_model_info
+  from vbridge_jax.models.model_info import FILENAME, model_root
+  record, where = {}, None
+  if config.get("model"):
+    info = read_model_info(config.model)
+    if info.evaluated_with is not None:
+      record, where = info.evaluated_with.recorded(), str(model_root(config.model) / FILENAME)
+  out = config.copy_and_resolve_references()
+  sources = {}
+  with out.unlocked():
+    for k, default in fallback_settings().items():
+      if config.get(k) is not None:
+        sources[k] = FROM_CONFIG
+      elif k in record:
+        out[k], sources[k] = record[k], where
+      else:
+        out[k], sources[k] = default, FROM_DEFAULTS
+  return out, sources
+
+
+def settings_line(config, sources: dict[str, str]) -> str:
+  """`sampler: euler, 4 steps, ... (from MODEL/model.json; steps from --config)`."""
+  vae = config.vae_dtype or "as stored"
+  what = (f"sampler: {config.solver}, {config.steps} steps, shift {config.shift}, schedule "
+          f"{config.schedule}, guidance {config.guidance}, cfg_skip {config.cfg_skip}, seed "
+          f"{config.seed}; DiT {config.dtype} (weights {config.param_dtype}), VAE {vae}, "
+          f"quantize {config.quantize}")
+  counts = collections.Counter(sources.values())
+  main = max(counts, key=counts.get)
+  others = [f"{', '.join(k for k, s in sources.items() if s == src)} from {src}"
+            for src in counts if src != main]
+  return f"{what} (" + "; ".join([f"from {main}", *others]) + ")"
 
 
 def parse(argv: Sequence[str]):
@@ -68,8 +144,8 @@ def check(config) -> None:
   if missing:
     raise ValueError("required: " + ", ".join(f"--config.{k}" for k in missing))
   restore.sampler_config(config)  # validates the sampling fields
-  for k in ("dtype", "param_dtype"):
-    if config[k] not in DTYPES:
+  for k in ("dtype", "param_dtype", "vae_dtype"):
+    if config[k] not in DTYPES and not (k == "vae_dtype" and config[k] is None):
       raise ValueError(f"--config.{k}={config[k]!r} is not one of {', '.join(DTYPES)}")
   if config.quantize not in QUANTIZE:
     raise ValueError(f"--config.quantize={config.quantize!r} is not one of {', '.join(QUANTIZE)}")
@@ -129,7 +205,8 @@ def _agree(value: int, what: str) -> None:
 
 
 def run(config) -> int:
-  """The command on a resolved config; returns the exit status."""
+  """The command on a parsed config (its settings resolved here); returns the exit status."""
+  config, sources = resolve_settings(config)
   check(config)
   import jax
   from vbridge_jax import sharding as sh
@@ -154,7 +231,7 @@ def run(config) -> int:
   rc = 1 if problems else 0
   if todo:
     _check_model(config)
-    rc = max(rc, _restore(config, todo, out_root, status))
+    rc = max(rc, _restore(config, todo, out_root, status, sources))
   status["seconds"] = time.time() - t_start
   jobs_lib.write_status(out_root, jax.process_index(), status)
   if jax.process_count() > 1:
@@ -193,7 +270,7 @@ def _check_model(config) -> None:
   prompts.load_prompts(Path(config.prompts), dcfg.text_dim)
 
 
-def _restore(config, todo, out_root: Path, status: dict) -> int:
+def _restore(config, todo, out_root: Path, status: dict, sources: dict[str, str]) -> int:
   """Loads the models and restores `todo` [(file, relative path)]; fills `status`."""
   import jax
   from vbridge_jax import restore_jobs as jobs_lib
@@ -207,12 +284,14 @@ def _restore(config, todo, out_root: Path, status: dict) -> int:
   rules = sh.rules_from_config(config.logical_axis_rules)
   frames, drift_frames = frame_counts(config)
   overrides = dict(dtype=config.dtype, param_dtype=config.param_dtype)
+  vae_overrides = {} if config.vae_dtype is None else dict(dtype=config.vae_dtype)
+  _say(settings_line(config, sources))
   _say(f"loading the model from {config.model} onto mesh {dict(mesh.shape)} "
        f"({mesh.size} devices, {jax.process_count()} process(es)) ...")
   t0 = time.time()
   dit = load_dit(config.model, mesh, rules, **overrides)
   drift = load_dit(config.drift, mesh, rules, **overrides) if config.drift else None
-  vae = restore.place(restore.load_codec(config.model, mesh), mesh, rules)
+  vae = restore.place(restore.load_codec(config.model, mesh, **vae_overrides), mesh, rules)
   positive, negative = prompts.load_prompts(Path(config.prompts), dit.config.text_dim)
   restorer = restore.Restorer(dit, vae, positive, negative, restore.sampler_config(config),
                               frames, drift, int(config.seed), mesh=mesh, rules=rules,

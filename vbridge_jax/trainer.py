@@ -473,6 +473,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   if finished is not None:
     log.info("%s already reached step %d; nothing to do", workdir, finished["step"])
     return finished
+  setup.resolve_init(config)  # a `prior:` init is built (once, cached) before the run starts
   os.makedirs(workdir, exist_ok=True)
   _write_config(config, workdir)
   run = _Run(config, workdir, devices, source, total)

@@ -1,4 +1,5 @@
-"""What a model folder records for restoring: the clip length the DiT was trained with, and its codec.
+"""What a model folder records for restoring: the clip length the DiT was trained with, its
+codec, and optionally the settings its held-out evaluation restored with.
 
 A model folder (written by `convert/wan_to_jax.py` or `python -m vbridge_jax.export`) holds
 `dit/`, `vae/` (the Wan2.2 VAE, or the pixel codec's config) and `model.json`:
@@ -9,12 +10,28 @@ A model folder (written by `convert/wan_to_jax.py` or `python -m vbridge_jax.exp
 puts the last frame elsewhere on the LQ -> HQ path, so restore uses it unless told otherwise.
 A folder without `model.json` (converted before it existed, or the released checkpoint) reads
 as 5 frames, the length the authors' evaluation script samples with.
+
+`evaluated_with` (optional; `python -m vbridge_jax.export` writes it for a run with a held-out
+evaluation, `config.eval` of train_utils/evaluation.py) records how that evaluation restored:
+the sampler fields (`solver`, `steps`, `shift`, `schedule`, `guidance`, `cfg_skip`), the noise
+`seed`, the DiT's `dtype` / `param_dtype`, the codec's `vae_dtype` and `quantize`:
+
+    {"frames": 5, "codec": "pixel", "evaluated_with": {"solver": "euler", "steps": 4,
+     "shift": 5.0, "schedule": "diffusers", "guidance": 1.0, "cfg_skip": 0.0, "seed": 43,
+     "dtype": "float32", "param_dtype": "float32", "vae_dtype": "float32",
+     "quantize": "truncate"}}
+
+Restore (vbridge_jax/restore_cli.py) uses a recorded field unless its command line sets it,
+so that it scores what the training log reported. Absent (older files, converted PyTorch
+checkpoints, the released weights), or a field missing from it: nothing recorded, restore's
+own defaults. Values are checked on read (a one-line `ModelInfoError` naming file and field).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -22,6 +39,7 @@ from typing import Any
 FILENAME = "model.json"
 DEFAULT_FRAMES = 5  # the authors' released evaluation samples 5 frames
 COMPONENTS = ("dit", "vae")
+EVALUATED_WITH = "evaluated_with"
 
 
 class ModelInfoError(ValueError):
@@ -29,12 +47,38 @@ class ModelInfoError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
+class EvalSettings:
+  """The restore settings a model was evaluated with; None: not recorded."""
+
+  solver: str | None = None  # vbridge_jax.sampler.SOLVERS
+  steps: int | None = None
+  shift: float | None = None
+  schedule: str | None = None  # vbridge_jax.sampler.SCHEDULES
+  guidance: float | None = None
+  cfg_skip: float | None = None
+  seed: int | None = None
+  dtype: str | None = None  # the DiT's compute dtype (models/configs.py DTYPES)
+  param_dtype: str | None = None
+  vae_dtype: str | None = None  # the codec's compute dtype (a Wan VAE's; the pixel codec has none)
+  quantize: str | None = None  # restore_geometry.QUANTIZE
+
+  def recorded(self) -> dict[str, Any]:
+    """The recorded fields, in declaration order."""
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+            if getattr(self, f.name) is not None}
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelInfo:
   frames: int = DEFAULT_FRAMES
   codec: str = "wan22"  # wan22 | pixel
+  evaluated_with: EvalSettings | None = None
 
   def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
+    out: dict[str, Any] = dict(frames=self.frames, codec=self.codec)
+    if self.evaluated_with is not None:
+      out[EVALUATED_WITH] = self.evaluated_with.recorded()
+    return out
 
 
 def model_root(path: str | os.PathLike) -> Path:
@@ -58,7 +102,65 @@ def read_model_info(path: str | os.PathLike) -> ModelInfo:
     raise ModelInfoError(f"{file}: not a model info file ({' '.join(str(e).split())})") from None
   if info.frames < 1:
     raise ModelInfoError(f"{file}: frames={info.frames} must be >= 1")
-  return info
+  if data.get(EVALUATED_WITH) is None:
+    return info
+  try:
+    record = eval_settings(data[EVALUATED_WITH])
+  except ValueError as e:
+    raise ModelInfoError(f"{file}: {EVALUATED_WITH}{e}") from None
+  return dataclasses.replace(info, evaluated_with=record)
+
+
+def eval_settings(data: Any) -> EvalSettings:
+  """A checked `EvalSettings` from a dict; ValueError(".field=value: why") on a bad value."""
+  if not isinstance(data, dict):
+    raise ValueError(f"={data!r}: not an object of settings")
+  known = {f.name for f in dataclasses.fields(EvalSettings)}
+  for key in data:
+    if key not in known:
+      raise ValueError(f".{key}: unknown field (known: {', '.join(sorted(known))})")
+  checks = _checks()
+  for key, value in data.items():
+    if value is None:
+      continue
+    why = checks[key](value)
+    if why:
+      raise ValueError(f".{key}={value!r}: {why}")
+  return EvalSettings(**{k: (float(v) if k in _FLOATS and v is not None else v)
+                         for k, v in data.items()})
+
+
+_FLOATS = ("shift", "guidance", "cfg_skip")
+
+
+def _number(v: Any) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _integer(v: Any) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _one_of(choices) -> Any:
+  def check(v: Any) -> str | None:
+    return None if isinstance(v, str) and v in choices else f"not one of {', '.join(choices)}"
+  return check
+
+
+def _checks() -> dict[str, Any]:
+  """Per field: value -> None when valid, else why not (the choices from their one source)."""
+  from vbridge_jax.models.configs import DTYPES
+  from vbridge_jax.restore_geometry import QUANTIZE
+  from vbridge_jax.sampler import SCHEDULES, SOLVERS
+  dtype = _one_of(tuple(DTYPES))
+  return dict(
+      solver=_one_of(SOLVERS), schedule=_one_of(SCHEDULES), quantize=_one_of(QUANTIZE),
+      dtype=dtype, param_dtype=dtype, vae_dtype=dtype,
+      steps=lambda v: None if _integer(v) and v >= 1 else "must be an integer >= 1",
+      seed=lambda v: None if _integer(v) else "must be an integer",
+      shift=lambda v: None if _number(v) and v > 0 else "must be a number > 0",
+      guidance=lambda v: None if _number(v) else "must be a number",
+      cfg_skip=lambda v: None if _number(v) and 0 <= v <= 1 else "must be a number in [0, 1]")
 
 
 def write_model_info(path: str | os.PathLike, info: ModelInfo) -> Path:

@@ -8,7 +8,10 @@ images go through `vbridge_jax.restore.Restorer`, the code path of the restore c
 (padding to the model's multiple, codec encode of frame 0, sampling with first-frame
 conditioning, decode, last frame), and are scored against their GT with the `vbridge`
 protocol of `vbridge_jax.metrics` (PSNR/SSIM on MATLAB luma). The unrestored LQ image is
-scored the same way once, as the baseline every restoration must beat.
+scored the same way once, as the baseline every restoration must beat. Each image's noise is
+keyed by its LQ file's path under the held-out root, the name the restore command gives it,
+and `restore_settings` (what `python -m vbridge_jax.export` records in model.json) are the
+settings restored with, so restoring that root with the export reproduces the scores.
 
 Outputs (process 0): one row per evaluation in `metrics.jsonl` (`step`, `eval/psnr_y`,
 `eval/ssim_y`, `eval/input_psnr_y`, `eval/input_ssim_y`, `eval/gain_psnr_y`; averages per
@@ -22,7 +25,9 @@ Settings (`config.eval`): `source`, `every_steps` (0: stage ends only), `max_ima
 else the first images taken round-robin over categories, so every category counts),
 `size` (0: native; else both LQ and GT resized so that the short side is `size`, as the
 training pipeline resizes a stage's pairs), `batch_size` (images per sampler call; 0: all
-at once), and the sampler's `steps`, `solver`, `shift`, `schedule`, `guidance`,
+at once), `ceiling` (also restore each GT as a still clip, frame 0 the GT itself, and log
+its score as `eval/ceiling_psnr_y` / `eval/ceiling_ssim_y`: the reproduction ceiling, the
+best a restoration by this model can score), and the sampler's `steps`, `solver`, `shift`, `schedule`, `guidance`,
 `cfg_skip`, `seed`.
 """
 
@@ -41,19 +46,23 @@ from PIL import Image, ImageDraw, ImageFont
 from vbridge_jax import metrics as M
 from vbridge_jax import restore as R
 from vbridge_jax.data.files import read_rgb, scan_paired_folders
-from vbridge_jax.sampler import SamplerConfig
+from vbridge_jax.sampler import SETTINGS, SamplerConfig
 from vbridge_jax.train_utils import setup
 
 KEYS = ("psnr_y", "ssim_y")
 CELL = 192  # grid cells are enlarged (nearest neighbour) to at least this many pixels
+QUANTIZE = "truncate"  # restored frames to uint8 as the restore command's default
 
 
 @dataclasses.dataclass(frozen=True)
 class HeldoutImage:
   category: str
-  name: str  # <category>/<id>, the Restorer's noise key
+  name: str  # <category>/<id>
   lq: np.ndarray  # uint8 (H, W, 3)
   gt: np.ndarray
+  # The Restorer's noise key: the LQ file's path under the held-out root, the name the restore
+  # command gives it when restoring that root, so that its noise (and output) is the same.
+  key: str = ""
 
 
 def eval_source(config, workdir: str) -> str | None:
@@ -67,6 +76,18 @@ def eval_source(config, workdir: str) -> str | None:
     raise setup.ConfigError(f"config.eval.source={src!r} is not a folder "
                             "(<category>/{LQ,GT}/<id>.<ext>) or 'demo'")
   return src
+
+
+def restore_settings(config, dcfg) -> dict[str, Any]:
+  """How the evaluation restores, beyond the model and the images: `config.eval`'s sampler
+  fields and seed, the live DiT's dtypes (`dcfg`, the run's `setup.dit_config`), the codec's
+  compute dtype (None for the pixel codec) and `quantize`. `python -m vbridge_jax.export`
+  records them in model.json (models/model_info.py), so that restore reproduces the scores."""
+  e = config.eval
+  return dict(solver=str(e.solver), steps=int(e.steps), shift=float(e.shift),
+              schedule=str(e.schedule), guidance=float(e.guidance), cfg_skip=float(e.cfg_skip),
+              seed=int(e.get("seed", 43)), dtype=str(dcfg.dtype), param_dtype=str(dcfg.param_dtype),
+              vae_dtype=getattr(setup.vae_config(config), "dtype", None), quantize=QUANTIZE)
 
 
 def _resize_short(img: np.ndarray, size: int) -> np.ndarray:
@@ -90,7 +111,8 @@ def load_heldout(root: str, *, size: int = 0, max_images: int = 0) -> list[Heldo
   chosen = [p for _, _, p in order][:max_images or None]
   chosen.sort(key=lambda p: (p.category, p.id))
   return [HeldoutImage(p.category, f"{p.category}/{p.id}", _resize_short(read_rgb(p.lq), size),
-                       _resize_short(read_rgb(p.gt), size)) for p in chosen]
+                       _resize_short(read_rgb(p.gt), size),
+                       Path(os.path.relpath(p.lq, root)).as_posix()) for p in chosen]
 
 
 def score(images: list[HeldoutImage], preds: list[np.ndarray]) -> dict[str, Any]:
@@ -155,12 +177,12 @@ class Evaluator:
     e = config.eval
     self.images = load_heldout(root, size=int(e.get("size", 0)),
                                max_images=int(e.get("max_images", 0)))
-    self.frames, self.seed = int(config.data.frames), int(e.get("seed", 43))
+    settings = restore_settings(config, dcfg)
+    self.frames, self.seed = int(config.data.frames), settings["seed"]
     self.batch = int(e.get("batch_size", 0))
-    self.sampler_config = SamplerConfig(
-        solver=str(e.solver), steps=int(e.steps), shift=float(e.shift),
-        schedule=str(e.schedule), guidance=float(e.guidance), cfg_skip=float(e.cfg_skip),
-        patch_size=tuple(dcfg.patch_size))
+    self.with_ceiling = bool(e.get("ceiling", False))
+    self.sampler_config = SamplerConfig(**{k: settings[k] for k in SETTINGS if k in settings},
+                                        patch_size=tuple(dcfg.patch_size))
     self.positive = setup.load_context(config, dcfg)[0]
     self.negative = np.zeros_like(self.positive)
     if config.prompts:
@@ -173,26 +195,36 @@ class Evaluator:
   def due(self, step: int, stage) -> bool:
     return self.enabled and (step == stage.end or (self.every > 0 and step % self.every == 0))
 
-  def restore(self, model, vae) -> list[np.ndarray]:
-    """Restored uint8 images, through the restore command's `Restorer` on the run's mesh
-    and logical-axis rules (the live model stays where the trainer put it)."""
+  def restore(self, model, vae, images: list[HeldoutImage] | None = None) -> list[np.ndarray]:
+    """Restored uint8 images (of `images`' LQ side; default the held-out set), through the
+    restore command's `Restorer` on the run's mesh and logical-axis rules (the live model
+    stays where the trainer put it)."""
     restorer = R.Restorer(model, vae, self.positive, self.negative, self.sampler_config,
-                          frames=self.frames, seed=self.seed, mesh=self.mesh, rules=self.rules)
+                          frames=self.frames, seed=self.seed, mesh=self.mesh, rules=self.rules,
+                          quantize=QUANTIZE)
     with jax.set_mesh(self.mesh):
-      return self._restore_all(restorer)
+      return self._restore_all(restorer, images)
 
-  def _restore_all(self, restorer) -> list[np.ndarray]:
+  def ceiling(self, model, vae) -> dict[str, Any]:
+    """The reproduction ceiling: each held-out GT restored as a still clip (frame 0 the GT
+    itself) and scored against itself; what the model loses on a clean picture."""
+    still = [dataclasses.replace(im, lq=im.gt, name=f"ceiling/{im.name}") for im in self.images]
+    return score(self.images, self.restore(model, vae, still))
+
+  def _restore_all(self, restorer, images: list[HeldoutImage] | None = None) -> list[np.ndarray]:
+    """Restores the LQ side of `images` (default: the held-out set) in same-size batches."""
+    images = self.images if images is None else images
     groups: dict[tuple[int, int], list[int]] = {}
-    for i, im in enumerate(self.images):
+    for i, im in enumerate(images):
       p = R.plan_size(*im.lq.shape[:2])
       groups.setdefault((p.work_h, p.work_w), []).append(i)
-    out: list[np.ndarray | None] = [None] * len(self.images)
+    out: list[np.ndarray | None] = [None] * len(images)
     for idx in groups.values():
       size = self.batch or len(idx)
       for s in range(0, len(idx), size):
         chunk = idx[s:s + size]
         full = chunk + [chunk[-1]] * (size - len(chunk))  # one compiled batch shape
-        res = restorer.restore([self.images[i].lq for i in full], [self.images[i].name for i in full])
+        res = restorer.restore([images[i].lq for i in full], [images[i].key or images[i].name for i in full])
         for i, r in zip(chunk, res):
           out[i] = r
     return out
@@ -205,12 +237,19 @@ class Evaluator:
     row = {"eval/psnr_y": avg["psnr_y"], "eval/ssim_y": avg["ssim_y"],
            "eval/input_psnr_y": inp["psnr_y"], "eval/input_ssim_y": inp["ssim_y"],
            "eval/gain_psnr_y": avg["psnr_y"] - inp["psnr_y"]}
+    ceiling = self.ceiling(model, vae) if self.with_ceiling else None
+    if ceiling is not None:
+      row |= {"eval/ceiling_psnr_y": ceiling["average_per_image"]["psnr_y"],
+              "eval/ceiling_ssim_y": ceiling["average_per_image"]["ssim_y"]}
+      res = res | {"ceiling": ceiling}
     if not self.write_main:
       return row
     self._write(step, row, res, preds)
     line = (f"held-out step {step}: PSNR-Y {avg['psnr_y']:.2f} dB vs input {inp['psnr_y']:.2f} "
             f"(gain {row['eval/gain_psnr_y']:+.2f} dB), SSIM-Y {avg['ssim_y']:.4f} vs "
-            f"{inp['ssim_y']:.4f}; {len(self.images)} images")
+            f"{inp['ssim_y']:.4f}; {len(self.images)} images" +
+            (f"; reproduction ceiling {row['eval/ceiling_psnr_y']:.2f} dB / "
+             f"{row['eval/ceiling_ssim_y']:.4f}" if ceiling is not None else ""))
     if self.logger is not None:
       self.logger.write(line)
     else:

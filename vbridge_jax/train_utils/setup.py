@@ -20,11 +20,13 @@ from vbridge_jax import optim
 from vbridge_jax import prompts
 from vbridge_jax import sharding as sh
 from vbridge_jax.checkpoints import io, loading
+from vbridge_jax.data import video_corpus
 from vbridge_jax.models import lora as lora_lib
 from vbridge_jax.models.configs import DiTConfig, VAEConfig
 from vbridge_jax.models.pixel_codec import PixelCodec, PixelCodecConfig, read_config
 from vbridge_jax.models.wan_dit import WanDiT
 from vbridge_jax.models.wan_vae import WanVAE, load_vae
+from vbridge_jax.train_utils import prior as prior_lib
 
 FINETUNE = ("full", "lora")
 
@@ -106,6 +108,8 @@ def _runtime(config) -> dict[str, Any]:
 
 
 def dit_config(config) -> DiTConfig:
+  if prior_lib.is_prior(config.init_from):  # the prior's architecture, without building it
+    return dit_config(prior_lib.prior_config(prior_lib.variant_of(config.init_from)))
   if config.init_from:
     folder = io.find_component(Path(config.init_from), "dit")
     return DiTConfig.from_dict(io.read_component_config(folder), **_runtime(config))
@@ -128,6 +132,8 @@ def vae_config(config) -> VAEConfig | PixelCodecConfig:
   `model.vae_overrides` may set its `patch`, `temporal`, `scale`)."""
   rt = dict(dtype=config.model.vae_dtype)
   overrides = dict(config.model.get("vae_overrides") or {})
+  if prior_lib.is_prior(config.init_from):
+    return vae_config(prior_lib.prior_config(prior_lib.variant_of(config.init_from)))
   if config.init_from:
     pixel = read_config(config.init_from)
     if pixel is not None:
@@ -239,13 +245,18 @@ def check_config(config) -> None:
         "config.init_from is empty: point it at a converted Wan2.2-TI2V-5B checkpoint "
         "(python convert/wan_to_jax.py --src PATH --out DIR; --config.init_from=DIR), or "
         "use --config=configs/curriculum.py:tiny for the random-weight demo")
-  if config.init_from and not Path(config.init_from).exists():
+  if prior_lib.is_prior(config.init_from):
+    prior_lib.prior_config(prior_lib.variant_of(config.init_from))  # a known variant
+  elif config.init_from and not Path(config.init_from).exists():
     raise ConfigError(f"config.init_from={config.init_from!r} does not exist")
   src = config.data.source
   if not src:
     raise ConfigError("config.data.source is empty: give paired folders "
-                      "(<category>/{LQ,GT}/<id>.<ext>), a prepared TFDS set, or 'demo'")
-  if src != "demo" and not config.data.data_dir and not Path(src).exists():
+                      "(<category>/{LQ,GT}/<id>.<ext>), a prepared TFDS set, 'demo' or "
+                      f"'{video_corpus.SOURCE_NAME}'")
+  if src == video_corpus.SOURCE_NAME and int(config.total_steps) < 1:
+    raise ConfigError(f"data.source={src!r} is endless: set total_steps (epochs do not apply)")
+  if src not in ("demo", video_corpus.SOURCE_NAME) and not config.data.data_dir and not Path(src).exists():
     raise ConfigError(f"config.data.source={src!r} does not exist")
   if config.get("drift", False) and not config.data.drift_outputs:
     raise ConfigError("config.data.drift_outputs is empty: restore the training set with the "
@@ -354,9 +365,18 @@ def load_context(config, dcfg: DiTConfig) -> np.ndarray:
 # --------------------------------------------------------------------------------- data
 
 
+def resolve_init(config) -> None:
+  """`init_from="prior:VARIANT"` -> the cached video prior's model folder, built on first
+  use (`train_utils/prior.py`); other values stay as they are."""
+  if prior_lib.is_prior(config.init_from):
+    config.init_from = str(prior_lib.ensure(prior_lib.variant_of(config.init_from),
+                                            progress=bool(config.get("progress", True))))
+
+
 def data_source(config, workdir: str) -> str:
   """The training data path; 'demo' builds the built-in few-shot set into the workdir and
-  trains on its `train/` split (`heldout/`: `demo_split(..., "heldout")`)."""
+  trains on its `train/` split (`heldout/`: `demo_split(..., "heldout")`); the synthetic
+  video corpus's name stays as it is (`data/pipeline.py` renders it)."""
   if config.data.source != "demo":
     return config.data.source
   return demo_split(config, workdir, "train")
