@@ -115,3 +115,18 @@ def test_fewshot_heldout_split_uses_disjoint_clean_images(tmp_path):
   train, held = fewshot.split_sources(fewshot.builtin_photos(), builtin=True)
   assert {s[0] for s in held} == set(fewshot.HELDOUT_PHOTOS)
   assert not {s[0] for s in train} & set(fewshot.HELDOUT_PHOTOS)
+
+
+def test_every_category_is_plainly_degraded_at_the_evaluated_size(tmp_path):
+  """At 128 px (`eval.size` of configs/curriculum.py:tiny, where the trainer builds its
+  demo set) every category's mean input PSNR-Y is below 32 dB: none hidden (data/degrade.py
+  module doc), and none absurd (above 6 dB; low light is the darkest)."""
+  from vbridge_jax import metrics as M
+
+  fewshot.build(tmp_path, per_category=4, size=128, seed=42)
+  for cat in D.CATEGORIES:
+    scores = [M.compute("vbridge", np.asarray(Image.open(lq)),
+                        np.asarray(Image.open(tmp_path / cat / "GT" / lq.name)))["psnr_y"]
+              for lq in sorted((tmp_path / cat / "LQ").iterdir())]
+    assert len(scores) == 4
+    assert 6.0 < np.mean(scores) < 32.0, (cat, scores)

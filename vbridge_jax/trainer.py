@@ -173,7 +173,7 @@ _RUN_FIELDS = (
                       ("model", "vae_overrides"), ("finetune",))),
     (lambda c: c["finetune"] == "lora", (("lora", "rank"), ("lora", "targets"))),
     (lambda c: c["data"]["source"] == "demo",
-     (("data", "demo_per_category"), ("data", "demo_heldout"))),
+     (("data", "demo_per_category"), ("data", "demo_heldout"), ("eval", "size"))),
 )
 _MISSING = object()
 

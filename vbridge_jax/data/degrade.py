@@ -4,16 +4,35 @@ Every operation takes a uint8 RGB image `(H, W, 3)` and a `numpy.random.Generato
 returns a uint8 RGB image of the same size; the same generator state gives the same
 output. `degrade(image, category, rng)` applies a category's chain of operations.
 
-Parameter ranges (drawn uniformly unless noted). Spatial sizes are given for a 512-pixel
-short side and scale linearly with the image's short side, but not below half (`_scale`):
+Severities are those of a camera that takes the picture at the size it is degraded at,
+so apply them at the size the model sees (data/fewshot.py builds the trainer's demo set at
+its evaluation size): a degraded image shrunk afterwards averages most of the degradation
+away. Spatial sizes are given for a 512-pixel short side and scale linearly with larger
+ones (`_scale`); below 512 pixels they keep a floor:
+
+- blur kernels keep their pixel sizes (floor 1): a blur is a spread over the sensor's
+  pixels, and a photo only reads as blurred when the spread covers a few of them at the
+  resolution it is viewed at (a 128-pixel image gets the 512-pixel kernels);
+- rain streaks and raindrops, objects in the view, shrink with the frame down to half
+  their sizes (floor `SCENE_FLOOR` = 0.5, at a 256-pixel short side): a drop keeps enough
+  pixels to show the refracted scene and a streak stays longer than it is wide (at 128
+  pixels a drop is 3 .. 12 pixels in radius, a streak 5 .. 17.5 pixels long);
+- noise, JPEG, haze, low light and the RealCE factors act per pixel or per frame and
+  take no scale: the same ranges at every size.
+
+The input PSNR-Y / SSIM-Y this gives each category at 128 pixels: data/fewshot.py.
+
+Parameter ranges (drawn uniformly unless noted), in pixels of a 512-pixel short side:
 
 - `gaussian_blur`: sigma 0.8 .. 3.0 px.
 - `motion_blur`: a line kernel, length 5 .. 21 px, angle 0 .. 180 degrees.
 - `defocus_blur`: a disk kernel, radius 1.5 .. 5 px.
-- `gaussian_noise`: sigma 5 .. 25 (on 0..255).
+- `gaussian_noise`: sigma 10 .. 30 (on 0..255), independent per channel.
 - `signal_noise`: signal-dependent (Poisson-Gaussian) noise, variance
-  `a * x + b**2` on x in [0, 1]; a 0.002 .. 0.02, b 0.01 .. 0.04.
-- `jpeg`: JPEG at quality 15 .. 50 (Pillow, 4:2:0 subsampling).
+  `a * x + b**2` on x in [0, 1]; a 0.004 .. 0.03, b 0.02 .. 0.05 (a standard
+  deviation of 12 .. 34 on 0..255 at mid grey, 5 .. 13 in the dark).
+- `jpeg`: JPEG at quality 10 .. 30 (Pillow, 4:2:0 subsampling): the heavily
+  compressed range in which 8x8 blocks and ringing show.
 - `haze`: atmospheric scattering `I = J t + A (1 - t)`, `t = exp(-beta d)`; the depth
   proxy d in [0, 1] mixes a top-to-bottom ramp with inverted, heavily blurred luminance;
   beta 0.8 .. 2.5, airlight A 0.75 .. 0.95 (slightly tinted per channel).
@@ -53,6 +72,8 @@ FOUNDIR_CATEGORIES: tuple[str, ...] = (
 REALCE_CATEGORY = "RealCE"
 CATEGORIES: tuple[str, ...] = FOUNDIR_CATEGORIES + (REALCE_CATEGORY,)
 
+SCENE_FLOOR = 0.5  # `_scale`'s floor for rain streaks and raindrops (module doc)
+
 Op = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 
@@ -70,9 +91,10 @@ def _to_uint8(x: np.ndarray) -> np.ndarray:
   return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
 
 
-def _scale(image: np.ndarray) -> float:
-  """Spatial sizes are given for a 512-pixel short side."""
-  return max(min(image.shape[:2]) / 512.0, 0.5)
+def _scale(image: np.ndarray, floor: float = 1.0) -> float:
+  """The factor on sizes given for a 512-pixel short side: linear in the image's short
+  side, but not below `floor` (module doc: 1 for blur kernels, 0.5 for rain and drops)."""
+  return max(min(image.shape[:2]) / 512.0, floor)
 
 
 def _convolve(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
@@ -123,7 +145,7 @@ def blur(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def gaussian_noise(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-  sigma = rng.uniform(5, 25) / 255.0
+  sigma = rng.uniform(10, 30) / 255.0
   x = _to_float(image)
   return _to_uint8(x + rng.normal(0, sigma, x.shape).astype(np.float32))
 
@@ -135,7 +157,7 @@ def _poisson_gaussian(x: np.ndarray, rng: np.random.Generator, a: float,
 
 
 def signal_noise(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-  a, b = rng.uniform(0.002, 0.02), rng.uniform(0.01, 0.04)
+  a, b = rng.uniform(0.004, 0.03), rng.uniform(0.02, 0.05)
   return _to_uint8(_poisson_gaussian(_to_float(image), rng, a, b))
 
 
@@ -146,7 +168,7 @@ def noise(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def jpeg(image: np.ndarray, rng: np.random.Generator, quality: int | None = None
          ) -> np.ndarray:
-  q = int(rng.integers(15, 51)) if quality is None else int(quality)
+  q = int(rng.integers(10, 31)) if quality is None else int(quality)
   buf = io.BytesIO()
   Image.fromarray(_check(image)).save(buf, format="JPEG", quality=q)
   buf.seek(0)
@@ -176,7 +198,7 @@ def haze(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def rain(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
   x = _to_float(image)
   h, w = x.shape[:2]
-  s = _scale(image)
+  s = _scale(image, SCENE_FLOOR)
   seeds = (rng.random((h, w)) < rng.uniform(0.002, 0.008)).astype(np.float32)
   seeds *= rng.uniform(0.6, 1.0, size=(h, w)).astype(np.float32)
   length = rng.uniform(10, 35) * s
@@ -191,7 +213,7 @@ def rain(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def raindrop(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
   x = _to_float(image)
   h, w = x.shape[:2]
-  s = _scale(image)
+  s = _scale(image, SCENE_FLOOR)
   blurred = ndimage.gaussian_filter(x, sigma=(3 * s, 3 * s, 0))
   out = x.copy()
   yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)

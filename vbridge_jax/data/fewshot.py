@@ -9,8 +9,11 @@ immunohistochemistry, retina, the left motorcycle view): random scales and squar
 of `--size` pixels (default 256), so it runs on a fresh machine with no download. This is
 the trainer's embedded demo set: by default 4 pairs for each of the 21 categories (FoundIR's
 20 and RealCE), 168 PNGs, a few seconds (the trainer builds it with its config's
-`data.demo_per_category`). With `--clean DIR` every image under DIR
-(recursively, sorted) is used in turn; `--size 0` (the default there) keeps full images.
+`data.demo_per_category`, at its `eval.size` when set: train_utils/setup.py `demo_split`).
+Degradations are applied at the crop size, as a camera at that resolution makes them
+(data/degrade.py): build the set at the size it is trained and scored at, since shrinking
+a degraded image afterwards averages most of the degradation away. With `--clean DIR`
+every image under DIR (recursively, sorted) is used in turn; `--size 0` (the default there) keeps full images.
 The output is a pure function of the inputs and `--seed`. `--out` may not overlap
 `--clean` (the set would feed its own outputs back in, or overwrite its inputs); a
 dangling link under `--clean` and a write that fails (a full disk) are one-line errors.
@@ -21,6 +24,38 @@ training split's: `DIR/train/<category>/{LQ,GT}/<id>.png` (`--per_category` pair
 `HELDOUT_PHOTOS` (held out) and the rest; with `--clean`, every fourth image (sorted order,
 the 4th, 8th, ...) is held out. The trainer's demo set (`data.source="demo"`) is built this
 way: it trains on `train/` and scores `heldout/` during training (`config.eval`).
+
+The inputs' scores at the trainer's default (`configs/curriculum.py:tiny`: 32 training and
+2 held-out pairs per category, 128 px, seed 42), mean PSNR-Y (dB) / SSIM-Y of LQ against GT
+(vbridge_jax/evaluate.py, `vbridge` protocol; `python benchmarks/demo_input.py` prints
+this table). Every category is plainly degraded: at most 31.2 dB in the training split
+(JPEG: its rocket-sky and retina crops score 35 dB, the textured photos 28-30 dB) and 31.9 dB
+in the held-out one (RealCE on 2 pairs); haze 12-14 dB and low light 8.5-12 dB.
+
+| category | train PSNR-Y | train SSIM-Y | held-out PSNR-Y | held-out SSIM-Y |
+|---|---|---|---|---|
+| Blur | 25.9 | 0.673 | 26.3 | 0.738 |
+| Blur_Noise | 23.2 | 0.394 | 22.8 | 0.459 |
+| Blur_JPEG | 25.5 | 0.631 | 26.1 | 0.746 |
+| Blur_Noise_JPEG | 24.6 | 0.520 | 24.4 | 0.596 |
+| Noise | 27.6 | 0.659 | 27.8 | 0.705 |
+| JPEG | 31.2 | 0.867 | 31.0 | 0.864 |
+| Noise_JPEG | 27.8 | 0.724 | 28.3 | 0.712 |
+| Haze | 13.0 | 0.719 | 12.9 | 0.720 |
+| Lowlight_Haze | 11.8 | 0.363 | 9.0 | 0.306 |
+| Rain | 25.3 | 0.801 | 25.1 | 0.828 |
+| Raindrop | 26.9 | 0.865 | 25.6 | 0.837 |
+| NightRain | 11.2 | 0.330 | 9.2 | 0.289 |
+| Rain_Haze | 12.3 | 0.571 | 14.3 | 0.676 |
+| Lowlight | 11.4 | 0.348 | 10.2 | 0.334 |
+| Lowlight_Blur | 11.0 | 0.300 | 8.5 | 0.269 |
+| Lowlight_Noise | 11.8 | 0.293 | 8.7 | 0.240 |
+| Lowlight_JPEG | 11.1 | 0.324 | 9.8 | 0.324 |
+| Lowlight_Blur_Noise | 11.2 | 0.223 | 9.3 | 0.210 |
+| Lowlight_Blur_JPEG | 10.7 | 0.297 | 9.4 | 0.266 |
+| Lowlight_Noise_JPEG | 11.2 | 0.316 | 8.5 | 0.293 |
+| RealCE | 28.2 | 0.752 | 31.9 | 0.906 |
+| mean over categories | 18.7 | 0.522 | 18.1 | 0.539 |
 """
 
 from __future__ import annotations

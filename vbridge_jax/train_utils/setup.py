@@ -385,15 +385,31 @@ def data_source(config, workdir: str) -> str:
 def demo_split(config, workdir: str, split: str) -> str:
   """`WORKDIR/demo_data/<split>` (train | heldout), built on first use (process 0; the
   others wait): `data.demo_per_category` training and `data.demo_heldout` held-out pairs
-  per category, from disjoint photos (data/fewshot.py)."""
+  per category, from disjoint photos (data/fewshot.py), degraded at the size they are
+  evaluated at (`eval.size` when > 0, else fewshot's default). The marker
+  `demo_data/.complete_split` records these settings (JSON); a set built with others (or
+  an older, empty marker) is rebuilt, not reused."""
+  import json
+  import shutil
+
+  from vbridge_jax.data import fewshot
+
   out = os.path.join(workdir, "demo_data")
   done = os.path.join(out, ".complete_split")  # the flat pre-split layout had `.complete`
-  if jax.process_index() == 0 and not os.path.exists(done):
-    from vbridge_jax.data import fewshot
-    fewshot.build(out, per_category=int(config.data.get("demo_per_category", 4)),
-                  heldout=max(1, int(config.data.get("demo_heldout", 2))), seed=int(config.seed),
-                  progress=bool(config.get("progress", True)))
-    Path(done).touch()
+  size = int(config.get("eval", {}).get("size", 0) or 0)
+  spec = dict(per_category=int(config.data.get("demo_per_category", 4)),
+              heldout=max(1, int(config.data.get("demo_heldout", 2))), seed=int(config.seed),
+              size=size if size > 0 else fewshot.DEFAULT_SIZE)
+  try:
+    built = json.loads(Path(done).read_text(encoding="utf-8"))
+  except (OSError, ValueError):
+    built = None
+  if jax.process_index() == 0 and built != spec:
+    Path(done).unlink(missing_ok=True)
+    for name in fewshot.SPLITS:  # no stale pairs of a larger set left behind
+      shutil.rmtree(os.path.join(out, name), ignore_errors=True)
+    fewshot.build(out, **spec, progress=bool(config.get("progress", True)))
+    Path(done).write_text(json.dumps(spec, sort_keys=True) + "\n", encoding="utf-8")
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("demo_data")
