@@ -13,13 +13,17 @@ Variants (`--config=configs/curriculum.py:VARIANT`):
   posterior sampled, no flips, uniform sampling over pairs. Needs `init_from` (the output of
   `convert/wan_to_jax.py`), `data.source` (paired folders or a prepared TFDS set) and
   `prompts` (`convert/encode_prompts.py`); it fails fast naming what is missing.
-- `tiny`: the README's main command. A small random DiT (dim 384, 2 heads, 2 layers) on the
-  lossless pixel codec (`model.vae="pixel"`, models/pixel_codec.py) trained on the demo
-  set's training split (32 pairs per category), half the samples still clips of the GT
-  (`data.still`), stages 64 -> 128 px, 1400 steps; at every stage end it restores the demo set's
-  held-out split (photos never trained on) and logs PSNR-Y/SSIM-Y beside the unrestored
-  input's (`config.eval`, train_utils/evaluation.py); the last line is the held-out gain.
-  Both tiny variants keep this project's earlier objective (TI2V only, loss on frames >= 1,
+- `tiny`: the README's main command. A small DiT (dim 384, 2 heads, 2 layers) on the
+  lossless pixel codec (`model.vae="pixel"`, models/pixel_codec.py), fine-tuned from the
+  tiny video prior (`init_from="prior:tiny"`: configs/prior.py, built on first use and
+  cached, train_utils/prior.py) at lr 2e-4 on the demo set's training split (32 pairs per
+  category, degraded at 128 px), half the samples still clips of the GT (`data.still`),
+  stages 64 -> 128 px, 700 steps; at every stage end it restores the demo set's held-out
+  split (photos never trained on) and logs PSNR-Y/SSIM-Y beside the unrestored input's and
+  the reproduction ceiling (`config.eval`, train_utils/evaluation.py); the last line is the
+  held-out gain.
+- `tiny_scratch`: `tiny` from random weights (lr 2e-3): the miniature's no-prior row.
+  The tiny variants keep this project's earlier objective (TI2V only, loss on frames >= 1,
   no text drop, posterior mean, balanced sampling with flips, a constant clip), which
   learns the tiny task fastest.
 - `tiny_wan`: tiny random DiT and tiny random Wan VAE; exercises the whole trainer (VAE in

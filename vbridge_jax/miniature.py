@@ -278,8 +278,9 @@ def run(workdir: str | os.PathLike, *, base_steps: int | None = None, base_stage
     phases[name] = "ran" if ran else "skipped"
     log(f"[miniature] {name}: {phases[name]} ({time.time() - t0:.0f} s so far)")
 
+  built = prior_lib.is_built(prior_variant)
   prior_model = prior_lib.ensure(prior_variant, progress=progress, log=log)
-  phase("0 video prior", True)
+  phase("0 video prior", not built)
   base = _tiny_config(curriculum, Path(), progress, base_steps, base_stages)
   base.init_from = str(prior_model)
   # The same fine-tune without the prior: random weights, the from-scratch learning rate.

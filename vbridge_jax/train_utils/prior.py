@@ -69,6 +69,15 @@ def prior_key(config) -> str:
   return h.hexdigest()[:12]
 
 
+def model_dir(variant: str) -> Path:
+  """Where prior `variant`'s model folder is (or will be) cached."""
+  return cache_root() / "priors" / f"{variant}-{prior_key(prior_config(variant))}" / "model"
+
+
+def is_built(variant: str) -> bool:
+  return (model_dir(variant) / "model.json").is_file()
+
+
 def _devices_for(batch: int) -> int:
   """The largest count of this host's devices that divides the global batch; one on a CPU
   host, whose (fake) devices would share the same cores."""
@@ -85,9 +94,9 @@ def ensure(variant: str, *, progress: bool = True, log=print) -> Path:
   """The model folder of prior `variant`, trained and exported first if it is not cached."""
   from vbridge_jax import export, trainer
   config = prior_config(variant)
-  folder = cache_root() / "priors" / f"{variant}-{prior_key(config)}"
-  model = folder / "model"
-  if (model / "model.json").is_file():
+  model = model_dir(variant)
+  folder = model.parent
+  if is_built(variant):
     log(f"video prior: reusing {model} (configs/prior.py:{variant})")
     return model
   log(f"video prior: building configs/prior.py:{variant} into {folder} (first use only; "
