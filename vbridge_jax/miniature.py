@@ -59,6 +59,15 @@ DRIFT_PER_CATEGORY = 50  # the corrector's own pairs per category
 # ------------------------------------------------------------------------------- data
 
 
+def _built_once(root: Path, **build) -> Path:
+  """`vbridge_jax.data.fewshot.build(root, **build)` unless `root/.complete_split` says it ran."""
+  from vbridge_jax.data import fewshot
+  if not (root / ".complete_split").is_file():
+    fewshot.build(root, **build)
+    (root / ".complete_split").touch()
+  return root
+
+
 def _demo_splits(workdir: Path, *, per_category: int = 4, heldout_per_category: int = 2,
                  categories: Sequence[str] | None = None, size: int | None = None
                  ) -> tuple[Path, Path]:
@@ -67,14 +76,9 @@ def _demo_splits(workdir: Path, *, per_category: int = 4, heldout_per_category: 
   Built by `vbridge_jax.data.fewshot.build(..., heldout=N)`, as the trainer's demo set: the
   held-out pairs come from photos the training split never sees.
   """
-  from vbridge_jax.data import fewshot
   from vbridge_jax.data.degrade import CATEGORIES
-
-  root = workdir / "demo_data"
-  if not (root / ".complete_split").is_file():
-    fewshot.build(root, per_category=per_category, heldout=heldout_per_category, seed=0,
-                  categories=tuple(categories or CATEGORIES), size=size)
-    (root / ".complete_split").touch()
+  root = _built_once(workdir / "demo_data", per_category=per_category, heldout=heldout_per_category,
+                     seed=0, categories=tuple(categories or CATEGORIES), size=size)
   return root / "train", root / "heldout"
 
 
@@ -82,14 +86,9 @@ def _drift_split(workdir: Path, *, per_category: int, categories: Sequence[str] 
                  size: int | None) -> Path:
   """The corrector's pairs, `DIR/demo_data/drift/train/`: the training photos (fewshot's
   train side) cut and degraded with another seed, so no pair is one of the base's."""
-  from vbridge_jax.data import fewshot
   from vbridge_jax.data.degrade import CATEGORIES
-
-  root = workdir / "demo_data" / "drift"
-  if not (root / ".complete_split").is_file():
-    fewshot.build(root, per_category=per_category, heldout=1, seed=1,
-                  categories=tuple(categories or CATEGORIES), size=size)
-    (root / ".complete_split").touch()
+  root = _built_once(workdir / "demo_data" / "drift", per_category=per_category, heldout=1,
+                     seed=1, categories=tuple(categories or CATEGORIES), size=size)
   return root / "train"
 
 

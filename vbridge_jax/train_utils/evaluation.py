@@ -208,7 +208,7 @@ class Evaluator:
   def ceiling(self, model, vae) -> dict[str, Any]:
     """The reproduction ceiling: each held-out GT restored as a still clip (frame 0 the GT
     itself) and scored against itself; what the model loses on a clean picture."""
-    still = [dataclasses.replace(im, lq=im.gt, name=f"ceiling/{im.name}") for im in self.images]
+    still = [dataclasses.replace(im, lq=im.gt) for im in self.images]
     return score(self.images, self.restore(model, vae, still))
 
   def _restore_all(self, restorer, images: list[HeldoutImage] | None = None) -> list[np.ndarray]:

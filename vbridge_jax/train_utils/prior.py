@@ -69,9 +69,11 @@ def prior_key(config) -> str:
   return h.hexdigest()[:12]
 
 
-def model_dir(variant: str) -> Path:
-  """Where prior `variant`'s model folder is (or will be) cached."""
-  return cache_root() / "priors" / f"{variant}-{prior_key(prior_config(variant))}" / "model"
+def model_dir(variant: str, config=None) -> Path:
+  """Where prior `variant`'s model folder is (or will be) cached (`config`: its resolved
+  config, when the caller has it)."""
+  config = prior_config(variant) if config is None else config
+  return cache_root() / "priors" / f"{variant}-{prior_key(config)}" / "model"
 
 
 def is_built(variant: str) -> bool:
@@ -94,9 +96,9 @@ def ensure(variant: str, *, progress: bool = True, log=print) -> Path:
   """The model folder of prior `variant`, trained and exported first if it is not cached."""
   from vbridge_jax import export, trainer
   config = prior_config(variant)
-  model = model_dir(variant)
+  model = model_dir(variant, config)
   folder = model.parent
-  if is_built(variant):
+  if (model / "model.json").is_file():
     log(f"video prior: reusing {model} (configs/prior.py:{variant})")
     return model
   log(f"video prior: building configs/prior.py:{variant} into {folder} (first use only; "
