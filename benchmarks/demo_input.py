@@ -24,9 +24,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vbridge_jax import evaluate  # noqa: E402
 from vbridge_jax.data import fewshot  # noqa: E402
 from vbridge_jax.data.degrade import CATEGORIES  # noqa: E402
+from vbridge_jax.evaluation import protocols  # noqa: E402
 
 
 def resize_tree(root: Path, size: int) -> None:
@@ -40,7 +40,7 @@ def resize_tree(root: Path, size: int) -> None:
 
 
 def scores(root: Path) -> dict[str, dict[str, float]]:
-  return evaluate.evaluate(root, root, "vbridge", progress=False)["per_category"]
+  return protocols.evaluate(root, root, "vbridge", progress=False)["per_category"]
 
 
 def table(train: dict, heldout: dict) -> str:

@@ -11,7 +11,7 @@ peak memory is per phase and a phase that runs out of memory does not poison the
 each appends one JSON line to `--out`; `--phase=table` prints them as a table.
 
 - matmul: the card's measured bf16 matmul rate (8192^3 bf16 matmuls, fp32 accumulation),
-  the denominator of MFU beside the datasheet peak (`vbridge_jax.flops.DEVICES`).
+  the denominator of MFU beside the datasheet peak (`vbridge_jax.parallel.flops.DEVICES`).
 - restore: one 1280x704 image, 5 frames: VAE encode of frame 0, 50 UniPC steps with CFG
   (guidance 6, last 15% unguided), VAE decode (the path of `vbridge_jax.restore`).
 - train: one step at 5 frames 704x1280 (1,760 tokens) on latents, the trainer's loss and
@@ -37,9 +37,10 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from vbridge_jax import aot, flops  # noqa: E402
-from vbridge_jax import sharding as sh  # noqa: E402
-from vbridge_jax.train_utils import setup  # noqa: E402
+from vbridge_jax import aot  # noqa: E402
+from vbridge_jax.parallel import flops
+from vbridge_jax.parallel import sharding as sh  # noqa: E402
+from vbridge_jax.training import setup  # noqa: E402
 
 H, W, FRAMES = 704, 1280, 5
 TINY = False  # --tiny: the tiny config at 64x128 on any backend
@@ -87,7 +88,7 @@ def measure_matmul(n: int = 8192, repeats: int = 20) -> dict:
 
 
 def _config(finetune: str, param_dtype: str, remat: str):
-  from configs import curriculum
+  from vbridge_jax.configs import curriculum
   if TINY:
     c = curriculum.get_config("tiny_wan")
     c.finetune = finetune
@@ -154,9 +155,9 @@ def bench_restore() -> dict:
   mesh = sh.create_mesh({"fsdp": 1}, devices=jax.local_devices()[:1])
   rules = sh.rules_from_config(config.logical_axis_rules)
   _, dcfg, vcfg, _, _ = setup.state_builder(config)
+  from vbridge_jax.diffusion.sampler import guided_steps
   from vbridge_jax.models.wan_dit import WanDiT
   from vbridge_jax.models.wan_vae import WanVAE
-  from vbridge_jax.sampler import guided_steps
   dit = sh.create_sharded(lambda: WanDiT(dcfg, rngs=nnx.Rngs(params=0)), mesh, rules)
   vae = sh.create_sharded(lambda: WanVAE(vcfg, rngs=nnx.Rngs(params=1)), mesh, rules)
   dg, ds = nnx.split(dit)

@@ -1,4 +1,4 @@
-"""Which implementation scores faster: OpenCV filtering (vbridge_jax.metrics), scipy
+"""Which implementation scores faster: OpenCV filtering (vbridge_jax.evaluation.metrics), scipy
 filtering, or the jitted JAX version the project had before (one compile per image size).
 
     python benchmarks/metrics_impl.py [--images 20]
@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from vbridge_jax import metrics as M  # noqa: E402
+from vbridge_jax.evaluation import metrics as M  # noqa: E402
 
 SIZES = [(1080, 1920)] * 12 + [(1528, 2720)] * 3 + [(1080, 1440), (1200, 1600), (1024, 1536),
                                                      (1280, 1920), (720, 1280)]
@@ -113,7 +113,7 @@ def main() -> None:
     gt = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
     pred = np.clip(gt.astype(np.int16) + rng.integers(-25, 26, gt.shape), 0, 255).astype(np.uint8)
     pairs.append((pred, gt))
-  impls = {"opencv (vbridge_jax.metrics)": M.compute, "scipy correlate1d": scipy_compute,
+  impls = {"opencv (vbridge_jax.evaluation.metrics)": M.compute, "scipy correlate1d": scipy_compute,
            "jax jit (earlier)": _jax_fns()}
   times: dict[tuple[str, str], float] = {}
   results: dict[tuple[str, str], list] = {}
@@ -122,7 +122,7 @@ def main() -> None:
       t0 = time.perf_counter()
       results[(name, protocol)] = [fn(protocol, pr, g) for pr, g in pairs]
       times[(name, protocol)] = time.perf_counter() - t0
-    ref = results[("opencv (vbridge_jax.metrics)", protocol)]
+    ref = results[("opencv (vbridge_jax.evaluation.metrics)", protocol)]
     for name in impls:
       for r, q in zip(ref, results[(name, protocol)]):
         for k in r:
@@ -132,7 +132,7 @@ def main() -> None:
         f"them, compiles included; every implementation agrees to 1e-6\n")
   print("| implementation | vbridge s | foundir s | total s | x OpenCV |")
   print("|---|---|---|---|---|")
-  base = sum(times[("opencv (vbridge_jax.metrics)", pr)] for pr in M.PROTOCOLS)
+  base = sum(times[("opencv (vbridge_jax.evaluation.metrics)", pr)] for pr in M.PROTOCOLS)
   for name in impls:
     v, f = times[(name, "vbridge")], times[(name, "foundir")]
     print(f"| {name} | {v:.1f} | {f:.1f} | {v + f:.1f} | {(v + f) / base:.1f} |")

@@ -27,9 +27,12 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from vbridge_jax import evaluate, video  # noqa: E402
-from vbridge_jax.data import clips  # noqa: E402
+from vbridge_jax.data import (
+  clips,  # noqa: E402
+  video,
+)
 from vbridge_jax.data.files import read_rgb  # noqa: E402
+from vbridge_jax.evaluation import protocols  # noqa: E402
 
 
 def main() -> None:
@@ -58,7 +61,7 @@ def main() -> None:
             frames[-1] = gt
           cat = gt_path.parent.parent.name
           video.write_mp4(pred_root / cat / f"{gt_path.stem}.mp4", frames, fps=fps)
-        res = evaluate.evaluate(pred_root, root, "vbridge_mp4", progress=False)
+        res = protocols.evaluate(pred_root, root, "vbridge_mp4", progress=False)
         for r in res["per_image"]:
           size = read_rgb(root / r["category"] / "GT" / f"{r['name']}.png").shape if (
               root / r["category"] / "GT" / f"{r['name']}.png").exists() else None

@@ -11,7 +11,7 @@ diffusers layout and converted with this project's converter (`checkpoints.conve
 
 - diffusers: `WanImageToVideoPipeline(expand_timesteps=True)` (the Wan2.2 TI2V path),
   `UniPCMultistepScheduler(use_flow_sigmas=True, flow_shift=5)`, guidance 6 on every step.
-- vbridge_jax: `restore.Restorer` with the same solver, schedule (`diffusers`), shift and
+- vbridge_jax: `restorer.Restorer` with the same solver, schedule (`diffusers`), shift and
   guidance and `cfg_skip=0`, so that both do the same work: 2 x steps DiT forwards, one
   VAE encode of the image, one decode of the 5-frame clip.
 
@@ -71,10 +71,8 @@ def torch_vae(kind: str, seed: int = 0):
 def build(args, folder: Path):
   """(diffusers DiT, diffusers VAE, our DiT, our VAE): one random model, converted."""
   from tests.dit_reference import make_torch_dit
-  from vbridge_jax.checkpoints import convert_path
+  from vbridge_jax.checkpoints import convert_path, load_dit, load_vae
   from vbridge_jax.models import DiTConfig
-  from vbridge_jax.models.wan_dit import load_dit
-  from vbridge_jax.models.wan_vae import load_vae
 
   cfg = DiTConfig(dim=args.heads * args.head_dim, ffn_dim=args.ffn, num_heads=args.heads,
                   num_layers=args.layers, text_dim=args.text_dim, text_len=TEXT_LEN)
@@ -132,10 +130,11 @@ def ours_split(sampler, vae, pos, neg, frames: int, image_u8):
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from vbridge_jax import restore
+
+  from vbridge_jax.inference import restorer
   t0 = time.perf_counter()
-  plan = restore.plan_size(*image_u8.shape[:2])
-  video = jax.device_put(restore.to_work(image_u8, plan)[None, None])
+  plan = restorer.plan_size(*image_u8.shape[:2])
+  video = jax.device_put(restorer.to_work(image_u8, plan)[None, None])
   t1 = time.perf_counter()
   first = jax.block_until_ready(vae.normalize(vae.encode(video)))
   t2 = time.perf_counter()
@@ -148,7 +147,7 @@ def ours_split(sampler, vae, pos, neg, frames: int, image_u8):
   decoded = jax.block_until_ready(vae.decode(vae.denormalize(latent)))
   t5 = time.perf_counter()
   last = np.asarray(decoded[0, -1], np.float32)
-  restore.from_work(last, plan)
+  restorer.from_work(last, plan)
   t6 = time.perf_counter()
   s = dict(vae=(t2 - t1) + (t5 - t4), dit=t4 - t3, total=t6 - t0)
   return last, np.asarray(noise), s
@@ -182,12 +181,14 @@ def main() -> None:
   args = p.parse_args()
 
   import dataclasses
+
   import jax
   import numpy as np
   import torch
   from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline
-  from vbridge_jax.restore import Restorer
-  from vbridge_jax.sampler import Sampler, SamplerConfig
+
+  from vbridge_jax.diffusion.sampler import Sampler, SamplerConfig
+  from vbridge_jax.inference.restorer import Restorer
 
   warnings.filterwarnings("ignore", category=FutureWarning)  # diffusers: images in [-1, 1]
   torch.set_num_threads(os.cpu_count() or 1)

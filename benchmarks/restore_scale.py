@@ -57,9 +57,10 @@ def _port() -> int:
 def make_inputs(root: Path, images: int, size: int) -> tuple[Path, Path]:
   """The converted tiny model and a folder of random images."""
   sys.path.insert(0, str(REPO))
+  from PIL import Image
+
   from tests.conftest import load_script
   from vbridge_jax.checkpoints import convert_path
-  from PIL import Image
   tiny = load_script("tiny_repo")
   tiny.tiny_dit(0).save_pretrained(root / "repo" / "transformer")
   tiny.tiny_vae(0).save_pretrained(root / "repo" / "vae")

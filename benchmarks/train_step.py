@@ -21,10 +21,12 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from configs import curriculum  # noqa: E402
-from vbridge_jax import sharding as sh  # noqa: E402
-from vbridge_jax import trainer  # noqa: E402
-from vbridge_jax.train_utils import setup  # noqa: E402
+from vbridge_jax.configs import curriculum  # noqa: E402
+from vbridge_jax.parallel import sharding as sh  # noqa: E402
+from vbridge_jax.training import (
+  setup,  # noqa: E402
+  trainer,  # noqa: E402
+)
 
 SMALL_DIT = dict(dim=256, ffn_dim=1024, num_heads=4, num_layers=4)
 

@@ -45,8 +45,10 @@ def child(case: str, tiled: bool, run: bool) -> dict:
   import jax.numpy as jnp
   import numpy as np
   from flax import nnx
+
+  from vbridge_jax.checkpoints.loading import abstract_params, from_params
   from vbridge_jax.models.configs import VAEConfig
-  from vbridge_jax.models.wan_vae import WanVAE, abstract_params, from_params
+  from vbridge_jax.models.wan_vae import WanVAE
 
   cfg = VAEConfig.wan22()
   h, w = CASES[case]

@@ -39,9 +39,10 @@ def conv_rows(runs: int) -> list[tuple[str, float, float, float, float]]:
   import jax
   import numpy as np
   import torch
-  from vbridge_jax.models.vae_blocks import Conv, Runtime
-  from vbridge_jax.models.configs import VAEConfig
   from flax import nnx
+
+  from vbridge_jax.models.configs import VAEConfig
+  from vbridge_jax.models.vae_blocks import Conv, Runtime
 
   rt = Runtime.of(VAEConfig.wan22())
   rows = []
@@ -77,10 +78,11 @@ def main() -> None:
   import jax
   import numpy as np
   import torch
+
   from benchmarks.restore import torch_vae
+  from vbridge_jax.checkpoints.loading import from_params
   from vbridge_jax.checkpoints.vae import convert_state_dict
   from vbridge_jax.models.configs import VAEConfig
-  from vbridge_jax.models.wan_vae import from_params
 
   torch.set_num_threads(os.cpu_count() or 1)
   ref = torch_vae("wan22")

@@ -16,11 +16,11 @@ Variants (`--config=configs/curriculum.py:VARIANT`):
 - `tiny`: the README's main command. A small DiT (dim 384, 2 heads, 2 layers) on the
   lossless pixel codec (`model.vae="pixel"`, models/pixel_codec.py), fine-tuned from the
   tiny video prior (`init_from="prior:tiny"`: configs/prior.py, built on first use and
-  cached, train_utils/prior.py) at lr 2e-4 on the demo set's training split (32 pairs per
+  cached, training/prior.py) at lr 2e-4 on the demo set's training split (32 pairs per
   category, degraded at 128 px), half the samples still clips of the GT (`data.still`),
   stages 64 -> 128 px, 700 steps; at every stage end it restores the demo set's held-out
   split (photos never trained on) and logs PSNR-Y/SSIM-Y beside the unrestored input's and
-  the reproduction ceiling (`config.eval`, train_utils/evaluation.py); the last line is the
+  the reproduction ceiling (`config.eval`, training/heldout.py); the last line is the
   held-out gain.
 - `tiny_scratch`: `tiny` from random weights (lr 2e-3): the miniature's no-prior row.
   The tiny variants keep this project's earlier objective (TI2V only, loss on frames >= 1,
@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from vbridge_jax.sharding import DEFAULT_RULES
+from vbridge_jax.parallel.sharding import DEFAULT_RULES
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -155,7 +155,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Sample grids every `every_steps` and at each stage end (0: stage ends only; -1: never).
   c.samples = ml_collections.ConfigDict(dict(every_steps=2000, count=2, steps=20,
                                              solver="unipc", shift=5.0, guidance=1.0))
-  # Held-out evaluation (train_utils/evaluation.py) at every stage end and every
+  # Held-out evaluation (training/heldout.py) at every stage end and every
   # `every_steps` (0: stage ends only): `source` a paired tree, "demo" (the demo set's
   # held-out split) or "" (off); restored with the restore command's Restorer and these
   # sampler settings, scored with the vbridge protocol.
@@ -213,7 +213,7 @@ def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   fine-tuned with V-Bridge on the demo set, scored on its held-out split (module docstring).
   `--config.init_from=` (empty) trains the same DiT from scratch instead (`tiny_scratch`)."""
   c = tiny_scratch(c)
-  c.init_from = "prior:tiny"  # train_utils/prior.py: trained once, cached, reused
+  c.init_from = "prior:tiny"  # training/prior.py: trained once, cached, reused
   c.optim.lr = 2e-4  # a fine-tune keeps what the prior knows (2e-3 wipes it)
   return c
 

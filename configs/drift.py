@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import curriculum
+from vbridge_jax.configs import curriculum
 
 
 def base_config() -> ml_collections.ConfigDict:

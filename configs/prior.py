@@ -9,7 +9,7 @@ the empty context) and half image-to-video (frame 0 given, `flow.t2v_ratio=0.5`)
 
 `configs/curriculum.py:tiny` fine-tunes from it with `init_from="prior:tiny"`: the prior is
 trained on first use, exported and cached by content under `$VBRIDGE_CACHE` (default
-`~/.cache/vbridge_jax`), and reused by every later run (`vbridge_jax/train_utils/prior.py`).
+`~/.cache/vbridge_jax`), and reused by every later run (`vbridge_jax/training/prior.py`).
 
 Variants (`--config=configs/prior.py:VARIANT`):
 
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import curriculum
+from vbridge_jax.configs import curriculum
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -8,9 +8,9 @@ Variants (`--config=configs/restore.py:VARIANT`):
   `model.json` records (`evaluated_with`: how the trainer's held-out evaluation restored
   it, written by `python -m vbridge_jax.export`), else the authors' released test code:
   flow UniPC with Wan's schedule, 50 steps, shift 5, guidance 6.0 with the last 15% of the
-  steps unguided (`vbridge_jax.sampler.SamplerConfig`'s defaults, the one source of them),
+  steps unguided (`vbridge_jax.diffusion.sampler.SamplerConfig`'s defaults, the one source of them),
   seed 43, the DiT in bf16 (params and compute, as their inference casts it), the VAE as
-  its folder stores it, truncation to uint8 (`vbridge_jax.restore_cli.resolve_settings`).
+  its folder stores it, truncation to uint8 (`vbridge_jax.inference.folder.resolve_settings`).
   The frame count is the model folder's (`model.json`; 5, as their eval.sh, when it
   records none). `model`, `prompts`, `input` and `output` must be
   given; `drift` optionally. One image per device, weights replicated (`mesh.data=-1`); for
@@ -34,9 +34,9 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
-from vbridge_jax.sharding import DEFAULT_RULES
+from vbridge_jax.parallel.sharding import DEFAULT_RULES
 
-# Unset (None) unless given: resolved by vbridge_jax/restore_cli.py (flag > model.json > default).
+# Unset (None) unless given: resolved by vbridge_jax/inference/folder.py (flag > model.json > default).
 UNSET = dict(solver=str, steps=int, shift=float, schedule=str, guidance=float, cfg_skip=float,
              seed=int, dtype=str, param_dtype=str, vae_dtype=str, quantize=str)
 

@@ -9,7 +9,7 @@ tokenizer in `google/umt5-xxl/`). FILE.npz gets float32 `positive (L_pos, text_d
 `negative (L_neg, text_dim)` and `empty (L_empty, text_dim)` (the prompt "", which training
 uses for `data.text_drop` of its samples, as the authors drop the caption for 10%; restore
 ignores it): the hidden states of the real tokens only (the DiT pads the context to 512).
-The file format and its reader: `vbridge_jax/prompts.py`. Defaults: the V-Bridge prompts. Needs torch and transformers; the float32
+The file format and its reader: `vbridge_jax/data/prompts.py`. Defaults: the V-Bridge prompts. Needs torch and transformers; the float32
 encoder takes about 23 GB of host memory at XXL size (bfloat16: half, as the authors ran it).
 """
 
@@ -19,12 +19,15 @@ import argparse
 import sys
 from pathlib import Path
 
+from vbridge_jax.checkpoints import umt5
+from vbridge_jax.data import prompts
+from vbridge_jax.utils import cli
+from vbridge_jax.utils.errors import CheckpointError, VBridgeError
+
 
 def main(argv: list[str] | None = None) -> int:
-  sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-  from vbridge_jax import cli_help
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                   formatter_class=cli_help.ArgparseFormatter)
+                                   formatter_class=cli.ArgparseFormatter)
   parser.add_argument("--text_encoder", "--text-encoder", required=True, type=Path,
                       help="diffusers repo / text_encoder folder, or the Wan umT5 .pth")
   parser.add_argument("--out", required=True, type=Path, help="output .npz file")
@@ -35,9 +38,6 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                       help="encoder compute dtype (default float32)")
   args = parser.parse_args(argv)
-  from vbridge_jax import prompts
-  from vbridge_jax.checkpoints import umt5
-  from vbridge_jax.checkpoints.io import CheckpointError
 
   positive = umt5.VBRIDGE_POSITIVE if args.prompt is None else args.prompt
   negative = umt5.VBRIDGE_NEGATIVE if args.negative is None else args.negative
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
       model = umt5.load_diffusers_encoder(weights, args.dtype)
     pos, neg, empty = umt5.encode(model, tokenizer, [positive, negative, ""])
-  except CheckpointError as e:
+  except VBridgeError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   out = prompts.save(args.out, positive=pos, negative=neg, empty=empty)

@@ -17,13 +17,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from diffusers import AutoencoderKLWan, WanTransformer3DModel
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+from vbridge_jax.checkpoints import umt5
+from vbridge_jax.utils import cli
+
 TEXT_DIM = 32
 
 
 def tiny_dit(seed: int = 0) -> Any:
   """A 2-layer diffusers `WanTransformer3DModel` matching the tiny VAE (8 latent channels)."""
   import torch
-  from diffusers import WanTransformer3DModel
   torch.manual_seed(seed)
   return WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=32,
                                in_channels=8, out_channels=8, text_dim=TEXT_DIM, freq_dim=32,
@@ -33,7 +38,6 @@ def tiny_dit(seed: int = 0) -> Any:
 def tiny_vae(seed: int = 0) -> Any:
   """A narrow diffusers `AutoencoderKLWan` with the Wan2.2 structure (16x16 spatial, 4x temporal)."""
   import torch
-  from diffusers import AutoencoderKLWan
   torch.manual_seed(seed)
   return AutoencoderKLWan(base_dim=8, decoder_base_dim=12, z_dim=8, dim_mult=[1, 2, 4, 4],
                           num_res_blocks=1, temperal_downsample=[False, True, True],
@@ -45,9 +49,7 @@ def tiny_vae(seed: int = 0) -> Any:
 def tiny_tokenizer(folder: Path, extra: list[str] | None = None) -> Any:
   """A Unigram tokenizer trained offline on the V-Bridge prompts (and `extra` sentences),
   with T5's trailing </s>."""
-  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
   from transformers import PreTrainedTokenizerFast
-  from vbridge_jax.checkpoints import umt5
 
   tok = Tokenizer(models.Unigram())
   tok.pre_tokenizer = pre_tokenizers.Metaspace()
@@ -80,10 +82,8 @@ def write(out: Path, seed: int = 0) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-  sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-  from vbridge_jax import cli_help
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                   formatter_class=cli_help.ArgparseFormatter)
+                                   formatter_class=cli.ArgparseFormatter)
   parser.add_argument("--out", required=True, type=Path, help="output folder (a diffusers repo)")
   parser.add_argument("--seed", type=int, default=0, help="torch seed for the random weights")
   args = parser.parse_args(argv)

@@ -17,12 +17,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from vbridge_jax.checkpoints import convert_path
+from vbridge_jax.utils import cli
+from vbridge_jax.utils.errors import VBridgeError
+
 
 def main(argv: list[str] | None = None) -> int:
-  sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-  from vbridge_jax import cli_help
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                   formatter_class=cli_help.ArgparseFormatter)
+                                   formatter_class=cli.ArgparseFormatter)
   parser.add_argument("--src", required=True, type=Path, help="checkpoint file, folder or repository root")
   parser.add_argument("--out", required=True, type=Path, help="output folder (DIR/dit, DIR/vae)")
   parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
@@ -31,10 +33,9 @@ def main(argv: list[str] | None = None) -> int:
                       help="clip length the DiT was trained with, recorded in DIR/model.json "
                            "(default: the source's model.json, else 5)")
   args = parser.parse_args(argv)
-  from vbridge_jax.checkpoints import CheckpointError, convert_path
   try:
     convert_path(args.src, args.out, args.dtype, frames=args.frames)
-  except CheckpointError as e:
+  except VBridgeError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   return 0

@@ -71,11 +71,11 @@ def set_fields(config, **fields):
 def test_prior(tmp_path_factory):
   """`configs/prior.py:test`, the test-sized video prior, built once per test session into a
   session cache (`$VBRIDGE_CACHE`, restored afterwards); its model folder."""
-  from vbridge_jax.train_utils import prior
+  from vbridge_jax.training import prior, trainer
   old = os.environ.get(prior.ENV)
   os.environ[prior.ENV] = str(tmp_path_factory.mktemp("vbridge_cache"))
   try:
-    yield prior.ensure("test", progress=False, log=lambda _: None)
+    yield trainer.ensure_prior("test", progress=False, log=lambda _: None)
   finally:
     if old is None:
       os.environ.pop(prior.ENV, None)

@@ -36,7 +36,7 @@ TOTAL_STEPS = 3
 
 def make_config(args):
   """`configs/curriculum.py:tiny` shrunk as in tests/test_trainer.py, for this test."""
-  from configs import curriculum
+  from vbridge_jax.configs import curriculum
   c = curriculum.get_config("tiny_wan")
   c.data.source = args.data
   c.stages = "32"
@@ -80,8 +80,9 @@ def _track_writes(root: str, sink: list[str]) -> None:
 def _local_rows(config) -> list[float]:
   """Per-row checksums of the first batch this process reads (host numpy, no sharding)."""
   import numpy as np
+
   from vbridge_jax.data import pipeline
-  from vbridge_jax.train_utils import setup
+  from vbridge_jax.training import setup
   stage = setup.parse_stages(config.stages, int(config.total_steps))[0]
   d = config.data
   it = pipeline.make_iterator(
@@ -108,7 +109,7 @@ def main() -> None:
     # CPU cross-process collectives (off by default on XLA:CPU); a config flag, so it
     # does not start a backend before the trainer's `jax.distributed.initialize`.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  from vbridge_jax import trainer
+  from vbridge_jax.training import trainer
 
   writes: list[str] = []
   _track_writes(args.workdir, writes)

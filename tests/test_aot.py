@@ -21,7 +21,7 @@ def test_parse_topology():
 
 
 def test_missing_libtpu_says_how_to_install(monkeypatch):
-  from configs import curriculum
+  from vbridge_jax.configs import curriculum
   monkeypatch.setattr(aot, "has_libtpu", lambda: False)
   with pytest.raises(aot.AOTError, match=r"pip install 'vbridge_jax\[tpu\]'"):
     aot.run(curriculum.get_config("tiny_wan"), "v5e:2x2")
@@ -30,7 +30,7 @@ def test_missing_libtpu_says_how_to_install(monkeypatch):
 @pytest.mark.slow
 @pytest.mark.skipif(not aot.has_libtpu(), reason="libtpu is not installed (pip install 'vbridge_jax[tpu]')")
 def test_tiny_train_step_compiles_for_v5e():
-  from configs import curriculum
+  from vbridge_jax.configs import curriculum
   config = curriculum.get_config("tiny_wan")
   config.model.dtype = "bfloat16"
   [r] = aot.run(config, "v5e:2x2", steps=["train"], size=64, frames=5)
@@ -42,8 +42,9 @@ def test_tiny_train_step_compiles_for_v5e():
   assert r.xla_flops > 0 and r.analytic_model_flops > 0 and 0 < r.mfu <= 1 + 1e-9
   # The frozen VAE stays replicated on every chip beside the step (fp32 parameters).
   from flax import nnx
+
   from vbridge_jax.models.wan_vae import WanVAE
-  from vbridge_jax.train_utils import setup
+  from vbridge_jax.training import setup
   vae = nnx.eval_shape(lambda: WanVAE(setup.vae_config(config), rngs=nnx.Rngs(0)))
   assert r.resident == 4 * sum(a.size for a in jax.tree.leaves(nnx.state(vae))) > 0
   m = r.memory

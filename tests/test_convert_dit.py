@@ -13,11 +13,11 @@ import torch
 from flax import nnx
 from safetensors.torch import save_file
 
-from tests.dit_reference import (diffusers_kwargs, inputs, make_torch_dit, max_rel_err,
-                                 torch_forward, wan_config_json)
-from vbridge_jax.checkpoints import CheckpointError, convert_path
+from tests.dit_reference import diffusers_kwargs, inputs, make_torch_dit, max_rel_err, torch_forward, wan_config_json
+from vbridge_jax.checkpoints import convert_path, load_dit
 from vbridge_jax.checkpoints.dit import conversion_plan, inverse_key_map
-from vbridge_jax.models import DiTConfig, WanDiT, load_dit
+from vbridge_jax.models import DiTConfig, WanDiT
+from vbridge_jax.utils.errors import CheckpointError
 
 REPO = Path(__file__).resolve().parent.parent
 CFG = DiTConfig.tiny(num_layers=3, text_len=512)  # diffusers configs carry no text_len: 512
@@ -187,6 +187,7 @@ def test_nothing_to_convert(tmp_path):
 def test_restore_params_sharded_and_named_mismatches(tmp_path, monkeypatch):
   """`restore_params` reads straight into shardings and names any parameter that differs."""
   import orbax.checkpoint as ocp
+
   from vbridge_jax.checkpoints import io
   monkeypatch.setattr(io, "CHUNK_BYTES", 64)  # 16 float32s: the stored tensor is chunked
   rng = np.random.default_rng(0)

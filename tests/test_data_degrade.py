@@ -121,7 +121,7 @@ def test_every_category_is_plainly_degraded_at_the_evaluated_size(tmp_path):
   """At 128 px (`eval.size` of configs/curriculum.py:tiny, where the trainer builds its
   demo set) every category's mean input PSNR-Y is below 32 dB: none hidden (data/degrade.py
   module doc), and none absurd (above 6 dB; low light is the darkest)."""
-  from vbridge_jax import metrics as M
+  from vbridge_jax.evaluation import metrics as M
 
   fewshot.build(tmp_path, per_category=4, size=128, seed=42)
   for cat in D.CATEGORIES:

@@ -1,4 +1,4 @@
-"""The trainer's demo set (train_utils/setup.py `demo_split`): built at `eval.size`, its
+"""The trainer's demo set (training/setup.py `demo_split`): built at `eval.size`, its
 settings recorded in `demo_data/.complete_split`, rebuilt when they change."""
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vbridge_jax import trainer
 from vbridge_jax.data import fewshot
-from vbridge_jax.train_utils import setup
+from vbridge_jax.training import setup, trainer
 
 
 def _config(size: int) -> ml_collections.ConfigDict:

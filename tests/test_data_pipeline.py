@@ -6,11 +6,12 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from tests.test_data_helpers import make_tree, save, smooth_image
 from vbridge_jax.data import clips, pipeline, prepare
-from vbridge_jax.data.files import DataError
+from vbridge_jax.utils.errors import DataError
 
 KW = dict(frames=5, global_batch_size=2, seed=3, read_threads=2, prefetch_buffer_size=4)
 

@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tests.dit_reference import (inputs, jax_from_torch, make_torch_dit, max_rel_err,
-                                 torch_forward)
+from tests.dit_reference import inputs, jax_from_torch, make_torch_dit, max_rel_err, torch_forward
 from vbridge_jax.models import DiTConfig, WanDiT
 from vbridge_jax.models.layers import attention
-from vbridge_jax.sharding import PARAM_AXES, logical_specs
+from vbridge_jax.parallel.sharding import PARAM_AXES, logical_specs
 
 TOL = 1e-4
 
@@ -240,7 +239,9 @@ def test_block_activations_are_named_for_remat():
   that saves those names keeps exactly them (and the HLO carries the named scopes)."""
   import contextlib
   import io
+
   from jax.ad_checkpoint import print_saved_residuals
+
   from vbridge_jax.models.wan_dit import BLOCK_ACTIVATIONS
   cfg = CONFIGS["a"]
   dit = WanDiT(cfg.replace(scan_layers=False), rngs=nnx.Rngs(0))

@@ -3,7 +3,7 @@
 import numpy as np
 from PIL import Image
 
-from vbridge_jax.train_utils import evaluation as E
+from vbridge_jax.training import heldout as E
 
 
 def _tree(root, cats, n, size=40):

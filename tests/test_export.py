@@ -18,12 +18,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import curriculum
 from tests.dit_reference import inputs, max_rel_err, torch_forward
-from vbridge_jax import export, trainer
-from vbridge_jax.checkpoints import convert_path
-from vbridge_jax.models import load_dit, load_vae, read_model_info
-from vbridge_jax.train_utils import setup
+from vbridge_jax.checkpoints import convert_path, load_dit, load_vae
+from vbridge_jax.checkpoints.model_info import read_model_info
+from vbridge_jax.configs import curriculum
+from vbridge_jax.training import export, setup, trainer
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -160,7 +159,7 @@ def test_diffusers_from_pretrained_matches_jax(lora_run, jax_export, tmp_path):
 
 
 def test_converter_records_frames(jax_export, tmp_path):
-  from vbridge_jax.checkpoints import CheckpointError
+  from vbridge_jax.utils.errors import CheckpointError
   src = tmp_path / "src"
   export.export_run(jax_export.parent / "run", src, fmt="diffusers", log=lambda _: None)
   (src / "model.json").unlink()
@@ -240,7 +239,7 @@ def test_pixel_codec_folder(tmp_path):
 
 def test_records_the_held_out_evaluation_settings():
   """A run with `config.eval.source` gets its evaluation's restore settings in model.json
-  (`train_utils.evaluation.restore_settings`); one without gets none."""
+  (`training.heldout.restore_settings`); one without gets none."""
   c = curriculum.get_config("tiny")
   c.init_from = ""  # the random DiT's config (no prior to build)
   dcfg = setup.dit_config(c)

@@ -21,7 +21,7 @@ from PIL import Image
 
 from tests.test_data_helpers import make_tree, save, smooth_image
 from vbridge_jax.data import prepare
-from vbridge_jax.data.files import DataError
+from vbridge_jax.utils.errors import DataError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -82,8 +82,9 @@ def _largest_chunk(params: Path) -> Path:
 ])
 def test_damaged_model_folder_is_a_checkpoint_error_naming_it(converted, tmp_path, how, needle):
   import shutil
-  from vbridge_jax.checkpoints.io import CheckpointError
-  from vbridge_jax.models.wan_dit import load_dit
+
+  from vbridge_jax.checkpoints import load_dit
+  from vbridge_jax.utils.errors import CheckpointError
   model = tmp_path / "model"
   shutil.copytree(converted, model)
   params = model / "dit" / "params"
@@ -153,8 +154,8 @@ def test_converted_folders_get_the_users_umask(converted):
 
 
 def test_demo_data_on_a_full_disk_is_one_line(tmp_path, monkeypatch):
-  from configs import curriculum
-  from vbridge_jax.train_utils import setup
+  from vbridge_jax.configs import curriculum
+  from vbridge_jax.training import setup
 
   def full_disk(self, fp, *a, **k):
     raise OSError(errno.ENOSPC, "No space left on device", str(fp))
@@ -245,6 +246,7 @@ def test_fewshot_out_overlapping_clean_is_refused(tmp_path):
 
 def test_legacy_non_zip_pth_converts(tmp_path):
   import torch
+
   from vbridge_jax.checkpoints.io import TorchPickleSource
   sd = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3)}
   torch.save(sd, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)

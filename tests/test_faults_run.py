@@ -14,11 +14,10 @@ from pathlib import Path
 import jax
 import pytest
 
-from configs import curriculum
 from tests.conftest import set_fields
-from vbridge_jax import trainer
-from vbridge_jax.checkpoints.io import CheckpointError
-from vbridge_jax.train_utils.setup import ConfigError
+from vbridge_jax.configs import curriculum
+from vbridge_jax.training import trainer
+from vbridge_jax.utils.errors import CheckpointError, ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -206,6 +205,7 @@ def test_failed_async_save_stops_before_the_next_log_line(demo, latent_dir, tmp_
   line naming step 4 before logging step 6, and keeps the good step-2 checkpoint."""
   import errno
   import threading
+
   from orbax.checkpoint._src.handlers import json_checkpoint_handler as jh
   original = jh.JsonCheckpointHandler._save_fn
   failed = threading.Event()
@@ -266,7 +266,7 @@ def test_config_errors_are_one_line_before_anything_is_written(tmp_path, overrid
 
 def test_lora_targets_with_spaces_parse_once_for_setup_and_flops(demo, latent_dir, tmp_path):
   """"q, k" was accepted by setup and crashed in the trainer's FLOP count at a stage start."""
-  from vbridge_jax.train_utils import setup
+  from vbridge_jax.training import setup
   cfg = _config(demo, latent_dir, finetune="lora", total_steps=1)
   cfg.lora.targets = "q, k"
   cfg.lora.rank = 4
@@ -312,8 +312,8 @@ def test_argparse_commands_help_lists_defaults_in_one_spelling(module, capsys):
 
 def test_every_training_config_lists_its_variants():
   """configs/drift.py has a VARIANTS table like the others, so --help names its variants."""
-  from vbridge_jax import cli_help  # not train: its absl flags clash with aot's in one process
-  text = cli_help.config_text([f"--config={REPO / 'configs' / 'drift.py'}"],
+  from vbridge_jax.utils import cli  # not train: its absl flags clash with aot's in one process
+  text = cli.config_text([f"--config={REPO / 'configs' / 'drift.py'}"],
                               REPO / "configs" / "curriculum.py")
   assert "Variants (--config=FILE:VARIANT): (none), 'tiny'" in text
   assert "--config.data.drift_outputs=''" in text
@@ -322,10 +322,10 @@ def test_every_training_config_lists_its_variants():
 def test_eta_after_warm_up_and_plain_progress_lines_in_a_file(tmp_path, caplog):
   """The first line's rate includes compiling: no ETA from it. Not on a terminal (here
   pytest captures stderr), progress is one log line per row, no tqdm carriage returns."""
-  from vbridge_jax.train_utils.metrics import MetricsLogger
+  from vbridge_jax.training.logs import MetricsLogger
   logger = MetricsLogger(str(tmp_path), total_steps=10, start_step=0, progress=True)
   assert logger._bar is None
-  with caplog.at_level("INFO", logger="vbridge_jax.trainer"):
+  with caplog.at_level("INFO", logger="vbridge_jax.training.trainer"):
     first = logger.log(2, {"loss": 1.0})
     second = logger.log(4, {"loss": 0.5})
   logger.close()
@@ -335,8 +335,8 @@ def test_eta_after_warm_up_and_plain_progress_lines_in_a_file(tmp_path, caplog):
 
 
 def test_profile_traces_the_configured_steps(tmp_path):
-  import ml_collections
   import jax.numpy as jnp
+  import ml_collections
   prof = trainer._Profile(ml_collections.ConfigDict(dict(start_step=2, stop_step=3)),
                           str(tmp_path))
   f = jax.jit(lambda x: x * 2)

@@ -9,10 +9,10 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from vbridge_jax import flops
 from vbridge_jax.models.configs import DiTConfig
 from vbridge_jax.models.lora import apply_lora
 from vbridge_jax.models.wan_dit import WanDiT
+from vbridge_jax.parallel import flops
 
 
 def _dot_flops(jaxpr) -> float:

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vbridge_jax import flow
+from vbridge_jax.diffusion import flow
 
 
 def test_shift_matches_wan_formula_and_is_monotone():
@@ -83,7 +83,7 @@ def test_training_inputs_are_consistent():
 
 
 def test_optimizer_schedule_and_clipping():
-  from vbridge_jax import optim
+  from vbridge_jax.training import optim
   sched = optim.learning_rate_schedule(2e-5, 100)
   assert float(sched(0)) == 0.0 and abs(float(sched(50)) - 1e-5) < 1e-12
   assert abs(float(sched(100)) - 2e-5) < 1e-12 and abs(float(sched(10_000)) - 2e-5) < 1e-12

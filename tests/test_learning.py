@@ -37,9 +37,9 @@ import json
 
 import pytest
 
-from configs import curriculum
-from vbridge_jax import trainer
+from vbridge_jax.configs import curriculum
 from vbridge_jax.data import fewshot
+from vbridge_jax.training import trainer
 
 CATEGORY = "Haze"
 MIN_GAIN_DB = 4.5

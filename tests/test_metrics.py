@@ -7,10 +7,13 @@ import numpy as np
 import pytest
 from PIL import Image
 from scipy import ndimage
-from skimage import color, data, metrics as skm
+from skimage import color, data
+from skimage import metrics as skm
 
-from configs import evaluate as evaluate_config
-from vbridge_jax import evaluate, metrics as M
+from vbridge_jax import evaluate
+from vbridge_jax.configs import evaluate as evaluate_config
+from vbridge_jax.evaluation import metrics as M
+from vbridge_jax.evaluation import protocols
 
 
 def _run(**fields) -> int:
@@ -169,7 +172,7 @@ def test_evaluate_names_the_unreadable_file(tmp_path):
       Image.fromarray(img).save(tmp_path / side / "Blur" / f"{name}.png")
   (tmp_path / "pred" / "Blur" / "a.png").write_bytes(b"not an image")
   (tmp_path / "gt" / "Blur" / "b.png").write_bytes(b"not an image")
-  result = evaluate.evaluate(tmp_path / "pred", tmp_path / "gt", progress=False)
+  result = protocols.evaluate(tmp_path / "pred", tmp_path / "gt", progress=False)
   assert [r["name"] for r in result["per_image"]] == ["c"]
   bad = result["unreadable"]
   assert len(bad) == 2
@@ -235,7 +238,7 @@ def test_hq_and_lowercase_side_folders_follow_the_one_rule(tmp_path):
   _tree(tmp_path / "gt", "lq", "Rain", "x", 255 - img)  # never ground truth
   _tree(tmp_path / "pred", "lq", "Rain", "x", img)
   _tree(tmp_path / "pred", "HQ", "Rain", "x", 255 - img)  # a copied GT: not a prediction
-  res = evaluate.evaluate(tmp_path / "pred", tmp_path / "gt", progress=False)
+  res = protocols.evaluate(tmp_path / "pred", tmp_path / "gt", progress=False)
   assert [(r["category"], r["name"]) for r in res["per_image"]] == [("Rain", "x")]
   assert res["per_image"][0]["psnr_y"] == float("inf")
 
@@ -273,7 +276,7 @@ def test_vbridge_mp4_scores_as_the_authors_eval(tmp_path):
   zoomed to the GT size (odd sizes are padded to multiples of 16 by the writer)."""
   cv2 = pytest.importorskip("cv2")
   pytest.importorskip("imageio_ffmpeg")
-  from vbridge_jax import video
+  from vbridge_jax.data import video
   _, pred, gt = _photos()[0]
   pred, gt = pred[:90, :110], gt[:90, :110]
   _tree(tmp_path / "gt", "GT", "Blur", "p", gt)
@@ -285,7 +288,7 @@ def test_vbridge_mp4_scores_as_the_authors_eval(tmp_path):
   last = video.last_frame(path)
   np.testing.assert_array_equal(last, back[-1])
   assert 25 < M.compute("vbridge", last, pred)["psnr_y"] < 60  # lossy, close
-  res = evaluate.evaluate(tmp_path / "pred", tmp_path / "gt", "vbridge_mp4", progress=False)
+  res = protocols.evaluate(tmp_path / "pred", tmp_path / "gt", "vbridge_mp4", progress=False)
   row = res["per_image"][0]
   assert row["resized_from"] == [112, 96] and res["resized"] == 1
   gt_cv = cv2.cvtColor(cv2.imread(str(tmp_path / "gt" / "Blur" / "GT" / "p.png")), cv2.COLOR_BGR2RGB)

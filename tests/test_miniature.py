@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from vbridge_jax import miniature
-from vbridge_jax.models import read_model_info
+from vbridge_jax.checkpoints.model_info import read_model_info
 
 pytestmark = pytest.mark.usefixtures("low_compile_effort", "test_prior")
 

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from vbridge_jax.models import ModelInfo, read_model_info, write_model_info
-from vbridge_jax.models.model_info import ModelInfoError
+from vbridge_jax.checkpoints.model_info import ModelInfo, read_model_info, write_model_info
+from vbridge_jax.utils.errors import ModelInfoError
 
 
 def test_round_trip_and_component_folders(tmp_path):

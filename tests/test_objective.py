@@ -12,10 +12,10 @@ import optax
 import pytest
 from flax import nnx
 
-from configs import curriculum
 from tests.conftest import set_fields
-from vbridge_jax import flow, optim, trainer
-from vbridge_jax.train_utils import setup
+from vbridge_jax.configs import curriculum
+from vbridge_jax.diffusion import flow
+from vbridge_jax.training import optim, setup, trainer
 
 SHAPE = (4, 3, 4, 4, 2)  # (B, F, h, w, C) latents; patch (1, 2, 2): 4 tokens per frame
 
@@ -229,7 +229,7 @@ def test_length_in_epochs(tmp_path):
 
 
 def test_load_context_rows(tmp_path):
-  from vbridge_jax import prompts
+  from vbridge_jax.data import prompts
   dcfg = ml_collections.ConfigDict(dict(text_dim=4, text_len=8))
   c = curriculum.get_config()
   pos, empty = np.ones((3, 4), np.float32), np.full((1, 4), 2.0, np.float32)

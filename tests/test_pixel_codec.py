@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from vbridge_jax.checkpoints import load_vae
 from vbridge_jax.data.clips import make_clip
-from vbridge_jax.models import PixelCodec, PixelCodecConfig, load_vae
+from vbridge_jax.models import PixelCodec, PixelCodecConfig
 from vbridge_jax.models.pixel_codec import write_config
 
 
@@ -84,8 +85,8 @@ def test_load_vae_dispatches_on_class_name(tmp_path):
 
 
 def test_setup_geometry_follows_the_codec():
-  import configs.curriculum as curriculum
-  from vbridge_jax.train_utils import setup
+  from vbridge_jax.configs import curriculum
+  from vbridge_jax.training import setup
 
   c = curriculum.get_config("tiny_scratch")  # random init: the geometry follows model.vae
   c.model.vae = "pixel"

@@ -2,14 +2,15 @@
 
 import pytest
 
-from configs import curriculum
-from vbridge_jax.models import load_dit, read_model_info
-from vbridge_jax.train_utils import prior, setup
+from vbridge_jax.checkpoints import load_dit
+from vbridge_jax.checkpoints.model_info import read_model_info
+from vbridge_jax.configs import curriculum
+from vbridge_jax.training import prior, setup, trainer
 
 
 def test_built_once_then_reused(test_prior):
   said = []
-  again = prior.ensure("test", log=said.append)
+  again = trainer.ensure_prior("test", log=said.append)
   assert again == test_prior and len(said) == 1 and said[0].startswith("video prior: reusing")
   assert read_model_info(test_prior).codec == "pixel"
   cfg = prior.prior_config("test")

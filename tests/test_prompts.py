@@ -130,7 +130,7 @@ def test_errors(tiny, tmp_path, capsys):
 
 def test_prompt_loader_errors_name_the_file_and_key(tmp_path):
   """One loader for restore and training: every fault is a one-line PromptError."""
-  from vbridge_jax import prompts
+  from vbridge_jax.data import prompts
   good = np.ones((3, 4), np.float32)
   path = prompts.save(tmp_path / "p", positive=good, negative=good[:2], empty=good[:1])
   assert path.name == "p.npz"

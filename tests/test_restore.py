@@ -11,8 +11,10 @@ import pytest
 from PIL import Image
 
 from tests.conftest import load_script
-from vbridge_jax import prompts, restore, restore_cli, restore_jobs
-from vbridge_jax.restore_geometry import from_work, plan_size, to_uint8, to_work, zoom_to
+from vbridge_jax import restore
+from vbridge_jax.data import prompts
+from vbridge_jax.inference import folder, jobs, restorer
+from vbridge_jax.inference.geometry import from_work, plan_size, to_uint8, to_work, zoom_to
 
 TEXT_DIM = 32
 REPO = Path(__file__).resolve().parent.parent
@@ -84,7 +86,7 @@ def model_dir(tmp_path_factory):
   """The tiny random model of convert/tiny_repo.py, converted; a corrector with other weights
   (5 frames in its model.json) and a base model folder that records 9 frames."""
   from vbridge_jax.checkpoints import convert_path
-  from vbridge_jax.models import ModelInfo, write_model_info
+  from vbridge_jax.checkpoints.model_info import ModelInfo, write_model_info
 
   tiny = load_script("tiny_repo")
   root = tmp_path_factory.mktemp("e2e")
@@ -130,32 +132,32 @@ def _pngs(root):
 
 def test_help_lists_variants_and_fields(capsys):
   with pytest.raises(SystemExit) as e:
-    restore_cli.main(["--help"])
+    restore.main(["--help"])
   out = capsys.readouterr().out
   assert e.value.code == 0
   assert "tiny: dtype='float32', param_dtype='float32', steps=4" in out
   assert "--config.mesh.fsdp=1" in out and "--config.guidance=None" in out
   assert "--config.distributed.coordinator_address=''" in out
   assert "--config.param_dtype=None" in out
-  # what unset means, with today's defaults (restore_cli.fallback_settings)
+  # what unset means, with today's defaults (folder.fallback_settings)
   assert "Fields shown as None are unset" in out and "model.json" in out
   assert "guidance=6.0" in out and "param_dtype='bfloat16'" in out
 
 
 def test_config_and_its_errors(tmp_path, capsys):
-  cfg = restore_cli.parse([f"--config={REPO / 'configs' / 'restore.py'}", "--config.steps=7",
+  cfg = restore.parse([f"--config={REPO / 'configs' / 'restore.py'}", "--config.steps=7",
                            "--config.mesh.fsdp=-1", "--config.mesh.data=1"])
   assert (cfg.steps, cfg.guidance, cfg.seed, cfg.mesh.fsdp) == (7, None, None, -1)  # unset
-  cfg, _ = restore_cli.resolve_settings(cfg)  # no model folder: the defaults
+  cfg, _ = folder.resolve_settings(cfg)  # no model folder: the defaults
   assert (cfg.steps, cfg.guidance, cfg.cfg_skip, cfg.seed) == (7, 6.0, 0.15, 43)
-  from vbridge_jax.sampler import SamplerConfig
-  cfg, _ = restore_cli.resolve_settings(restore_cli.parse([]))
-  assert restore.sampler_config(cfg) == SamplerConfig()  # the one source
-  assert restore_cli.main(["--config.nope=1"]) == 2
+  from vbridge_jax.diffusion.sampler import SamplerConfig
+  cfg, _ = folder.resolve_settings(restore.parse([]))
+  assert restorer.sampler_config(cfg) == SamplerConfig()  # the one source
+  assert restore.main(["--config.nope=1"]) == 2
   assert "nope" in capsys.readouterr().err
-  assert restore_cli.main([f"--config.input={tmp_path}"]) == 1
+  assert restore.main([f"--config.input={tmp_path}"]) == 1
   assert "required: --config.model, --config.prompts, --config.output" in capsys.readouterr().err
-  assert restore_cli.main(["--config.model=m", "--config.prompts=p", f"--config.input={tmp_path}",
+  assert restore.main(["--config.model=m", "--config.prompts=p", f"--config.input={tmp_path}",
                            "--config.output=o", "--config.solver=heun"]) == 1
   assert "heun" in capsys.readouterr().err
 
@@ -164,7 +166,7 @@ def test_config_and_its_errors(tmp_path, capsys):
 def test_restore_tree_resume_and_faults(model_dir, tmp_path, capsys, monkeypatch):
   sizes = _tree(tmp_path)
   inputs = {p: p.read_bytes() for p in sorted((tmp_path / "tree").rglob("*")) if p.is_file()}
-  found, _ = restore_jobs.find_inputs(tmp_path / "tree")
+  found, _ = jobs.find_inputs(tmp_path / "tree")
   assert len(found) == 4  # HQ/ folders are ground truth (data.files.is_ground_truth)
   out = tmp_path / "tree" / "restored"  # inside the input: excluded from it on every run
   rc = restore.main(_args(model_dir, tmp_path / "tree", out))
@@ -174,7 +176,7 @@ def test_restore_tree_resume_and_faults(model_dir, tmp_path, capsys, monkeypatch
     assert Image.open(out / rel.replace(".jpg", ".png")).size == (w, h), rel
   first = _pngs(out)
   assert len(first) == len(sizes) and not list(out.rglob("HQ"))
-  summary = json.loads((out / restore_jobs.SUMMARY).read_text())
+  summary = json.loads((out / jobs.SUMMARY).read_text())
   assert (summary["found"], summary["restored"], summary["failed"]) == (4, 3, 1)
   assert "broken.png" in summary["failures"][0] and summary["seconds_per_image"] > 0
 
@@ -193,7 +195,7 @@ def test_restore_tree_resume_and_faults(model_dir, tmp_path, capsys, monkeypatch
   # a killed run: the first output written, the second half-written (no sidecar); the rerun
   # redoes only the half-written one
   out2 = tmp_path / "killed"
-  real = restore_jobs.write_output
+  real = jobs.write_output
   calls = []
 
   def dying(img, dst, record, video=None):
@@ -204,10 +206,10 @@ def test_restore_tree_resume_and_faults(model_dir, tmp_path, capsys, monkeypatch
       raise KeyboardInterrupt
     real(img, dst, record, video)
 
-  monkeypatch.setattr(restore_jobs, "write_output", dying)
+  monkeypatch.setattr(jobs, "write_output", dying)
   with pytest.raises(KeyboardInterrupt):
     restore.main(_args(model_dir, tmp_path / "tree", out2, "--config.batch=8"))
-  monkeypatch.setattr(restore_jobs, "write_output", real)
+  monkeypatch.setattr(jobs, "write_output", real)
   done = calls[0]
   stamp = done.stat().st_mtime_ns
   assert restore.main(_args(model_dir, tmp_path / "tree", out2)) == 0
@@ -229,7 +231,7 @@ def test_restore_tree_resume_and_faults(model_dir, tmp_path, capsys, monkeypatch
   err = capsys.readouterr().err
   assert "No space left on device" in err and "stopped" in err and "Traceback" not in err
   assert not [p for p in out3.rglob("*") if p.is_file() and p.parent != out3 / ".restore_status"
-              and p.name != restore_jobs.SUMMARY]
+              and p.name != jobs.SUMMARY]
 
   # another seed: other bytes; the corrector after the base model: other bytes, same sizes
   other = _pngs_of_run(model_dir, tmp_path, "seed44", "--config.seed=44")
@@ -254,7 +256,7 @@ def test_input_faults_before_the_model(model_dir, tmp_path, capsys):
   assert "0001.jpg" in err and "0001.png" in err and "rename one" in err
   (tree / "0001.jpg").unlink()
   os.symlink(tmp_path / "gone.png", tree / "0002.png")
-  found, problems = restore_jobs.find_inputs(tmp_path / "in")
+  found, problems = jobs.find_inputs(tmp_path / "in")
   assert len(found) == 1 and "dangling symlink" in problems[0] and "0002.png" in problems[0]
   blocker = tmp_path / "a_file"  # an output folder that cannot be created (also as root)
   blocker.write_text("x")
@@ -282,7 +284,7 @@ def test_input_faults_before_the_model(model_dir, tmp_path, capsys):
 
 
 def test_noise_is_per_image_and_seeded():
-  r = restore.Restorer.__new__(restore.Restorer)
+  r = restorer.Restorer.__new__(restorer.Restorer)
   r.seed = 43
   a = r.noise(["x/a.png", "x/b.png"], (2, 4, 4, 8), 0)
   b = r.noise(["x/b.png", None], (2, 4, 4, 8), 0)
@@ -294,7 +296,7 @@ def test_noise_is_per_image_and_seeded():
 
 
 def test_schedule_pads_and_shares():
-  from vbridge_jax.restore_jobs import Job, schedule
+  from vbridge_jax.inference.jobs import Job, schedule
   jobs = [Job(Path(n), n, Path(n), plan_size(*hw)) for n, hw in
           [("b", (40, 40)), ("a", (40, 40)), ("c", (64, 90)), ("d", (33, 60))]]
   batches = schedule(jobs, 2)
@@ -307,9 +309,10 @@ def test_fsdp_tensor_restore_equals_replicated(model_dir, low_compile_effort):
   relative); the Restorer API on the run's mesh (the trainer's use) gives the same images."""
   import jax
   from flax import nnx
-  from vbridge_jax import sharding as sh
-  from vbridge_jax.models import load_dit, load_vae
-  from vbridge_jax.sampler import SamplerConfig
+
+  from vbridge_jax.checkpoints import load_dit, load_vae
+  from vbridge_jax.diffusion.sampler import SamplerConfig
+  from vbridge_jax.parallel import sharding as sh
 
   rng = np.random.default_rng(0)
   pos, neg = prompts.load_prompts(model_dir / "prompts.npz", TEXT_DIM)
@@ -329,11 +332,11 @@ def test_fsdp_tensor_restore_equals_replicated(model_dir, low_compile_effort):
     put = lambda a: jax.device_put(a, sh.batch_sharding(mesh, a.ndim))
     ctx = [sh.replicated(mesh, a[None]) for a in (pos, neg)]
     with jax.set_mesh(mesh):
-      out = restore.sample_step(state, put(first), put(noise), *ctx, graphdef=graphdef,
+      out = restorer.sample_step(state, put(first), put(noise), *ctx, graphdef=graphdef,
                                 config=cfg, rules=rules)
     latents[name] = np.asarray(out)
-    vae = restore.place(load_vae(model_dir / "model"), mesh, rules)
-    r = restore.Restorer(dit, vae, pos, neg, cfg, frames=5, mesh=mesh, rules=rules)
+    vae = restorer.place(load_vae(model_dir / "model"), mesh, rules)
+    r = restorer.Restorer(dit, vae, pos, neg, cfg, frames=5, mesh=mesh, rules=rules)
     restored[name] = r.restore(images, [f"{i}.png" for i in range(3)])
   ref = latents["replicated"]
   err = np.abs(latents["fsdp_tensor"] - ref).max() / np.abs(ref).max()
@@ -366,27 +369,27 @@ def test_drift_data_job(model_dir, tmp_path):
 
 def test_video_output(model_dir, tmp_path):
   """`video=True` writes each sample's frames as an MP4 beside the PNG (the authors' writer)."""
-  pytest.importorskip("vbridge_jax.video")
+  pytest.importorskip("vbridge_jax.data.video")
   Image.fromarray(np.full((40, 50, 3), 99, np.uint8)).save(tmp_path / "x.png")
   assert restore.main(_args(model_dir, tmp_path / "x.png", tmp_path / "o", "--config.video=true")) == 0
   mp4 = tmp_path / "o" / "x.mp4"
-  assert mp4.stat().st_size > 0 and restore_jobs.is_done(tmp_path / "o" / "x.png", video=True)
+  assert mp4.stat().st_size > 0 and jobs.is_done(tmp_path / "o" / "x.png", video=True)
   mp4.unlink()
-  assert not restore_jobs.is_done(tmp_path / "o" / "x.png", video=True)  # redone on resume
+  assert not jobs.is_done(tmp_path / "o" / "x.png", video=True)  # redone on resume
 
 
 def test_frames_come_from_each_model_folder(tmp_path):
-  from vbridge_jax.models import ModelInfo, write_model_info
+  from vbridge_jax.checkpoints.model_info import ModelInfo, write_model_info
   for name, frames in (("base", 9), ("drift", 5)):
     (tmp_path / name).mkdir()
     write_model_info(tmp_path / name, ModelInfo(frames=frames))
-  cfg = restore_cli.parse([f"--config.model={tmp_path / 'base'}", f"--config.drift={tmp_path / 'drift'}"])
-  assert restore_cli.frame_counts(cfg) == (9, 5)  # each its own
-  cfg = restore_cli.parse([f"--config.model={tmp_path / 'none'}"])
-  assert restore_cli.frame_counts(cfg) == (5, None)  # no model.json: the authors' 5
-  cfg = restore_cli.parse([f"--config.model={tmp_path / 'base'}", f"--config.drift={tmp_path / 'drift'}",
+  cfg = restore.parse([f"--config.model={tmp_path / 'base'}", f"--config.drift={tmp_path / 'drift'}"])
+  assert folder.frame_counts(cfg) == (9, 5)  # each its own
+  cfg = restore.parse([f"--config.model={tmp_path / 'none'}"])
+  assert folder.frame_counts(cfg) == (5, None)  # no model.json: the authors' 5
+  cfg = restore.parse([f"--config.model={tmp_path / 'base'}", f"--config.drift={tmp_path / 'drift'}",
                            "--config.frames=13", "--config.drift_frames=9"])
-  assert restore_cli.frame_counts(cfg) == (13, 9)
+  assert folder.frame_counts(cfg) == (13, 9)
 
 
 @pytest.mark.slow
@@ -394,10 +397,10 @@ def test_aot_compiles_the_commands_step():
   from vbridge_jax import aot
   if not aot.has_libtpu():
     pytest.skip("libtpu is not installed")
-  from configs import curriculum
+  from vbridge_jax.configs import curriculum
   fn, static = aot.restore_step_lowering(None, None, type("C", (), {"patch_size": (1, 2, 2)}), (),
                                          vae=False)
-  assert fn is restore.sample_step and static["config"].steps == 50  # SamplerConfig's defaults
+  assert fn is restorer.sample_step and static["config"].steps == 50  # SamplerConfig's defaults
   config = curriculum.get_config("tiny_wan")
   [r] = aot.run(config, "v5e:2x2", steps=["restore"], restore_size="64x64", restore_frames=5)
   assert r.step == "restore" and r.batch == 4 and r.tokens == 2 * 2 * 2 and r.fits

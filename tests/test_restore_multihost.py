@@ -26,7 +26,7 @@ import pytest
 from PIL import Image
 
 from tests.test_restore import _args, _pngs, model_dir  # noqa: F401  (the module fixture)
-from vbridge_jax import restore_jobs
+from vbridge_jax.inference import jobs
 
 REPO = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 300
@@ -52,7 +52,7 @@ def _env(devices: int) -> dict[str, str]:
 def _files(root: Path) -> dict[str, bytes]:
   """Every output file (PNGs and their sidecars), not the per-process status or summary."""
   return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
-          if p.is_file() and restore_jobs.STATUS_DIR not in p.parts and p.name != restore_jobs.SUMMARY}
+          if p.is_file() and jobs.STATUS_DIR not in p.parts and p.name != jobs.SUMMARY}
 
 
 @pytest.mark.slow
@@ -92,9 +92,9 @@ def test_two_processes_write_the_bytes_of_one(model_dir, tmp_path):  # noqa: F81
   assert len([k for k in one if k.endswith(".png")]) == 6
   assert one.keys() == two.keys()
   assert [k for k in one if one[k] != two[k]] == [], tails
-  summary = json.loads((tmp_path / "two" / restore_jobs.SUMMARY).read_text())
+  summary = json.loads((tmp_path / "two" / jobs.SUMMARY).read_text())
   assert (summary["restored"], summary["failed"], summary["processes"]) == (6, 0, 2)
-  status = [json.loads((tmp_path / "two" / restore_jobs.STATUS_DIR / f"process_{i}.json").read_text())
+  status = [json.loads((tmp_path / "two" / jobs.STATUS_DIR / f"process_{i}.json").read_text())
             for i in range(2)]
   # batch 0: 5.png alone (process 1 holds none); batch 1: 0-3 on process 0, 4 on process 1
   assert [s["restored"] for s in status] == [5, 1]

@@ -1,6 +1,6 @@
 """Restore scores what the trainer's held-out evaluation reported: the `evaluated_with` record
-of model.json (models/model_info.py), written by export, resolved by restore (flag > record >
-defaults; vbridge_jax/restore_cli.py), and a tiny run trained, exported and restored."""
+of model.json (checkpoints/model_info.py), written by export, resolved by restore (flag > record >
+defaults; vbridge_jax/inference/restorer.py), and a tiny run trained, exported and restored."""
 
 import json
 from pathlib import Path
@@ -8,9 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vbridge_jax import restore_cli
-from vbridge_jax.models import ModelInfo, read_model_info, write_model_info
-from vbridge_jax.models.model_info import EvalSettings, ModelInfoError
+from vbridge_jax import restore
+from vbridge_jax.checkpoints.model_info import (
+  EvalSettings,
+  ModelInfo,
+  ModelInfoError,
+  read_model_info,
+  write_model_info,
+)
+from vbridge_jax.inference import folder
 
 RECORD = dict(solver="euler", steps=4, shift=5.0, schedule="diffusers", guidance=1.0, cfg_skip=0.0,
               seed=7, dtype="float32", param_dtype="float32", vae_dtype="bfloat16",
@@ -68,7 +74,7 @@ def _folder(path: Path, record=None) -> Path:
 def test_flag_wins_over_model_json_over_defaults(tmp_path):
   base = _folder(tmp_path / "base", RECORD)
   drift = _folder(tmp_path / "drift", dict(RECORD, steps=50, solver="unipc"))
-  cfg, src = restore_cli.resolve_settings(restore_cli.parse(
+  cfg, src = folder.resolve_settings(restore.parse(
       [f"--config.model={base}", f"--config.drift={drift}", "--config.steps=2",
        "--config.guidance=3"]))
   assert (cfg.steps, cfg.guidance) == (2, 3.0) and src["steps"] == src["guidance"] == "--config"
@@ -76,25 +82,25 @@ def test_flag_wins_over_model_json_over_defaults(tmp_path):
   for k in ("solver", "shift", "schedule", "cfg_skip", "seed", "dtype", "param_dtype",
             "vae_dtype", "quantize"):
     assert cfg[k] == RECORD[k] and src[k] == where, k  # the base folder's, not the corrector's
-  line = restore_cli.settings_line(cfg, src)
+  line = folder.settings_line(cfg, src)
   assert line.startswith("sampler: euler, 2 steps, shift 5.0, schedule diffusers, guidance 3.0")
   assert line.endswith(f"(from {where}; steps, guidance from --config)")
-  from vbridge_jax import restore
-  assert restore.sampler_config(cfg).steps == 2
+  from vbridge_jax.inference import restorer
+  assert restorer.sampler_config(cfg).steps == 2
 
   # No record (old folders, converted checkpoints) or no model.json: today's defaults.
-  from vbridge_jax.sampler import SamplerConfig
+  from vbridge_jax.diffusion.sampler import SamplerConfig
   for model in (_folder(tmp_path / "old"), tmp_path / "none"):
-    cfg, src = restore_cli.resolve_settings(restore_cli.parse([f"--config.model={model}"]))
-    assert restore.sampler_config(cfg) == SamplerConfig()
+    cfg, src = folder.resolve_settings(restore.parse([f"--config.model={model}"]))
+    assert restorer.sampler_config(cfg) == SamplerConfig()
     assert (cfg.seed, cfg.dtype, cfg.param_dtype, cfg.vae_dtype, cfg.quantize) == (
         43, "bfloat16", "bfloat16", None, "truncate")
     assert set(src.values()) == {"the defaults"}
-    assert restore_cli.settings_line(cfg, src).endswith("(from the defaults)")
+    assert folder.settings_line(cfg, src).endswith("(from the defaults)")
 
   # The tiny variant's values are explicit, so they win over a record too.
-  cfg, src = restore_cli.resolve_settings(restore_cli.parse(
-      [f"--config={restore_cli.DEFAULT_CONFIG}:tiny", f"--config.model={base}"]))
+  cfg, src = folder.resolve_settings(restore.parse(
+      [f"--config={restore.DEFAULT_CONFIG}:tiny", f"--config.model={base}"]))
   assert (cfg.steps, cfg.solver, cfg.dtype) == (4, "euler", "float32") and src["steps"] == "--config"
 
 
@@ -102,7 +108,7 @@ def test_bad_record_stops_the_command(tmp_path, capsys):
   model = tmp_path / "m"
   model.mkdir()
   (model / "model.json").write_text(json.dumps({"frames": 5, "evaluated_with": {"steps": -1}}))
-  assert restore_cli.main([f"--config.model={model}", "--config.prompts=p",
+  assert restore.main([f"--config.model={model}", "--config.prompts=p",
                            f"--config.input={tmp_path}", "--config.output=o"]) == 1
   err = capsys.readouterr().err.strip()
   assert err.startswith("error: ") and "model.json: evaluated_with.steps=-1" in err
@@ -118,10 +124,11 @@ def test_restore_scores_what_the_trainer_reported(tmp_path, capsys):
   """configs/curriculum.py:tiny shrunk (6 steps at 32 px, two categories, one device), exported,
   its held-out split restored with no sampler flag (on 8 devices): the same PSNR-Y, per image
   to float precision, as the run's last held-out evaluation (about 25 s)."""
-  from configs import curriculum
   from tests.conftest import set_fields
-  from vbridge_jax import evaluate, export, restore, trainer
+  from vbridge_jax.configs import curriculum
   from vbridge_jax.data import fewshot
+  from vbridge_jax.evaluation import protocols
+  from vbridge_jax.training import export, trainer
 
   # 32 px pairs and eval.size=32: restore keeps each input's size, so its score matches only
   # when the evaluation did not resize the held-out images (eval.size 0 or their own size).
@@ -141,7 +148,7 @@ def test_restore_scores_what_the_trainer_reported(tmp_path, capsys):
       solver="euler", steps=4, shift=5.0, schedule="diffusers", guidance=1.0, cfg_skip=0.0, seed=43,
       dtype="float32", param_dtype="float32", quantize="truncate")  # pixel codec: no vae_dtype
 
-  from vbridge_jax.models import load_dit
+  from vbridge_jax.checkpoints import load_dit
   dcfg = load_dit(model).config
   zeros = np.zeros((dcfg.text_len, dcfg.text_dim), np.float32)  # the run's context (no prompts)
   np.savez(tmp_path / "prompts.npz", positive=zeros, negative=zeros)
@@ -152,7 +159,7 @@ def test_restore_scores_what_the_trainer_reported(tmp_path, capsys):
                        "--config.progress=false"]) == 0
   assert "sampler: euler, 4 steps, shift 5.0, schedule diffusers" in capsys.readouterr().out
 
-  got = evaluate.evaluate(out, heldout, "vbridge", progress=False)
+  got = protocols.evaluate(out, heldout, "vbridge", progress=False)
   rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
   logged = [r for r in rows if "eval/psnr_y" in r][-1]
   assert logged["step"] == 6

@@ -7,7 +7,7 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
-from vbridge_jax import sampler as S
+from vbridge_jax.diffusion import sampler as S
 
 B, F, H, W, C = 2, 3, 4, 6, 5
 TOL = 1e-5
@@ -174,6 +174,7 @@ def test_equal_models_share_one_compilation():
   """Separately built DiTs of one config (as load_dit builds them) give the sampling loop one
   static key, so they share its compilation."""
   from flax import nnx
+
   from vbridge_jax.models import DiTConfig, WanDiT
 
   def build(cfg):

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from vbridge_jax import sharding as sh
+from vbridge_jax.parallel import sharding as sh
 
 
 class _Toy(nnx.Module):

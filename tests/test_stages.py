@@ -6,7 +6,8 @@ import pytest
 from tests.test_data_helpers import make_tree
 from tests.test_data_pipeline import KW, _take
 from vbridge_jax.data import pipeline
-from vbridge_jax.train_utils.setup import ConfigError, crop_size, parse_stages
+from vbridge_jax.training.setup import crop_size, parse_stages
+from vbridge_jax.utils.errors import ConfigError
 
 
 def test_crop_sizes_are_multiples_of_32():

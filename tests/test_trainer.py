@@ -15,10 +15,9 @@ import jax
 import numpy as np
 import pytest
 
-from configs import curriculum, drift
 from tests.conftest import set_fields
-from vbridge_jax import trainer
-
+from vbridge_jax.configs import curriculum, drift
+from vbridge_jax.training import trainer
 
 pytestmark = pytest.mark.usefixtures("persistent_compiles")
 

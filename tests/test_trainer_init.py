@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import curriculum
 from tests.conftest import load_script
-from vbridge_jax import sharding as sh
-from vbridge_jax import trainer
-from vbridge_jax.models.wan_dit import load_dit
-from vbridge_jax.train_utils import setup
+from vbridge_jax.checkpoints import load_dit
+from vbridge_jax.configs import curriculum
+from vbridge_jax.parallel import sharding as sh
+from vbridge_jax.training import setup, trainer
 
 pytestmark = pytest.mark.usefixtures("low_compile_effort")
 

@@ -7,11 +7,10 @@ import optax
 import pytest
 from flax import nnx
 
-from vbridge_jax import sharding as sh
 from vbridge_jax.models import lora
 from vbridge_jax.models.configs import DiTConfig
 from vbridge_jax.models.wan_dit import WanDiT
-
+from vbridge_jax.parallel import sharding as sh
 
 pytestmark = pytest.mark.usefixtures("low_compile_effort")
 

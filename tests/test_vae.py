@@ -9,9 +9,10 @@ from flax import nnx
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
+from vbridge_jax.checkpoints.loading import from_params  # noqa: E402
 from vbridge_jax.checkpoints.vae import convert_state_dict  # noqa: E402
 from vbridge_jax.models.configs import VAEConfig  # noqa: E402
-from vbridge_jax.models.wan_vae import WanVAE, from_params  # noqa: E402
+from vbridge_jax.models.wan_vae import WanVAE  # noqa: E402
 
 TOL = 1e-4  # max abs error <= TOL * max |reference|
 MEAN = [0.1 * i - 0.4 for i in range(8)]

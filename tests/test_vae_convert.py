@@ -12,9 +12,12 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 from tests.test_vae import assert_close, diffusers_tiny, reference, to_cl, video  # noqa: E402
-from vbridge_jax.checkpoints import CheckpointError, convert_path  # noqa: E402
+from vbridge_jax.checkpoints import (  # noqa: E402
+  CheckpointError,
+  convert_path,
+  load_vae,  # noqa: E402
+)
 from vbridge_jax.checkpoints import vae as vae_ckpt  # noqa: E402
-from vbridge_jax.models import load_vae  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "convert"))

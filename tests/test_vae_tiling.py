@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from vbridge_jax.checkpoints.loading import abstract_params, from_params
 from vbridge_jax.models.configs import VAEConfig
-from vbridge_jax.models.wan_vae import WanVAE, _starts, _tiled, abstract_params, from_params
+from vbridge_jax.models.wan_vae import WanVAE, _starts, _tiled
 
 
 @pytest.mark.parametrize("scale", [2, 0.5])

@@ -11,15 +11,15 @@ attached (`jax.experimental.topologies`); the step is lowered over abstract, sha
 and compiled by XLA:TPU. The training step is the trainer's own (`trainer.make_train_step`:
 VAE encode, flow-matching TI2V inputs, DiT, masked MSE, AdamW), at `--size` px with
 `--frames` frames and one clip per data x fsdp shard unless `--batch` says otherwise; the
-restore step is the restore command's own (`restore.sample_step`: the UniPC loop with CFG
-and `SamplerConfig`'s defaults, from frame-0 latents; with `--vae`, `restore.restore_step`:
+restore step is the restore command's own (`restorer.sample_step`: the UniPC loop with CFG
+and `SamplerConfig`'s defaults, from frame-0 latents; with `--vae`, `restorer.restore_step`:
 encode, that loop, decode), at `--restore_size=704x1280`, `--restore_frames=5`, with the
 DiT's params as `--config.model.param_dtype` holds them. The DiT runs splash attention on TPU.
 
 The table gives, per chip: XLA's argument / output / temp memory and the peak against the
 chip's HBM (the peak includes the frozen VAE's replicated parameters, which the trainer
 keeps on every chip also when the step runs on cached latents);
-XLA's cost-analysis FLOPs beside the analytic count (`vbridge_jax.flops`); and the step
+XLA's cost-analysis FLOPs beside the analytic count (`vbridge_jax.parallel.flops`); and the step
 time a roofline gives (the larger of the analytic hardware FLOPs, remat included, at the
 chip's peak bf16 rate and XLA's bytes accessed at its HBM bandwidth), with the MFU that time
 implies (communication not modelled, so both are bounds). XLA's cost analysis counts the
@@ -38,17 +38,25 @@ import math
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from absl import app, flags
 from flax import nnx
+from jax.experimental import topologies
 from ml_collections import config_flags
 
-from vbridge_jax import flops
-from vbridge_jax import sharding as sh
+from vbridge_jax.diffusion.sampler import SamplerConfig, guided_steps
+from vbridge_jax.inference import restorer
+from vbridge_jax.models import layers
+from vbridge_jax.models.wan_vae import WanVAE
+from vbridge_jax.parallel import flops
+from vbridge_jax.parallel import sharding as sh
+from vbridge_jax.training import setup
+from vbridge_jax.training.trainer import make_train_step
+from vbridge_jax.utils import cli
+from vbridge_jax.utils.errors import AOTError, VBridgeError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "training config file[:variant]",
                                           lock_config=False)
@@ -63,10 +71,6 @@ _RESTORE_FRAMES = flags.DEFINE_integer("restore_frames", 5, "restore clip frames
 _VAE = flags.DEFINE_bool("vae", False, "compile the VAE into the steps (the trainer's own step; "
                          "XLA:TPU takes very long on the VAE's convolutions)")
 _JSON = flags.DEFINE_string("json", "", "append one JSON line per compiled step to this file")
-
-
-class AOTError(RuntimeError):
-  """A bad topology, a missing libtpu, or a config that cannot compile (one-line message)."""
 
 
 # ------------------------------------------------------------------------------ topologies
@@ -129,7 +133,6 @@ def parse_topology(text: str) -> Topology:
 
 def topology_devices(topo: Topology) -> list[Any]:
   """Compile-only devices of the topology (needs libtpu)."""
-  from jax.experimental import topologies
   # Compile-only use: several compilers may run at once on this host; no TPU is claimed.
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
@@ -184,9 +187,7 @@ class AbstractState:
 
 def abstract_state(config, mesh, rules) -> AbstractState:
   """The trainer's state (DiT [+ LoRA] and optimizer), the DiT alone and the VAE, abstract."""
-  from vbridge_jax.models.wan_vae import WanVAE
 
-  from vbridge_jax.train_utils import setup
   build, dcfg, vcfg, wrt, _ = setup.state_builder(config)
 
   def split(obj):
@@ -201,7 +202,6 @@ def abstract_state(config, mesh, rules) -> AbstractState:
 
 
 def _lora_targets(config) -> list[str]:
-  from vbridge_jax.train_utils import setup
   return setup.lora_targets(config)
 
 
@@ -272,7 +272,6 @@ def train_step_fn(graphdef, vae_graphdef, config, dcfg, wrt, state_sh, mesh, *, 
   `(state, vae_state, x, context, step, nan_at)`. `vae=True`: clips in, VAE encode inside.
   `vae=False`: the step on latents, as with `latent_cache.enabled` (the frozen VAE encodes
   ahead; `vae_state` is unused), which XLA:TPU compiles in minutes rather than hours."""
-  from vbridge_jax.trainer import make_train_step
   config = config.copy_and_resolve_references()
   config.latent_cache.enabled = not vae
   return make_train_step(graphdef, vae_graphdef, config, patch_size=dcfg.patch_size, wrt=wrt,
@@ -284,13 +283,11 @@ def restore_step_lowering(dit_graphdef, vae_graphdef, dcfg, rules, *, vae: bool)
   `sample_step` (frame-0 latent -> the UniPC loop with CFG -> final latent, with
   `SamplerConfig`'s defaults), or with `vae=True` `restore_step` (image -> encode -> that
   step -> the decoded last frame)."""
-  from vbridge_jax import restore
-  from vbridge_jax.sampler import SamplerConfig
   scfg = dataclasses.replace(SamplerConfig(), patch_size=tuple(dcfg.patch_size))
   if vae:
-    return jax.jit(functools.partial(restore.restore_step, dit_graphdef=dit_graphdef,
+    return jax.jit(functools.partial(restorer.restore_step, dit_graphdef=dit_graphdef,
                                      vae_graphdef=vae_graphdef, config=scfg, rules=rules)), {}
-  return restore.sample_step, dict(graphdef=dit_graphdef, config=scfg, rules=rules)
+  return restorer.sample_step, dict(graphdef=dit_graphdef, config=scfg, rules=rules)
 
 
 def compile_case(config, topo: Topology, devices, *, step: str, frames: int, hw: tuple[int, int],
@@ -308,7 +305,6 @@ def compile_case(config, topo: Topology, devices, *, step: str, frames: int, hw:
   ctx = _replicated(mesh, (1, dcfg.text_len, dcfg.text_dim))
   t0 = time.time()
   static: dict[str, Any] = {}
-  from vbridge_jax.train_utils import setup
   vcfg = setup.vae_config(config)
   spatial, temporal = int(vcfg.scale_factor_spatial), int(vcfg.scale_factor_temporal)
   tokens = flops.video_tokens(frames, h, w, dcfg.patch_size, vae_stride=(temporal, spatial, spatial))
@@ -328,7 +324,6 @@ def compile_case(config, topo: Topology, devices, *, step: str, frames: int, hw:
                                   time_rows=1 + (frames - 1) // temporal)  # per-frame timesteps
       model_f, hw_f = sf.model, sf.hardware
     elif step == "restore":
-      from vbridge_jax.sampler import SamplerConfig, guided_steps
       dit_graphdef, dit_state = st.dit
       fn, static = restore_step_lowering(dit_graphdef, vae_graphdef, dcfg, rules, vae=vae)
       lat = (batch, 1 + (frames - 1) // temporal, h // spatial, w // spatial, dcfg.in_channels)
@@ -399,7 +394,6 @@ def run(config, topology: str, *, steps=("train", "restore"), size: int = 0, fra
   config = config.copy_and_resolve_references()
   if attention:
     config.model.attention = attention
-  from vbridge_jax.models import layers
   devices = topology_devices(topo)
   if not size:
     size = int(str(config.stages).split(",")[-1].split(":")[0])
@@ -430,7 +424,7 @@ def main(argv: list[str]) -> int:
                   frames=_FRAMES.value, hw=_HW.value, batch=_BATCH.value,
                   restore_size=_RESTORE_SIZE.value, restore_frames=_RESTORE_FRAMES.value,
                   vae=_VAE.value)
-  except (AOTError, ValueError) as e:
+  except (VBridgeError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   print(format_table(results))
@@ -443,11 +437,10 @@ def main(argv: list[str]) -> int:
 
 def console() -> None:
   """The `vbridge-aot` script (same as `python -m vbridge_jax.aot`)."""
-  from vbridge_jax import cli_help
-  if cli_help.wants_help(sys.argv[1:]):
-    default = Path(__file__).resolve().parent.parent / "configs" / "curriculum.py"
-    cli_help.print_and_exit(__doc__.strip(), "Flags:\n" + flags.FLAGS.main_module_help(),
-                            cli_help.config_text(sys.argv[1:], default))
+  sys.argv = cli.resolve_config_flags(sys.argv)
+  if cli.wants_help(sys.argv[1:]):
+    cli.print_and_exit(__doc__.strip(), "Flags:\n" + flags.FLAGS.main_module_help(),
+                       cli.config_text(sys.argv[1:], cli.config_file("curriculum.py")))
   flags.mark_flag_as_required("config")
   app.run(main)
 

@@ -29,246 +29,20 @@ status 1 after the rest is scored:
 average_per_category, missing, unreadable, skipped, resized`), `metrics.csv` (one row per
 image) and `metrics.md` (per-category table beside the paper's Table 1 V-Bridge figures,
 matched by category name). Table 1 averages V-Bridge per image and the baselines per
-category: both averages are reported. Metrics: `vbridge_jax.metrics`.
+category: both averages are reported. Metrics: `vbridge_jax.evaluation.metrics`.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import os
-import re
 import sys
 from pathlib import Path
-from typing import Any
 
-import numpy as np
+from absl import app
+from ml_collections import config_flags
 
-from vbridge_jax import metrics as M
-from vbridge_jax.data.files import (GT_NAMES, IMAGE_EXTS, LQ_NAMES, DataError, is_side_folder,
-                                    read_rgb)
-
-PROTOCOLS = ("vbridge", "vbridge_mp4", "foundir")
-VIDEO_EXTS = (".mp4",)
-
-
-def metric_keys(protocol: str) -> tuple[str, ...]:
-  return M.METRIC_KEYS["vbridge" if protocol == "vbridge_mp4" else protocol]
-
-
-# FoundIR folder name (without its number) -> Table 1 column name.
-TABLE1_NAMES = {
-    "Blur": "Blur", "Noise": "Noise", "JPEG": "JPEG", "Haze": "Haze", "Rain": "Rain",
-    "Raindrop": "Raindrop", "Lowlight": "Lowlight", "Blur_Noise": "B+N", "Blur_JPEG": "B+J",
-    "Noise_JPEG": "N+J", "Rain_Haze": "R+H", "Lowlight_Haze": "L+H", "NightRain": "L+R",
-    "Lowlight_Blur": "L+B", "Lowlight_Noise": "L+N", "Lowlight_JPEG": "L+J",
-    "Lowlight_Blur_Noise": "L+B+N", "Lowlight_Blur_JPEG": "L+B+J",
-    "Lowlight_Noise_JPEG": "L+N+J", "Blur_Noise_JPEG": "B+N+J",
-}
-# Table 1 (docs/paper.md): V-Bridge without / with drift correction,
-# (PSNR, SSIM) per category; "Average" is V-Bridge's per-image average.
-TABLE1 = {
-    "Blur": ((21.02, .6862), (24.92, .7809)), "Noise": ((32.61, .9397), (32.87, .9498)),
-    "JPEG": ((28.21, .8487), (26.59, .8269)), "Haze": ((21.25, .6918), (21.70, .6711)),
-    "Rain": ((26.40, .7957), (25.42, .7836)), "Raindrop": ((25.77, .7698), (24.99, .7380)),
-    "Lowlight": ((19.18, .8278), (26.94, .8944)), "B+N": ((23.80, .7703), (27.31, .8471)),
-    "B+J": ((24.05, .7571), (25.33, .8020)), "N+J": ((33.33, .9422), (31.63, .9323)),
-    "R+H": ((18.70, .5574), (18.69, .5222)), "L+H": ((19.74, .5983), (20.79, .6209)),
-    "L+R": ((32.90, .9126), (31.27, .9064)), "L+B": ((20.37, .6543), (23.78, .7378)),
-    "L+N": ((17.36, .6842), (24.60, .7765)), "L+J": ((22.72, .7635), (22.89, .7400)),
-    "L+B+N": ((20.41, .6362), (24.20, .7491)), "L+B+J": ((21.16, .7514), (25.71, .8094)),
-    "L+N+J": ((26.09, .9115), (27.64, .9161)), "B+N+J": ((24.69, .7659), (25.46, .7787)),
-    "Average": ((23.68, .7490), (25.18, .7729)),
-}
-
-
-def table1_name(category: str) -> str | None:
-  name = re.sub(r"^\d+", "", category)
-  return TABLE1_NAMES.get(name, name if name in TABLE1 else None)
-
-
-def pair_key(rel: Path) -> tuple[str, str]:
-  """(category, name) of a relative path: side folders (GT/LQ names) and the extension
-  ignored."""
-  dirs = [p for p in rel.parts[:-1] if not is_side_folder(p)]
-  category = dirs[0] if dirs else ""
-  return category, "/".join(dirs[1:] + [rel.stem])
-
-
-def scan(root: Path, skip: tuple[str, ...], exts=IMAGE_EXTS
-         ) -> tuple[dict[tuple[str, str], Path], list[str]]:
-  """Files with `exts` under root by pair key, files under a `skip` folder left out; and
-  the pairs of files that share a key."""
-  found: dict[tuple[str, str], Path] = {}
-  dupes = []
-  for f in sorted(root.rglob("*")):
-    if not f.is_file() or f.suffix.lower() not in exts:
-      continue
-    rel = f.relative_to(root)
-    if any(part in skip for part in rel.parts[:-1]):
-      continue
-    key = pair_key(rel)
-    if key in found:
-      dupes.append(f"{found[key]} and {f}")
-      continue
-    found[key] = f
-  return found, dupes
-
-
-def _mean(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, float]:
-  return {k: float(np.mean([r[k] for r in rows])) for k in keys} if rows else {}
-
-
-def _read_cv2(path: Path) -> np.ndarray:
-  """An image as the authors' eval.py reads its GT: cv2.imread (EXIF orientation applied),
-  BGR -> RGB."""
-  import cv2
-  img = cv2.imread(os.fspath(path))
-  if img is None:
-    raise DataError(f"cannot read image {path} (OpenCV)")
-  return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
-def _readers(protocol: str):
-  if protocol != "vbridge_mp4":
-    return read_rgb, read_rgb
-  from vbridge_jax import video
-
-  def last_frame(path):
-    try:
-      return video.last_frame(path)
-    except video.VideoError as e:
-      raise DataError(str(e)) from None
-  return last_frame, _read_cv2
-
-
-def evaluate(pred_root: Path, gt_root: Path, protocol: str = "vbridge", progress: bool = True,
-             strict_size: bool = False) -> dict[str, Any]:
-  """Scores every matched pair; returns the `metrics.json` dictionary."""
-  if protocol not in PROTOCOLS:
-    raise ValueError(f"protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
-  for root in (pred_root, gt_root):
-    if not Path(root).is_dir():
-      raise FileNotFoundError(f"{root}: no such folder")
-  preds, pdup = scan(Path(pred_root), skip=GT_NAMES,
-                     exts=VIDEO_EXTS if protocol == "vbridge_mp4" else IMAGE_EXTS)
-  gts, gdup = scan(Path(gt_root), skip=LQ_NAMES)
-  if pdup or gdup:
-    raise ValueError(f"two files match one pair: {(pdup + gdup)[0]}")
-  keys = sorted(set(preds) & set(gts))
-  missing = {"gt": [f"{c}/{n}" if c else n for c, n in sorted(set(preds) - set(gts))],
-             "pred": [f"{c}/{n}" if c else n for c, n in sorted(set(gts) - set(preds))]}
-  mkeys = metric_keys(protocol)
-  mprotocol = "vbridge" if protocol == "vbridge_mp4" else protocol
-  read_pred, read_gt = _readers(protocol)
-  rows, unreadable, skipped = [], [], []
-  it = keys
-  if progress:
-    from tqdm import tqdm
-    it = tqdm(keys, desc=f"evaluate ({protocol})", unit="img")
-  for key in it:
-    try:
-      pred, gt = read_pred(preds[key]), read_gt(gts[key])
-    except DataError as e:  # its message names the file
-      unreadable.append(str(e))
-      continue
-    try:
-      M.check_pair(mprotocol, pred, gt)
-    except M.MetricsError as e:
-      skipped.append({"pred": str(preds[key]), "gt": str(gts[key]), "reason": str(e)})
-      continue
-    resized = pred.shape[:2] != gt.shape[:2]
-    if resized and strict_size:
-      skipped.append({"pred": str(preds[key]), "gt": str(gts[key]),
-                      "reason": f"size {pred.shape[1]}x{pred.shape[0]} differs from the GT's "
-                                f"{gt.shape[1]}x{gt.shape[0]} (strict_size)"})
-      continue
-    rows.append({"category": key[0], "name": key[1], **M.compute(mprotocol, pred, gt),
-                 "resized_from": [pred.shape[1], pred.shape[0]] if resized else None})
-  per_category = {}
-  for cat in sorted({r["category"] for r in rows}):
-    sub = [r for r in rows if r["category"] == cat]
-    per_category[cat] = {**_mean(sub, mkeys), "count": len(sub)}
-  cat_rows = list(per_category.values())
-  return {"protocol": protocol, "pred": str(pred_root), "gt": str(gt_root), "per_image": rows,
-          "per_category": per_category, "average_per_image": _mean(rows, mkeys),
-          "average_per_category": _mean(cat_rows, mkeys), "missing": missing,
-          "unreadable": unreadable, "skipped": skipped,
-          "resized": sum(r["resized_from"] is not None for r in rows)}
-
-
-def markdown(result: dict[str, Any]) -> str:
-  keys = metric_keys(result["protocol"])
-  head = ["category", "n"] + list(keys) + ["paper woDC PSNR/SSIM", "paper PSNR/SSIM"]
-  lines = [f"Protocol `{result['protocol']}`; paper: Table 1 (V-Bridge without / with drift "
-           f"correction).", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-
-  def fmt(vals: dict[str, float]) -> list[str]:
-    return [f"{vals[k]:.4f}" if k.startswith("ssim") else f"{vals[k]:.2f}" for k in keys]
-
-  def paper(name: str | None) -> list[str]:
-    if name not in TABLE1:
-      return ["", ""]
-    return [f"{p:.2f} / {s:.4f}" for p, s in TABLE1[name]]
-
-  for cat, vals in result["per_category"].items():
-    name = table1_name(cat)
-    label = (cat or "(root)") + (f" ({name})" if name and name != cat else "")
-    lines.append("| " + " | ".join([label, str(vals["count"])] + fmt(vals) + paper(name)) + " |")
-  if result["per_image"]:
-    n = str(len(result["per_image"]))
-    lines.append("| " + " | ".join(["average per image", n] + fmt(result["average_per_image"])
-                                   + paper("Average")) + " |")
-    lines.append("| " + " | ".join(["average per category", n]
-                                   + fmt(result["average_per_category"]) + ["", ""]) + " |")
-  return "\n".join(lines) + "\n"
-
-
-def write(result: dict[str, Any], out: Path) -> None:
-  """metrics.json, metrics.csv, metrics.md into `out` (each written atomically)."""
-  out.mkdir(parents=True, exist_ok=True)
-  keys = metric_keys(result["protocol"])
-  _atomic_text(out / "metrics.json", json.dumps(result, indent=2) + "\n")
-  buf = io.StringIO()
-  w = csv.writer(buf, lineterminator="\n")
-  w.writerow(["category", "name", *keys, "resized_from"])
-  for r in result["per_image"]:
-    size = r["resized_from"]
-    w.writerow([r["category"], r["name"], *(repr(r[k]) for k in keys),
-                f"{size[0]}x{size[1]}" if size else ""])
-  _atomic_text(out / "metrics.csv", buf.getvalue())
-  _atomic_text(out / "metrics.md", markdown(result))
-
-
-def _atomic_text(path: Path, text: str) -> None:
-  tmp = path.with_name(f".{path.name}.tmp")
-  tmp.write_text(text, encoding="utf-8")
-  os.replace(tmp, path)
-
-
-def report(result: dict[str, Any], strict_size: bool = False) -> int:
-  """Prints the problems on stderr and the table on stdout; returns the exit status."""
-  for side, names in result["missing"].items():
-    if names:
-      other = "ground truth" if side == "gt" else "prediction"
-      print(f"warning: {len(names)} image(s) without a {other}: {', '.join(names[:5])}"
-            + (" ..." if len(names) > 5 else ""), file=sys.stderr)
-  for line in result["unreadable"]:
-    print(f"error: cannot read {line}", file=sys.stderr)
-  for s in result["skipped"]:
-    print(f"error: skipped {s['pred']}: {s['reason']}", file=sys.stderr)
-  n = result["resized"]
-  if n and result["protocol"] == "vbridge_mp4":
-    print(f"note: {n} prediction(s) zoomed to their GT size, as the authors' eval.py does "
-          f"(MP4 frames are padded to multiples of 16)", file=sys.stderr)
-  elif n:
-    print(f"warning: {n} prediction(s) differ in size from their GT and were resized to it "
-          f"(cubic spline; listed under resized_from in metrics.json; "
-          f"--config.strict_size=true makes this an error)", file=sys.stderr)
-  print(markdown(result), end="")
-  bad = result["unreadable"] or result["skipped"] or not result["per_image"]
-  return 1 if bad else 0
+from vbridge_jax.evaluation.protocols import evaluate, report, write
+from vbridge_jax.utils import cli
+from vbridge_jax.utils.errors import VBridgeError
 
 
 def run(cfg) -> int:
@@ -280,7 +54,7 @@ def run(cfg) -> int:
   try:
     result = evaluate(Path(cfg.pred), Path(cfg.gt), cfg.protocol, progress=bool(cfg.progress),
                       strict_size=bool(cfg.strict_size))
-  except (FileNotFoundError, ValueError) as e:
+  except (FileNotFoundError, ValueError, VBridgeError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   write(result, Path(cfg.out))
@@ -291,27 +65,21 @@ def run(cfg) -> int:
 
 def main(argv: list[str]) -> int:
   if len(argv) > 1:
-    from absl import app
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   return run(_CONFIG.value)
 
 
-_CONFIG_FILE = Path(__file__).resolve().parent.parent / "configs" / "evaluate.py"
+_CONFIG_FILE = cli.config_file("evaluate.py")
 
 
 def console() -> None:
   """The `vbridge-evaluate` script (same as `python -m vbridge_jax.evaluate`)."""
   global _CONFIG
-  from absl import app
-  from ml_collections import config_flags
-
-  from vbridge_jax import cli_help
-
-  if cli_help.wants_help(sys.argv[1:]):
-    cli_help.print_and_exit(__doc__.strip(), "Flags:\n  --config=FILE[:VARIANT]  config file "
+  sys.argv = cli.resolve_config_flags(sys.argv)
+  if cli.wants_help(sys.argv[1:]):
+    cli.print_and_exit(__doc__.strip(), "Flags:\n  --config=FILE[:VARIANT]  config file "
                             "(default configs/evaluate.py); --config.FIELD=VALUE overrides a field",
-                            cli_help.config_text(sys.argv[1:], _CONFIG_FILE))
-  sys.path.insert(0, str(_CONFIG_FILE.parent.parent))
+                            cli.config_text(sys.argv[1:], _CONFIG_FILE))
   _CONFIG = config_flags.DEFINE_config_file(
       "config", str(_CONFIG_FILE), "configs/evaluate.py[:vbridge|vbridge_mp4|foundir]",
       lock_config=True)

@@ -13,7 +13,7 @@ and without the video prior. Phases, each with its outputs in DIR:
    the corrector's own pairs (`--drift_per_category`, 50 as the paper's per-category
    count), cut from the training photos with another seed, so disjoint from the base's
    pairs (the base's outputs on pairs it memorised would carry almost no drift);
-2. the video prior (`configs/prior.py:tiny`, `train_utils/prior.py`: built once and cached
+2. the video prior (`configs/prior.py:tiny`, `training/prior.py`: built once and cached
    under `$VBRIDGE_CACHE`, shared with the README's main command);
 3. `scratch/` + `scratch_model/`: `configs/curriculum.py:tiny_scratch`, the DiT fine-tuned
    from random weights; `base/` + `base_model/`: `configs/curriculum.py:tiny`, the same
@@ -45,9 +45,24 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import jax
 import numpy as np
+from absl import logging as absl_logging
+from PIL import Image, ImageDraw
 
-REPO = Path(__file__).resolve().parent.parent
+from vbridge_jax.configs import curriculum
+from vbridge_jax.configs import drift as drift_configs
+from vbridge_jax.configs import restore as restore_configs
+from vbridge_jax.data import fewshot
+from vbridge_jax.data.degrade import CATEGORIES
+from vbridge_jax.data.files import read_rgb
+from vbridge_jax.evaluation import protocols
+from vbridge_jax.inference import folder, jobs
+from vbridge_jax.training import export, setup, trainer
+from vbridge_jax.training import prior as prior_lib
+from vbridge_jax.utils import cli
+from vbridge_jax.utils.errors import VBridgeError
+
 DEFAULT_CATEGORIES = None  # all 21 demo categories
 # The table's columns: (key, label); the keys name the restored/ and scores/ folders.
 COLUMNS = (("input", "input"), ("prior", "(a) prior alone"), ("scratch", "(b) from scratch"),
@@ -61,7 +76,6 @@ DRIFT_PER_CATEGORY = 50  # the corrector's own pairs per category
 
 def _built_once(root: Path, **build) -> Path:
   """`vbridge_jax.data.fewshot.build(root, **build)` unless `root/.complete_split` says it ran."""
-  from vbridge_jax.data import fewshot
   if not (root / ".complete_split").is_file():
     fewshot.build(root, **build)
     (root / ".complete_split").touch()
@@ -76,7 +90,6 @@ def _demo_splits(workdir: Path, *, per_category: int = 4, heldout_per_category: 
   Built by `vbridge_jax.data.fewshot.build(..., heldout=N)`, as the trainer's demo set: the
   held-out pairs come from photos the training split never sees.
   """
-  from vbridge_jax.data.degrade import CATEGORIES
   root = _built_once(workdir / "demo_data", per_category=per_category, heldout=heldout_per_category,
                      seed=0, categories=tuple(categories or CATEGORIES), size=size)
   return root / "train", root / "heldout"
@@ -86,7 +99,6 @@ def _drift_split(workdir: Path, *, per_category: int, categories: Sequence[str] 
                  size: int | None) -> Path:
   """The corrector's pairs, `DIR/demo_data/drift/train/`: the training photos (fewshot's
   train side) cut and degraded with another seed, so no pair is one of the base's."""
-  from vbridge_jax.data.degrade import CATEGORIES
   root = _built_once(workdir / "demo_data" / "drift", per_category=per_category, heldout=1,
                      seed=1, categories=tuple(categories or CATEGORIES), size=size)
   return root / "train"
@@ -107,7 +119,6 @@ def _write_prompts(path: Path, dit_config) -> Path:
 
 def _devices_for(batch: int) -> int:
   """The largest device count (of this host's) that divides the global batch."""
-  import jax
   n = jax.device_count()
   while batch % n:
     n -= 1
@@ -130,7 +141,6 @@ def _tiny_config(module, source: Path, progress: bool, steps: int | None, stages
 
 def _train(config, workdir: Path, log) -> bool:
   """Trains (or resumes) a run; False when it had already finished."""
-  from vbridge_jax import trainer
   final = workdir / "final.json"
   if final.is_file() and json.loads(final.read_text()).get("step") == int(config.total_steps):
     return False
@@ -140,7 +150,6 @@ def _train(config, workdir: Path, log) -> bool:
 
 
 def _export(run: Path, out: Path) -> bool:
-  from vbridge_jax import export
   if (out / "model.json").is_file():
     return False
   export.export_run(run, out)
@@ -149,31 +158,27 @@ def _export(run: Path, out: Path) -> bool:
 
 def _restore(model: Path, prompts: Path, split: Path, out: Path, sampler, *, drift: Path | None,
              steps: int | None) -> None:
-  """`python -m vbridge_jax.restore` over a split (already restored images are skipped),
-  with the sampler settings of the base run's held-out evaluation (`config.eval`), so the
-  table scores what the training log reported.
+  """The restore command's folder loop (`inference.folder.run`) over a split (already
+  restored images are skipped), with the sampler settings of the base run's held-out
+  evaluation (`config.eval`), so the table scores what the training log reported.
 
-  No `--frames`: restore takes each model's clip length from its `model.json` (the tiny
+  No `frames`: restore takes each model's clip length from its `model.json` (the tiny
   configs' 5 frames are also restore's default).
   """
-  from vbridge_jax import restore
-  argv = [f"--config.model={model}", f"--config.prompts={prompts}", f"--config.input={split}",
-          f"--config.output={out}", f"--config.steps={steps or int(sampler.steps)}",
-          f"--config.solver={sampler.solver}", f"--config.shift={float(sampler.shift)}",
-          f"--config.schedule={sampler.schedule}", f"--config.guidance={float(sampler.guidance)}",
-          f"--config.cfg_skip={float(sampler.cfg_skip)}",
-          "--config.dtype=float32", "--config.param_dtype=float32"]
-  if drift is not None:
-    argv.append(f"--config.drift={drift}")
-  if restore.main(argv) != 0:
+  config = restore_configs.get_config()
+  config.update(model=str(model), prompts=str(prompts), input=str(split), output=str(out),
+                drift=str(drift) if drift is not None else "", steps=int(steps or sampler.steps),
+                solver=str(sampler.solver), shift=float(sampler.shift), schedule=str(sampler.schedule),
+                guidance=float(sampler.guidance), cfg_skip=float(sampler.cfg_skip),
+                dtype="float32", param_dtype="float32")
+  if folder.run(config) != 0:
     raise RuntimeError(f"restoring {split} into {out} failed (see above)")
 
 
 def _done(split: Path, out: Path) -> bool:
   """Every LQ image of the split has its restored PNG."""
-  from vbridge_jax import restore_jobs
-  found, _ = restore_jobs.find_inputs(split)
-  return out.is_dir() and all(restore_jobs.output_path(out, rel).is_file() for _, rel in found)
+  found, _ = jobs.find_inputs(split)
+  return out.is_dir() and all(jobs.output_path(out, rel).is_file() for _, rel in found)
 
 
 # ------------------------------------------------------------------------------- report
@@ -204,8 +209,6 @@ def table(scores: dict[str, dict[str, Any]]) -> str:
 
 def picture(path: Path, heldout: Path, restored: dict[str, Path]) -> Path:
   """One row per category (its first held-out image): LQ | each restored row | GT."""
-  from PIL import Image, ImageDraw
-  from vbridge_jax.data.files import read_rgb
 
   keys = [k for k, _ in COLUMNS if k in restored]
   names = ["LQ"] + [label for k, label in COLUMNS if k in restored] + ["GT"]
@@ -261,12 +264,6 @@ def run(workdir: str | os.PathLike, *, base_steps: int | None = None, base_stage
   """
   if drift_init not in ("prior", "base"):
     raise ValueError(f"drift_init={drift_init!r} is not 'prior' or 'base'")
-  if str(REPO) not in sys.path:  # configs/ is a folder of the repository, beside the package
-    sys.path.insert(0, str(REPO))
-  from configs import curriculum, drift as drift_configs
-  from vbridge_jax import evaluate
-  from vbridge_jax.train_utils import prior as prior_lib
-  from vbridge_jax.train_utils import setup
 
   wd = Path(workdir).resolve()
   wd.mkdir(parents=True, exist_ok=True)
@@ -278,7 +275,7 @@ def run(workdir: str | os.PathLike, *, base_steps: int | None = None, base_stage
     log(f"[miniature] {name}: {phases[name]} ({time.time() - t0:.0f} s so far)")
 
   built = prior_lib.is_built(prior_variant)
-  prior_model = prior_lib.ensure(prior_variant, progress=progress, log=log)
+  prior_model = trainer.ensure_prior(prior_variant, progress=progress, log=log)
   phase("0 video prior", not built)
   base = _tiny_config(curriculum, Path(), progress, base_steps, base_stages)
   base.init_from = str(prior_model)
@@ -326,8 +323,8 @@ def run(workdir: str | os.PathLike, *, base_steps: int | None = None, base_stage
 
   scores = {}
   for key, pred in [("input", heldout)] + list(restored.items()):
-    scores[key] = evaluate.evaluate(pred, heldout, "vbridge", progress=False)
-    evaluate.write(scores[key], wd / "scores" / key)
+    scores[key] = protocols.evaluate(pred, heldout, "vbridge", progress=False)
+    protocols.write(scores[key], wd / "scores" / key)
   text = table(scores)
   (wd / "table.md").write_text(text)
   picture(wd / "picture.png", heldout, restored)
@@ -338,9 +335,8 @@ def run(workdir: str | os.PathLike, *, base_steps: int | None = None, base_stage
 
 
 def main(argv: list[str] | None = None) -> int:
-  from vbridge_jax import cli_help
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                              formatter_class=cli_help.ArgparseFormatter)
+                              formatter_class=cli.ArgparseFormatter)
   p.add_argument("--workdir", required=True, type=Path, help="folder for every phase's outputs")
   p.add_argument("--base_steps", "--base-steps", type=int, default=None,
                  help="base training steps (default: configs/curriculum.py:tiny's total_steps)")
@@ -360,19 +356,14 @@ def main(argv: list[str] | None = None) -> int:
                  "backbone) or the fine-tuned base")
   args = p.parse_args(argv)
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
-  from absl import logging as absl_logging
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax is chatty at INFO
-  from vbridge_jax.checkpoints.io import CheckpointError
-  from vbridge_jax.data.files import DataError
-  from vbridge_jax.export import ExportError
-  from vbridge_jax.train_utils.setup import ConfigError
   cats = [c for c in args.categories.split(",") if c] or None
   try:
     run(args.workdir, base_steps=args.base_steps, drift_steps=args.drift_steps,
         restore_steps=args.restore_steps, categories=cats, per_category=args.per_category,
         heldout_per_category=args.heldout_per_category,
         drift_per_category=args.drift_per_category, drift_init=args.drift_init)
-  except (ConfigError, CheckpointError, DataError, ExportError, RuntimeError) as e:
+  except (VBridgeError, RuntimeError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   return 0

@@ -9,14 +9,14 @@ Settings come from `configs/restore.py` (absl + ml_collections `config_flags`, a
 holding `dit/` and `vae/` (convert/wan_to_jax.py, or `python -m vbridge_jax.export`); `drift`
 a second converted DiT (the corrector, sharing the VAE); `prompts` the `.npz` from
 convert/encode_prompts.py. `input` is an image or a folder tree; every image gets a PNG of the
-same size at the same relative path under `output` (`vbridge_jax.restore_jobs`: which inputs,
+same size at the same relative path under `output` (`vbridge_jax.inference.jobs`: which inputs,
 finished outputs, batches and process shares).
 
-Per image, as the authors' inference code does (`vbridge_jax.restore_geometry`): reflect
+Per image, as the authors' inference code does (`vbridge_jax.inference.geometry`): reflect
 padding to a multiple of the codec x patch size (or their resize for large images), frame 0
 encoded, `frames` frames sampled (UniPC, shift 5, guidance 6 with the last 15% of the steps
 unguided: `SamplerConfig`'s defaults, unless the model folder's `model.json` records the
-settings its held-out evaluation used: `restore_cli.resolve_settings`), decoded, the last
+settings its held-out evaluation used: `inference.folder.resolve_settings`), decoded, the last
 frame cropped (or zoomed) back. The frame count is the model's own (`model.json`; the
 corrector's from its folder) unless `frames` is given. Noise is drawn per image from `seed` and its relative path, so the bytes
 do not depend on batching or on the number of processes (on XLA:CPU the number of devices
@@ -29,278 +29,84 @@ process of a multi-host job runs the same command; `vbridge_jax.aot --steps=rest
 compiles `sample_step`, the step this command runs. Rerunning skips verified outputs and
 redoes half-written ones; process 0 writes `restore_summary.json` (counts, failures by file,
 seconds per image). A file that cannot be read is reported by name, the rest still run, and
-the exit status is then 1.
+the exit status is then 1. The settings, the order of the checks and the loop: `inference.folder`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import sys
-import zlib
-from pathlib import Path
-from typing import Any, Sequence
+import textwrap
+from typing import Sequence
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-from flax import nnx
-from jax.sharding import PartitionSpec as P
+from absl import flags
+from ml_collections import config_flags
 
-from vbridge_jax import sharding as sh
-from vbridge_jax.restore_geometry import Plan, crop_work, from_work, plan_size, to_uint8, to_work  # noqa: F401
-from vbridge_jax.sampler import SETTINGS, Sampler, SamplerConfig
+from vbridge_jax.inference import folder
+from vbridge_jax.utils import cli
+from vbridge_jax.utils.errors import VBridgeError
+
+DEFAULT_CONFIG = cli.config_file("restore.py")
 
 
-# ------------------------------------------------------------------------------------ steps
+class _Usage(Exception):
+  """A command-line error (one line)."""
 
 
-def _batch_spec(ndim: int) -> P:
-  """The leading axis over data x fsdp of the current mesh (as `sharding.batch_sharding`)."""
-  mesh = jax.sharding.get_abstract_mesh()
-  axes = tuple(a for a in sh.BATCH_AXES if not mesh.empty and mesh.shape.get(a, 1) > 1)
-  lead = None if not axes else axes[0] if len(axes) == 1 else axes
-  return P(lead, *([None] * (ndim - 1)))
+def usage(argv: Sequence[str] = ()) -> str:
+  """`--help`: what the command does, its flag, the config's variants and every field."""
+  flag = ("Flags:\n  --config=FILE[:VARIANT]  config file (default configs/restore.py); "
+          "--config.FIELD=VALUE overrides a field")
+  return "\n\n".join([__doc__.strip(), flag, cli.config_text(argv, DEFAULT_CONFIG),
+                      unset_text()])
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "config", "rules"))
-def sample_step(dit_state, first, noise, positive, negative, *, graphdef, config: SamplerConfig,
-                rules):
-  """The restore step: frame-0 latents `(B, 1, h, w, C)` -> sampled latents `(B, F, h, w, C)`.
-
-  The DiT's state is sharded by `rules` on the current mesh (`jax.set_mesh`); the batch over
-  data x fsdp. `vbridge_jax.aot --steps=restore` compiles this function.
-  """
-  with nnx.logical_axis_rules(rules):
-    return Sampler(nnx.merge(graphdef, dit_state), config)(noise, positive, negative, first)
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def encode_step(vae_state, images, *, graphdef):
-  """`(B, H, W, 3)` in [-1, 1] -> normalised frame-0 latents `(B, 1, h, w, C)`."""
-  codec = nnx.merge(graphdef, vae_state)
-  return codec.normalize(codec.encode(images[:, None]))
+def unset_text() -> str:
+  """`--help`'s note on the fields that default to None."""
+  rest = ", ".join(f"{k}={v!r}" for k, v in folder.fallback_settings().items())
+  return textwrap.fill(
+      "Fields shown as None are unset: a value given in the config or on the command line "
+      "wins, else the one the model folder's model.json records (`evaluated_with`: how the "
+      "trainer's held-out evaluation restored it, written by python -m vbridge_jax.export), "
+      f"else {rest} (vae_dtype=None: the VAE as its folder stores it).", width=95,
+      break_long_words=False, break_on_hyphens=False)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "all_frames"))
-def decode_step(vae_state, latent, *, graphdef, all_frames: bool = False):
-  """Latents -> the last frame `(B, H, W, 3)` (or every frame `(B, T, H, W, 3)`) in [-1, 1]."""
-  codec = nnx.merge(graphdef, vae_state)
-  video = codec.decode(codec.denormalize(latent))
-  out = video if all_frames else video[:, -1]
-  return jax.lax.with_sharding_constraint(out, _batch_spec(out.ndim))
-
-
-def restore_step(dit_state, vae_state, images, noise, positive, negative, *, dit_graphdef,
-                 vae_graphdef, config: SamplerConfig, rules, all_frames: bool = False):
-  """Images to restored frames: encode, `sample_step`, decode (AOT `--vae` compiles this)."""
-  first = encode_step(vae_state, images, graphdef=vae_graphdef)
-  latent = sample_step(dit_state, first, noise, positive, negative, graphdef=dit_graphdef,
-                       config=config, rules=rules)
-  return decode_step(vae_state, latent, graphdef=vae_graphdef, all_frames=all_frames)
-
-
-# ---------------------------------------------------------------------------------- models
-
-
-def place(module: Any, mesh, rules) -> Any:
-  """An nnx module's state put on `mesh` as `rules` shard it (unannotated arrays replicated)."""
-  graphdef, state = nnx.split(module)
-  shardings = sh.state_shardings(state, mesh, rules)
-
-  def put(x, s):
-    if isinstance(x, jax.Array) and x.sharding == s:
-      return x  # already there (e.g. read straight into it)
-    return jax.device_put(np.asarray(x), s)  # host values: the same on every process
-
-  return nnx.merge(graphdef, jax.tree.map(put, state, shardings))
-
-
-def load_codec(path: str | Path, mesh, **overrides) -> Any:
-  """The model folder's VAE, read replicated over `mesh` (every process reads it whole);
-  `overrides` set run-time switches (`dtype`; the pixel codec has none)."""
-  from vbridge_jax.models import load_vae
-  return load_vae(path, sharding=jax.sharding.NamedSharding(mesh, P()), **overrides)
-
-
-# -------------------------------------------------------------------------------- restorer
-
-
-class Restorer:
-  """Base model (+ optional drift corrector): batches of images in, uint8 images out.
-
-  `mesh=None` builds a one-process mesh over the local devices and puts the models on it
-  (replicated, or as `rules` say); given a mesh, the models are used as they are (already
-  sharded on it, e.g. the trainer's live model or the command's loaded ones). `frames` is
-  the base model's clip length, `drift_frames` the corrector's (default: `frames`).
-  """
-
-  def __init__(self, dit: Any, vae: Any, positive: np.ndarray, negative: np.ndarray,
-               config: SamplerConfig, frames: int = 5, drift: Any = None, seed: int = 43,
-               mesh=None, rules=None, drift_frames: int | None = None,
-               quantize: str = "truncate"):
-    self.rules = sh.rules_from_config(rules)
-    if mesh is None:
-      mesh = sh.create_mesh({"data": -1}, jax.local_devices())
-      dit, vae = place(dit, mesh, self.rules), place(vae, mesh, self.rules)
-      drift = None if drift is None else place(drift, mesh, self.rules)
-    self.mesh = mesh
-    temporal = int(vae.config.scale_factor_temporal)
-    self.multiple = int(vae.config.scale_factor_spatial) * int(dit.config.patch_size[1])
-    self.vae_graphdef, self.vae_state = nnx.split(vae)
-    self.stages = []
-    for model, f in ((dit, frames), (drift, drift_frames or frames)):
-      if model is None:
-        continue
-      if f < 1 or (f - 1) % temporal:
-        raise ValueError(f"frames={f}: must be 1 + {temporal}k for this codec")
-      graphdef, state = nnx.split(model)
-      self.stages.append((graphdef, state, 1 + (f - 1) // temporal))
-    self.config = dataclasses.replace(config, patch_size=tuple(dit.config.patch_size))
-    put = lambda a: sh.replicated(mesh, a[None])
-    self.positive, self.negative = put(positive), put(negative)
-    self.seed, self.quantize = seed, quantize
-    self.compiled: set[tuple[int, ...]] = set()
-
-  @property
-  def batch_multiple(self) -> int:
-    return sh.batch_shards(self.mesh)
-
-  def plan(self, height: int, width: int) -> Plan:
-    return plan_size(height, width, self.multiple)
-
-  def noise(self, names: Sequence[str | None], shape: tuple[int, ...], stage: int) -> np.ndarray:
-    """Per-image noise from the seed and the image's name (zeros for a dummy row)."""
-    base = jax.random.key(self.seed)
-    size = int(np.prod(shape))
-    out = []
-    for n in names:
-      if n is None:
-        out.append(np.zeros(shape, np.float32))
-        continue
-      key = jax.random.fold_in(jax.random.fold_in(base, zlib.crc32(n.encode())), stage)
-      # Drawn flat and reshaped: XLA:CPU compiles a rank-1 draw much faster than rank 4.
-      out.append(np.asarray(jax.random.normal(key, (size,), jnp.float32)).reshape(shape))
-    return np.stack(out)
-
-  def _global(self, rows: dict[int, np.ndarray], shape: tuple[int, ...]) -> jax.Array:
-    """A global batch from the rows this process holds (missing rows: zeros)."""
-    sharding = sh.batch_sharding(self.mesh, len(shape))
-    zero = np.zeros(shape[1:], np.float32)
-
-    def fetch(idx):
-      rs = range(*idx[0].indices(shape[0]))
-      return np.stack([rows.get(r, zero) for r in rs])[(slice(None),) + tuple(idx[1:])]
-
-    return jax.make_array_from_callback(shape, sharding, fetch)
-
-  @staticmethod
-  def _local(x: jax.Array) -> dict[int, np.ndarray]:
-    out = {}
-    for shard in x.addressable_shards:
-      data = np.asarray(shard.data)
-      for j, r in enumerate(range(*shard.index[0].indices(x.shape[0]))):
-        out[r] = data[j]
-    return out
-
-  def run_batch(self, rows: dict[int, tuple[np.ndarray, str]], batch: int, plan: Plan, *,
-                all_frames: bool = False, log=None) -> dict[int, tuple[np.ndarray, Any]]:
-    """One global batch of images of `plan`'s working size.
-
-    `rows` maps the batch rows this process holds to (uint8 image, name); rows held by no
-    image are dummy work. Every process calls this the same number of times. Returns, per
-    row held, (the restored uint8 image, its frames at working size in [-1, 1] with
-    `all_frames`, else None).
-    """
-    images = {r: img for r, (img, _) in rows.items()}
-    names = [rows[r][1] if r in rows else None for r in range(batch)]
-    h, w = plan.work_h, plan.work_w
-    out: dict[int, tuple[np.ndarray, Any]] = {}
-    with jax.set_mesh(self.mesh):
-      for k, (graphdef, state, latent_frames) in enumerate(self.stages):
-        last = k == len(self.stages) - 1
-        key = (k, batch, h, w)
-        if log is not None and key not in self.compiled:
-          log(f"compiling the restore step for {batch} x {h}x{w} (stage {k}; the first batch of "
-              f"this size, may take minutes)")
-        self.compiled.add(key)
-        work = self._global({r: to_work(img, self.plan(*img.shape[:2]))
-                             for r, img in images.items()}, (batch, h, w, 3))
-        first = encode_step(self.vae_state, work, graphdef=self.vae_graphdef)
-        shape = (latent_frames,) + first.shape[2:]
-        noise = self._global(dict(enumerate(self.noise(names, shape, k))), (batch,) + shape)
-        latent = sample_step(state, first, noise, self.positive, self.negative, graphdef=graphdef,
-                             config=self.config, rules=self.rules)
-        video = decode_step(self.vae_state, latent, graphdef=self.vae_graphdef,
-                            all_frames=all_frames and last)
-        for r, frames in self._local(video).items():
-          if r not in images:
-            continue
-          lastf = frames[-1] if frames.ndim == 4 else frames
-          restored = from_work(lastf, self.plan(*images[r].shape[:2]), self.quantize)
-          out[r] = (restored, frames if frames.ndim == 4 else None)
-        images = {r: o[0] for r, o in out.items()}
-    return out
-
-  def restore(self, images: list[np.ndarray], names: list[str]) -> list[np.ndarray]:
-    """uint8 images (the same lists on every process) -> restored uint8 images of their sizes.
-
-    Images are grouped by working size and batched over the data-parallel axes; on several
-    processes every one gets every result.
-    """
-    results: list[np.ndarray | None] = [None] * len(images)
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, im in enumerate(images):
-      p = self.plan(*im.shape[:2])
-      groups.setdefault((p.work_h, p.work_w), []).append(i)
-    m = self.batch_multiple
-    for idx in groups.values():
-      batch = -(-len(idx) // m) * m
-      plan = self.plan(*images[idx[0]].shape[:2])
-      held, _ = _rows(self.mesh, batch)
-      rows = {r: (images[idx[r]], names[idx[r]]) for r in held if r < len(idx)}
-      out = self.run_batch(rows, batch, plan)
-      local = {r: o[0] for r, o in out.items()}
-      if jax.process_count() > 1:  # every process gets every image
-        local = _allgather_images(local, [images[i].shape for i in idx])
-      for r, i in enumerate(idx):
-        results[i] = local[r]
-    return results
-
-
-def _rows(mesh, batch: int) -> tuple[list[int], list[int]]:
-  from vbridge_jax.restore_jobs import process_rows
-  return process_rows(sh.batch_sharding(mesh, 1), batch)
-
-
-def _allgather_images(local: dict[int, np.ndarray], shapes) -> dict[int, np.ndarray]:
-  """Rows held by some process -> every row on every process (padded to one shape to gather)."""
-  from jax.experimental import multihost_utils
-  hmax, wmax = max(s[0] for s in shapes), max(s[1] for s in shapes)
-  buf = np.zeros((len(shapes), hmax, wmax, 3), np.int32)
-  have = np.zeros((len(shapes),), np.int32)
-  for r, img in local.items():
-    if r < len(shapes):
-      buf[r, :img.shape[0], :img.shape[1]] = img
-      have[r] = 1
-  all_buf = np.asarray(multihost_utils.process_allgather(buf))
-  all_have = np.asarray(multihost_utils.process_allgather(have))
-  out = {}
-  for r, s in enumerate(shapes):
-    p = int(np.argmax(all_have[:, r]))
-    out[r] = all_buf[p, r, :s[0], :s[1]].astype(np.uint8)
-  return out
-
-
-def sampler_config(config) -> SamplerConfig:
-  """The `SamplerConfig` of a restore config's sampling fields."""
-  return SamplerConfig(**{f: config[f] for f in SETTINGS})
+def parse(argv: Sequence[str]):
+  """argv (without the program name) -> the resolved ConfigDict."""
+  argv = cli.resolve_config_flags(argv)
+  if cli.wants_help(argv):
+    cli.print_and_exit(usage(argv))
+  fv = flags.FlagValues()
+  default = str(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else None
+  try:
+    holder = config_flags.DEFINE_config_file("config", default, "restore config file[:variant]",
+                                             flag_values=fv, lock_config=True,
+                                             sys_argv=["restore", *argv])
+    rest = fv(["restore", *argv])
+    value = holder.value
+  except (KeyError, AttributeError) as e:
+    raise _Usage(f"unknown config field {str(e).strip(chr(34))} (--help lists them)") from None
+  except (flags.Error, ValueError, TypeError) as e:
+    raise _Usage(" ".join(str(e).split())) from None
+  if len(rest) > 1:
+    raise _Usage(f"unexpected arguments: {' '.join(rest[1:])} (settings are --config.KEY=VALUE)")
+  if value is None:
+    raise _Usage("--config=FILE is required (configs/restore.py)")
+  return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """The command (`vbridge_jax.restore_cli`): argv without the program name; exit status."""
-  from vbridge_jax import restore_cli
-  return restore_cli.main(argv)
+  argv = list(sys.argv[1:] if argv is None else argv)
+  try:
+    config = parse(argv)
+  except _Usage as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  try:
+    return folder.run(config)
+  except (FileNotFoundError, ValueError, VBridgeError) as e:
+    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -11,34 +11,36 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
+
+from vbridge_jax.training import trainer
+from vbridge_jax.utils import cli
+from vbridge_jax.utils.errors import VBridgeError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "training config file[:variant]",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "run folder (checkpoints, logs, samples)")
 flags.mark_flags_as_required(["config", "workdir"])
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "curriculum.py"
+DEFAULT_CONFIG = cli.config_file("curriculum.py")
 
 
 def help_text(argv: list[str]) -> str:
   """Usage, the config file's variants and every field with its default."""
-  from vbridge_jax import cli_help
   flags_text = "\n".join([
       "Flags:", "  --config=FILE[:VARIANT]  the training config (required)",
       "  --workdir=DIR            run folder: checkpoints, logs, samples (required)"])
-  return "\n\n".join([__doc__.strip(), cli_help.config_text(argv, DEFAULT_CONFIG), flags_text])
+  return "\n\n".join([__doc__.strip(), cli.config_text(argv, DEFAULT_CONFIG), flags_text])
 
 
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing with `--help` that lists the config, and one-line errors."""
-  from vbridge_jax import cli_help
-  if cli_help.wants_help(argv[1:]):
-    cli_help.print_and_exit(help_text(argv[1:]))
+  argv = cli.resolve_config_flags(argv)
+  if cli.wants_help(argv[1:]):
+    cli.print_and_exit(help_text(argv[1:]))
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
@@ -67,14 +69,10 @@ def main(argv: list[str]) -> int:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   absl_logging.set_verbosity(absl_logging.INFO)
   absl_logging.get_absl_handler().addFilter(_ProjectInfo())
-  from vbridge_jax import trainer
-  from vbridge_jax.checkpoints.io import CheckpointError
-  from vbridge_jax.data.files import DataError
-  from vbridge_jax.train_utils.setup import ConfigError
 
   try:
     result = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (ConfigError, CheckpointError, DataError, trainer.NonFiniteLossError) as e:
+  except VBridgeError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   except OSError as e:  # a full disk or an unwritable workdir

@@ -4,7 +4,7 @@ Each component module (`dit`, `vae`) provides a `Converter`: `find(path)` return
 under `path` that hold that component (in any layout it knows), `convert(found, dtype)`
 returns `(config_dict, params)`. `convert_path` runs every converter, writes the results
 to a staging folder and moves them into `OUT/<name>/` only when all of them succeeded, then
-writes `OUT/model.json` (`vbridge_jax.models.model_info`; kept as it is when only a VAE was
+writes `OUT/model.json` (`vbridge_jax.checkpoints.model_info`; kept as it is when only a VAE was
 converted into a folder that has one): the frame count the DiT samples
 with and the codec. The frame count is `frames` when given, else the source's own
 `model.json` (a folder written by `python -m vbridge_jax.export --format wan|diffusers`),
@@ -18,38 +18,18 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-from vbridge_jax.checkpoints.io import CheckpointError, write_component
+from vbridge_jax.checkpoints import dit, vae
+from vbridge_jax.checkpoints.components import Converter, Found
+from vbridge_jax.checkpoints.io import write_component
+from vbridge_jax.checkpoints.model_info import FILENAME, ModelInfo, read_model_info, write_model_info
 from vbridge_jax.models.configs import DTYPES  # name -> numpy dtype (the one map)
-
-
-@dataclasses.dataclass(frozen=True)
-class Found:
-  """A component located on disk: its name, layout (e.g. 'wan', 'diffusers') and files."""
-
-  name: str
-  layout: str
-  path: Path
-
-
-@dataclasses.dataclass(frozen=True)
-class Converter:
-  name: str
-  find: Callable[[Path], Found | None]
-  convert: Callable[[Found, Any], tuple[dict, dict]]
+from vbridge_jax.utils.errors import CheckpointError, ModelInfoError
 
 
 def converters() -> list[Converter]:
-  from vbridge_jax.checkpoints import dit
-  out = [dit.CONVERTER]
-  try:
-    from vbridge_jax.checkpoints import vae
-  except ImportError:
-    pass
-  else:
-    out.append(vae.CONVERTER)
-  return out
+  return [dit.CONVERTER, vae.CONVERTER]
 
 
 def find_components(src: Path) -> list[Found]:
@@ -65,7 +45,6 @@ def find_components(src: Path) -> list[Found]:
 
 def _source_info(src: Path, frames: int | None):
   """The ModelInfo to record: the source's model.json (beside or above its DiT), `frames` wins."""
-  from vbridge_jax.models.model_info import FILENAME, ModelInfo, ModelInfoError, read_model_info
   src = Path(src)
   info = ModelInfo()
   for folder in (src, src.parent) if src.is_dir() else (src.parent,):
@@ -112,7 +91,6 @@ def convert_path(src: Path, out: Path, dtype: str = "float32",
 
   A failed conversion (bad input, a full disk) leaves `out` as it was: earlier components
   untouched, and no empty `out` folder that the call created."""
-  from vbridge_jax.models.model_info import write_model_info
   if dtype not in DTYPES:
     raise CheckpointError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
   found = find_components(src)

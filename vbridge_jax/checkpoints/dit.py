@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from tqdm import tqdm
 
-from vbridge_jax.checkpoints.convert import Converter, Found
-from vbridge_jax.checkpoints.io import (CheckpointError, Rule, SafetensorsSource, apply_plan,
-                                        safetensors_files)
+from vbridge_jax.checkpoints.components import Converter, Found
+from vbridge_jax.checkpoints.io import Rule, SafetensorsSource, apply_plan, safetensors_files
 from vbridge_jax.models.configs import DiTConfig
+from vbridge_jax.utils.errors import CheckpointError
 
 # (target path in WanDiT, original Wan prefix, diffusers prefix, kind). `{i}` marks a block.
 _TOP = [
@@ -258,10 +259,6 @@ def convert(found: Found, dtype: Any, progress=None) -> tuple[dict, dict]:
 
 
 def _tqdm_progress(items):
-  try:
-    from tqdm import tqdm
-  except ImportError:
-    return items
   return tqdm(items, desc="dit", unit="tensor", leave=False)
 
 

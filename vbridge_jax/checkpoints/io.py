@@ -15,20 +15,21 @@ import os
 import shutil
 import struct
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
+import jax
 import ml_dtypes
 import numpy as np
+import orbax.checkpoint as ocp
+
+from vbridge_jax.utils.errors import CheckpointError
 
 FORMAT_VERSION = 1
 # Stored chunks of converted parameters are at most this large, so that a process restoring
 # into a sharded layout reads about its own slices rather than whole stacked tensors.
 CHUNK_BYTES = 64 << 20
-
-
-class CheckpointError(ValueError):
-  """A checkpoint that cannot be read or converted; the message names the file or key."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,7 +154,6 @@ class TorchPickleSource(DictSource):
       import torch
     except ImportError:
       raise CheckpointError(f"{path}: reading .pth needs torch (pip install 'vbridge_jax[convert]')") from None
-    import zipfile
     try:
       sd = torch.load(path, map_location="cpu", weights_only=True,
                       mmap=zipfile.is_zipfile(path))
@@ -307,8 +307,6 @@ def _save_params(path: Path, params: dict) -> None:
   numpy arrays are released one by one), and the extra memory while writing is about the
   largest tensor rather than a second copy of the model.
   """
-  import jax
-  import orbax.checkpoint as ocp
 
   cpu = jax.devices("cpu")[0]
   budget_gb = max(0.25, max((a.nbytes for a in jax.tree.leaves(params)), default=0) / 1e9 * 1.01)
@@ -377,7 +375,6 @@ def restore_params(folder: Path, abstract: Any) -> Any:
   by parameter name. A damaged folder (no `params/`, unreadable metadata, a missing or
   truncated chunk) is a one-line `CheckpointError` naming the folder and what is wrong.
   """
-  import orbax.checkpoint as ocp
 
   path = Path(folder).resolve() / "params"
   if not path.is_dir():

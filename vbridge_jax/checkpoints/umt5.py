@@ -30,13 +30,16 @@ states are kept (the DiT zero-pads the context to 512 itself).
 from __future__ import annotations
 
 import html
+import pickle
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vbridge_jax.checkpoints.io import CheckpointError, TorchPickleSource
+from vbridge_jax.checkpoints.io import TorchPickleSource
+from vbridge_jax.utils.errors import CheckpointError
 
 # The authors' fixed prompts (docs/paper.md; their released test script).
 VBRIDGE_POSITIVE = (
@@ -143,8 +146,6 @@ def load_diffusers_encoder(folder: Path, dtype: str = "float32"):
   import torch
   from transformers import UMT5EncoderModel
 
-  import pickle
-  import warnings
   try:
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")  # torch's pickle-protocol notes: the error says it

@@ -19,12 +19,24 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import jax
 import numpy as np
+from flax import nnx
 
-from vbridge_jax.checkpoints.convert import Converter, Found
-from vbridge_jax.checkpoints.io import (CheckpointError, DictSource, Rule, SafetensorsSource, TensorSource,
-                                        TorchPickleSource, apply_plan, safetensors_files)
+from vbridge_jax.checkpoints.components import Converter, Found
+from vbridge_jax.checkpoints.io import (
+  CheckpointError,
+  DictSource,
+  Rule,
+  SafetensorsSource,
+  TensorSource,
+  TorchPickleSource,
+  apply_plan,
+  safetensors_files,
+)
+from vbridge_jax.checkpoints.loading import abstract_params
 from vbridge_jax.models.configs import VAEConfig
+from vbridge_jax.models.wan_vae import WanVAE
 
 WAN_FILE = "Wan2.2_VAE.pth"
 DIFFUSERS_CLASS = "AutoencoderKLWan"
@@ -41,9 +53,6 @@ _RESNET = {"norm1": "residual.0", "conv1": "residual.2", "norm2": "residual.3",
 
 
 def _param_shapes(cfg: VAEConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
-  import jax
-  from flax import nnx
-  from vbridge_jax.models.wan_vae import WanVAE, abstract_params
 
   abstract = nnx.eval_shape(lambda: WanVAE(cfg, rngs=nnx.Rngs(0)))
   flat = jax.tree_util.tree_flatten_with_path(abstract_params(abstract))[0]

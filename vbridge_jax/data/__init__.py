@@ -8,6 +8,6 @@ Importing this package imports neither TFDS nor Grain.
 """
 
 from vbridge_jax.data.degrade import CATEGORIES, FOUNDIR_CATEGORIES, REALCE_CATEGORY
-from vbridge_jax.data.files import DataError
+from vbridge_jax.utils.errors import DataError
 
 __all__ = ["CATEGORIES", "FOUNDIR_CATEGORIES", "REALCE_CATEGORY", "DataError"]

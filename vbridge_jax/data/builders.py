@@ -34,9 +34,16 @@ from etils import epath
 from PIL import Image
 
 from vbridge_jax.data.degrade import FOUNDIR_CATEGORIES, REALCE_CATEGORY
-from vbridge_jax.data.files import (DataError, Pair, has_orientation, open_image,
-                                    realce_splits, scan_foundir, scan_paired_folders,
-                                    scan_realce)
+from vbridge_jax.data.files import (
+  DataError,
+  Pair,
+  has_orientation,
+  open_image,
+  realce_splits,
+  scan_foundir,
+  scan_paired_folders,
+  scan_realce,
+)
 
 log = logging.getLogger(__name__)
 

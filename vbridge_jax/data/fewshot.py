@@ -9,7 +9,7 @@ immunohistochemistry, retina, the left motorcycle view): random scales and squar
 of `--size` pixels (default 256), so it runs on a fresh machine with no download. This is
 the trainer's embedded demo set: by default 4 pairs for each of the 21 categories (FoundIR's
 20 and RealCE), 168 PNGs, a few seconds (the trainer builds it with its config's
-`data.demo_per_category`, at its `eval.size` when set: train_utils/setup.py `demo_split`).
+`data.demo_per_category`, at its `eval.size` when set: training/setup.py `demo_split`).
 Degradations are applied at the crop size, as a camera at that resolution makes them
 (data/degrade.py): build the set at the size it is trained and scored at, since shrinking
 a degraded image afterwards averages most of the degradation away. With `--clean DIR`
@@ -67,10 +67,14 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import skimage.data
 from PIL import Image
+from tqdm import tqdm
 
 from vbridge_jax.data.degrade import CATEGORIES, degrade
-from vbridge_jax.data.files import IMAGE_EXTS, DataError, read_rgb
+from vbridge_jax.data.files import IMAGE_EXTS, read_rgb
+from vbridge_jax.utils import cli
+from vbridge_jax.utils.errors import DataError, VBridgeError
 
 BUILTIN_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field",
                   "immunohistochemistry", "retina", "stereo_motorcycle")
@@ -82,11 +86,6 @@ SPLITS = ("train", "heldout")
 
 def builtin_photos() -> list[tuple[str, np.ndarray]]:
   """The scikit-image sample photos, uint8 RGB."""
-  try:
-    import skimage.data
-  except ImportError as e:
-    raise DataError("the built-in photos need scikit-image (pip install scikit-image); "
-                    "or pass --clean DIR") from e
   out = []
   for name in BUILTIN_PHOTOS:
     img = getattr(skimage.data, name)()
@@ -167,7 +166,6 @@ def build(out: str | os.PathLike, *, clean: str | os.PathLike | None = None,
   total = sum(n for _, _, n, _ in jobs) * len(categories)
   bar = None
   if progress:
-    from tqdm import tqdm
     bar = tqdm(total=total, desc="fewshot pairs", unit="pair")
   try:
     for folder, srcs, n, split in jobs:
@@ -220,10 +218,9 @@ def _write(out: Path, todo, sources, from_folder: bool, size: int, seed: int,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  from vbridge_jax import cli_help
   p = argparse.ArgumentParser(prog="python -m vbridge_jax.data.fewshot",
                               description=__doc__.split("\n\n")[0],
-                              formatter_class=cli_help.ArgparseFormatter)
+                              formatter_class=cli.ArgparseFormatter)
   p.add_argument("--out", required=True, help="output folder")
   p.add_argument("--clean", default=None, help="folder of clean images (default: built-in)")
   p.add_argument("--per_category", "--per-category", type=int, default=DEFAULT_PER_CATEGORY,
@@ -243,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     n = build(args.out, clean=args.clean, per_category=args.per_category,
               seed=args.seed, size=args.size, categories=cats, progress=True,
               heldout=args.heldout)
-  except DataError as e:
+  except VBridgeError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   print(f"wrote {n} pairs in {len(cats)} categories to {args.out}")

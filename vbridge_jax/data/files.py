@@ -33,7 +33,8 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from vbridge_jax.data.degrade import CATEGORIES, REALCE_CATEGORY
+from vbridge_jax.data.degrade import CATEGORIES, FOUNDIR_CATEGORIES, REALCE_CATEGORY
+from vbridge_jax.utils.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,6 @@ IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp
 # evaluate): a folder with one of these names holds the ground truth / the degraded inputs.
 GT_NAMES = ("GT", "gt", "HQ", "hq")
 LQ_NAMES = ("LQ", "lq")
-
-
-class DataError(ValueError):
-  """Bad input data; the message is one line naming the file(s)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,7 +279,6 @@ def scan_paired_folders(root: str | os.PathLike, *, skip_bad: bool = False,
 
 def scan_foundir(root: str | os.PathLike, **kwargs) -> list[Pair]:
   """The FoundIR test layout (numbered category folders; any subset of the 20)."""
-  from vbridge_jax.data.degrade import FOUNDIR_CATEGORIES
   return scan_paired_folders(root, known=FOUNDIR_CATEGORIES, **kwargs)
 
 

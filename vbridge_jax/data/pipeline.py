@@ -28,10 +28,15 @@ from typing import Any, Sequence
 import grain
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
+from absl import flags
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 from PIL import Image
 
 from vbridge_jax.data import clips, video_corpus
-from vbridge_jax.data.files import DataError, category_ids, open_image, scan_paired_folders
+from vbridge_jax.data.files import IMAGE_EXTS, category_ids, category_name, open_image, scan_paired_folders
+from vbridge_jax.utils.errors import DataError
 
 log = logging.getLogger(__name__)
 _FOREVER = 2 ** 40  # length of an endless (balanced) stream
@@ -158,7 +163,6 @@ class Records:
   def _drift_paths(self, root: Path) -> dict[tuple[str, str], str]:
     """Model outputs by pair: `<root>/<category>/<id>.*`, or as restore writes a paired tree,
     `<root>/<category folder>/LQ/<id>.*` (the folder may keep its number, `01Blur`)."""
-    from vbridge_jax.data.files import IMAGE_EXTS, category_name
     folders: dict[str, list[Path]] = {}
     for d in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
       folders.setdefault(category_name(d.name), []).append(d)
@@ -295,7 +299,6 @@ class ToGlobal(grain.transforms.Map):
   """
 
   def __init__(self, sharding: jax.sharding.Sharding, frames: int):
-    from jax.sharding import NamedSharding, PartitionSpec as P
     self.sharding, self.frames = sharding, frames
     if isinstance(sharding, NamedSharding):
       spec = tuple(sharding.spec) + (None,) * (5 - len(sharding.spec))
@@ -401,7 +404,6 @@ def make_dataset(
   if not device_blend:
     it = it.map(HostClip(frames))
   if worker_count > 0:
-    from absl import flags
     if not flags.FLAGS.is_parsed():  # grain reads absl flags; a library caller has none
       flags.FLAGS.mark_as_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(
@@ -448,7 +450,6 @@ def make_iterator(source, **kwargs) -> grain.DatasetIterator:
 
 def save_iterator(iterator: grain.DatasetIterator, directory: str | os.PathLike) -> None:
   """Saves the iterator state with orbax (one JSON file per process)."""
-  import orbax.checkpoint as ocp
   with ocp.Checkpointer(grain.checkpoint.CheckpointHandler()) as ckpt:
     ckpt.save(os.path.abspath(directory), args=grain.checkpoint.CheckpointSave(iterator))
 
@@ -456,7 +457,6 @@ def save_iterator(iterator: grain.DatasetIterator, directory: str | os.PathLike)
 def restore_iterator(iterator: grain.DatasetIterator, directory: str | os.PathLike
                      ) -> grain.DatasetIterator:
   """Restores a state written by `save_iterator` (or an orbax manager item) in place."""
-  import orbax.checkpoint as ocp
   with ocp.Checkpointer(grain.checkpoint.CheckpointHandler()) as ckpt:
     return ckpt.restore(os.path.abspath(directory),
                         args=grain.checkpoint.CheckpointRestore(iterator))

@@ -30,7 +30,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from vbridge_jax.data.files import DataError
+from vbridge_jax.data import builders
+from vbridge_jax.utils import cli
+from vbridge_jax.utils.errors import DataError, VBridgeError
 
 MANIFEST = "source_manifest.json"
 
@@ -69,7 +71,6 @@ def _write_manifest(version_dir: Path, manifest: dict[str, Any]) -> None:
 
 
 def _build(builder_name: str, manual_dir: str, data_dir: str, skip_bad: bool) -> Path:
-  from vbridge_jax.data import builders
   b = builders.builder(builder_name, manual_dir=manual_dir, data_dir=data_dir,
                        skip_bad=skip_bad)
   b.download_and_prepare()
@@ -78,7 +79,6 @@ def _build(builder_name: str, manual_dir: str, data_dir: str, skip_bad: bool) ->
 
 def version_dir(builder_name: str, data_dir: str) -> Path:
   """`data_dir/<builder>/<version>`, where the set is (or will be) written."""
-  from vbridge_jax.data import builders
   if builder_name not in builders.BUILDERS:
     raise DataError(f"unknown builder {builder_name!r}; known: {', '.join(builders.BUILDERS)}")
   return Path(data_dir) / builder_name / str(builders.BUILDERS[builder_name].VERSION)
@@ -122,10 +122,9 @@ def prepare(builder_name: str, manual_dir: str, data_dir: str, *, skip_bad: bool
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  from vbridge_jax import cli_help
   p = argparse.ArgumentParser(prog="python -m vbridge_jax.data.prepare",
                               description=__doc__.split("\n\n")[0],
-                              formatter_class=cli_help.ArgparseFormatter)
+                              formatter_class=cli.ArgparseFormatter)
   p.add_argument("--builder", required=True, choices=("paired_folders", "foundir", "realce"),
                  help="the source's layout")
   p.add_argument("--manual_dir", required=True, help="the source tree")
@@ -139,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     out = prepare(args.builder, args.manual_dir, args.data_dir, skip_bad=args.skip_bad,
                   overwrite=args.overwrite)
-  except DataError as e:
+  except VBridgeError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   except OSError as e:  # disk full, an unwritable --data_dir: one line

@@ -66,6 +66,9 @@ from typing import Any, Sequence
 
 import cv2
 import numpy as np
+from PIL import Image
+
+from vbridge_jax.utils import cli
 
 SOURCE_NAME = "video_corpus"  # data.source value that selects this corpus
 _LENGTH = 2 ** 40  # records: endless in practice, each a pure function of (seed, index)
@@ -385,12 +388,10 @@ def contact_sheet(seed: int = 0, clips: int = 6, size: int = 96, frames: int = 5
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  from PIL import Image
-  from vbridge_jax import cli_help
   p = argparse.ArgumentParser(prog="python -m vbridge_jax.data.video_corpus",
                               description="Draws a contact sheet of the synthetic video corpus "
                               "(one row per clip, frames left to right).",
-                              formatter_class=cli_help.ArgparseFormatter)
+                              formatter_class=cli.ArgparseFormatter)
   p.add_argument("--out", required=True, help="PNG file to write")
   p.add_argument("--seed", type=int, default=0, help="corpus seed")
   p.add_argument("--clips", type=int, default=6, help="rows")

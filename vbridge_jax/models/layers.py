@@ -3,7 +3,7 @@ and attention (XLA, cuDNN, TPU splash).
 
 Parameters carry logical axis names (`out_sharding` metadata, `sharding.PARAM_AXES`);
 activations are constrained with `sharding.constrain(x, names)` (`sharding.ACTIVATION_AXES`).
-Both resolve in `vbridge_jax.sharding`, through the logical-axis rules that the caller sets
+Both resolve in `vbridge_jax.parallel.sharding`, through the logical-axis rules that the caller sets
 with `nnx.logical_axis_rules(rules)` and the mesh set with `jax.set_mesh`; no mesh axis name
 appears in model code.
 """
@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vbridge_jax.sharding import current_spec
+from vbridge_jax.parallel.sharding import current_spec
 
 Names = Sequence[str | None]
 
@@ -211,8 +211,8 @@ def splash_attention(q, k, v, *, block: int = 512, interpret: bool | None = None
   (padded query rows are computed against the real keys and dropped). Off TPU the kernel
   runs in Pallas interpret mode (slow; for tests only).
   """
-  from jax.experimental.pallas.ops.tpu.splash_attention import (
-      splash_attention_kernel as sk, splash_attention_mask as sm)
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
   if interpret is None:
     interpret = _SPLASH_INTERPRET.get()

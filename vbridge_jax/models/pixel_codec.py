@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +149,6 @@ def read_config(path: str | Path) -> PixelCodecConfig | None:
 
 def write_config(folder: str | Path, config: PixelCodecConfig) -> Path:
   """Writes `folder/config.json` (atomic); the codec has no parameters to store."""
-  import os
   folder = Path(folder)
   folder.mkdir(parents=True, exist_ok=True)
   file, tmp = folder / "config.json", folder / ".config.json.tmp"

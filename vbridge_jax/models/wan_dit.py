@@ -21,7 +21,6 @@ compiled block) or unrolled, with the same parameters either way.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -29,9 +28,8 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from vbridge_jax.models.configs import DTYPES, DiTConfig
-from vbridge_jax.models.layers import (Dense, LayerNorm, RMSNorm, apply_rope, attention,
-                                       layer_norm, param, rope_tables)
-from vbridge_jax.sharding import constrain
+from vbridge_jax.models.layers import Dense, LayerNorm, RMSNorm, apply_rope, attention, layer_norm, param, rope_tables
+from vbridge_jax.parallel.sharding import constrain
 
 # Logical names of the activations (`sharding.ACTIVATION_AXES`); the rules map them to mesh
 # axes, apart from the parameters' names (`sharding.PARAM_AXES`).
@@ -298,21 +296,3 @@ class WanDiT(nnx.Module):
       h = layer_norm(h, cfg.eps) * (1 + scale) + shift
       out = self.proj_out(h.astype(DTYPES[cfg.dtype])).astype(jnp.float32)
       return self.unpatchify(out, grid)
-
-
-def load_dit(path: str | Path, mesh=None, rules=None, **overrides) -> WanDiT:
-  """Loads a converted DiT from `OUT` or `OUT/dit` (written by convert/wan_to_jax.py).
-
-  `overrides` set run-time switches (`dtype`, `param_dtype`, `scan_layers`, `remat`,
-  `attention`). Given a `mesh`, the parameters are read straight into the shardings that
-  the logical-axis `rules` (default `sharding.DEFAULT_RULES`) give them there: each
-  process reads only the chunks its devices hold, and the model is never whole on one host.
-  """
-  from vbridge_jax.checkpoints import loading
-
-  shardings = None
-  if mesh is not None:
-    from vbridge_jax import sharding as sh
-    rules = sh.rules_from_config(rules)
-    shardings = lambda state: sh.state_shardings(state, mesh, rules)
-  return loading.load_module(path, "dit", DiTConfig, WanDiT, shardings, **overrides)

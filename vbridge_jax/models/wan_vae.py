@@ -20,8 +20,7 @@ through `jax.jit`; inside a trace they are plain functions.
 from __future__ import annotations
 
 import functools
-from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -253,49 +252,3 @@ def _tiled(fn: Callable[[jax.Array], jax.Array], x: np.ndarray, tile: int, overl
       norm[oy:oy + oh, ox:ox + ow] += wgt
       del out
   return jnp.asarray(acc / norm[None, None, :, :, None])
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading a converted checkpoint
-# ---------------------------------------------------------------------------------------------
-
-
-def abstract_params(model: nnx.Module) -> dict:
-  """The parameter tree as the converter writes it: nested dicts with string keys."""
-  from vbridge_jax.checkpoints import io
-  _, state = nnx.split(model)
-  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
-                      io.string_keys(state.to_pure_dict()))
-
-
-def from_params(config: VAEConfig, params: dict) -> WanVAE:
-  """A `WanVAE` holding `params` (a converter-style tree), built without random init."""
-  abstract = nnx.eval_shape(lambda: WanVAE(config, rngs=nnx.Rngs(0)))
-  graphdef, state = nnx.split(abstract)
-  return nnx.merge(graphdef, _filled(state, params))
-
-
-def _filled(state, params: dict):
-  from vbridge_jax.checkpoints import io
-  pure = state.to_pure_dict()
-  cast = jax.tree.map(lambda t, a: jnp.asarray(a, t.dtype), pure, io.rekey_like(pure, params))
-  nnx.replace_by_pure_dict(state, cast)
-  return state
-
-
-def load_vae(path: str | Path, sharding: Any = None, **overrides) -> WanVAE:
-  """Loads the codec of a model folder `OUT` or `OUT/vae`: a converted VAE (written by
-  convert/wan_to_jax.py), or the parameter-free `PixelCodec` when `vae/config.json` has
-  `"_class_name": "PixelCodec"` (models/pixel_codec.py).
-
-  `overrides` set run-time switches (`dtype`, `param_dtype`, `precision`, `attn_block`).
-  `sharding` (e.g. replicated over a mesh that spans processes): every parameter is read
-  straight into it, as a multi-process restore needs.
-  """
-  from vbridge_jax.checkpoints import loading
-  from vbridge_jax.models import pixel_codec
-
-  pixel = pixel_codec.read_config(path)
-  if pixel is not None:
-    return pixel_codec.PixelCodec(pixel)
-  return loading.load_module(path, "vae", VAEConfig, WanVAE, sharding, **overrides)

@@ -35,9 +35,10 @@ from typing import Any
 import grain
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
-from vbridge_jax.checkpoints.io import CheckpointError
+from vbridge_jax.utils.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +210,5 @@ class Checkpointer:
       os.makedirs(dest_dir, exist_ok=True)
       shutil.move(src, dest)
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices(f"set_aside_{step}")
     return dest

@@ -7,7 +7,9 @@ sharded state without running a schedule.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -15,24 +17,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 
-from vbridge_jax import optim
-from vbridge_jax import prompts
-from vbridge_jax import sharding as sh
-from vbridge_jax.checkpoints import io, loading
-from vbridge_jax.data import video_corpus
+from vbridge_jax.checkpoints import io, load_vae, loading
+from vbridge_jax.data import fewshot, pipeline, prompts, video_corpus
+from vbridge_jax.diffusion import flow
 from vbridge_jax.models import lora as lora_lib
 from vbridge_jax.models.configs import DiTConfig, VAEConfig
 from vbridge_jax.models.pixel_codec import PixelCodec, PixelCodecConfig, read_config
 from vbridge_jax.models.wan_dit import WanDiT
-from vbridge_jax.models.wan_vae import WanVAE, load_vae
-from vbridge_jax.train_utils import prior as prior_lib
+from vbridge_jax.models.wan_vae import WanVAE
+from vbridge_jax.parallel import sharding as sh
+from vbridge_jax.training import optim
+from vbridge_jax.training import prior as prior_lib
+from vbridge_jax.utils.errors import ConfigError
 
 FINETUNE = ("full", "lora")
-
-
-class ConfigError(ValueError):
-  """A bad or incomplete training config (one-line message)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +86,6 @@ def total_steps(config, source: str) -> int:
   if epochs < 1:
     raise ConfigError(f"set total_steps or epochs (both are <= 0: total_steps="
                       f"{config.total_steps}, epochs={config.get('epochs', 0)})")
-  from vbridge_jax.data import pipeline
   pairs = len(pipeline.open_records(source, data_dir=config.data.data_dir or None))
   return epochs * -(-pairs // int(config.data.batch_size))
 
@@ -177,7 +176,6 @@ def _positive(config, *names: str) -> None:
 
 def objective(config) -> tuple[float, float, str]:
   """`(data.text_drop, flow.t2v_ratio, flow.loss_frames)`, checked (one-line ConfigError)."""
-  from vbridge_jax import flow
   text_drop = float(config.data.get("text_drop", 0.0))
   t2v_ratio = float(config.flow.get("t2v_ratio", 0.0))
   loss_frames = str(config.flow.get("loss_frames", "generated"))
@@ -365,14 +363,6 @@ def load_context(config, dcfg: DiTConfig) -> np.ndarray:
 # --------------------------------------------------------------------------------- data
 
 
-def resolve_init(config) -> None:
-  """`init_from="prior:VARIANT"` -> the cached video prior's model folder, built on first
-  use (`train_utils/prior.py`); other values stay as they are."""
-  if prior_lib.is_prior(config.init_from):
-    config.init_from = str(prior_lib.ensure(prior_lib.variant_of(config.init_from),
-                                            progress=bool(config.get("progress", True))))
-
-
 def data_source(config, workdir: str) -> str:
   """The training data path; 'demo' builds the built-in few-shot set into the workdir and
   trains on its `train/` split (`heldout/`: `demo_split(..., "heldout")`); the synthetic
@@ -389,10 +379,7 @@ def demo_split(config, workdir: str, split: str) -> str:
   evaluated at (`eval.size` when > 0, else fewshot's default). The marker
   `demo_data/.complete_split` records these settings (JSON); a set built with others (or
   an older, empty marker) is rebuilt, not reused."""
-  import json
-  import shutil
 
-  from vbridge_jax.data import fewshot
 
   out = os.path.join(workdir, "demo_data")
   done = os.path.join(out, ".complete_split")  # the flat pre-split layout had `.complete`
@@ -411,7 +398,6 @@ def demo_split(config, workdir: str, split: str) -> str:
     fewshot.build(out, **spec, progress=bool(config.get("progress", True)))
     Path(done).write_text(json.dumps(spec, sort_keys=True) + "\n", encoding="utf-8")
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("demo_data")
   return os.path.join(out, split)
 
@@ -434,7 +420,6 @@ def crop_size(size: int, multiple: int | None = None) -> int:
 
 def make_iterator(config, source: str, stage: Stage, mesh) -> Any:
   """A checkpointable grain iterator of global batches for one curriculum stage."""
-  from vbridge_jax.data import pipeline
 
   d = config.data
   if d.batch_size % sh.batch_shards(mesh):

@@ -8,8 +8,8 @@ frame back with OpenCV (BGR -> RGB). `write_mp4` writes such a file (atomically:
 temporary file beside it, then a rename), `last_frame` reads it as `eval.py` does, and
 `read_frames` reads every frame.
 
-Needs the `video` extra: `pip install -e .[video]` (imageio[ffmpeg], whose wheel ships an
-ffmpeg binary, and opencv-python-headless).
+Writing and reading MP4s needs the `video` extra: `pip install -e .[video]` (imageio[ffmpeg],
+whose wheel ships an ffmpeg binary); OpenCV is a dependency of the package.
 """
 
 from __future__ import annotations
@@ -19,7 +19,10 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
+import cv2
 import numpy as np
+
+from vbridge_jax.utils.errors import VideoError
 
 # imageio's ffmpeg writer defaults, spelt out so that a change of defaults cannot move them.
 CODEC = "libx264"
@@ -28,11 +31,8 @@ PIXEL_FORMAT = "yuv420p"
 MACRO_BLOCK = 16
 
 
-class VideoError(RuntimeError):
-  """An MP4 that cannot be written or read (one-line message naming the file)."""
-
-
 def _imageio():
+  """imageio with its ffmpeg plugin: the optional `video` extra, imported on first use."""
   try:
     import imageio.v2 as imageio
     import imageio_ffmpeg  # noqa: F401
@@ -41,13 +41,9 @@ def _imageio():
   return imageio
 
 
-def _cv2():
-  try:
-    import cv2
-  except ImportError as e:
-    raise VideoError(f"reading MP4s as the authors' eval.py does needs OpenCV "
-                     f"(pip install -e .[video]): {e}") from None
-  return cv2
+def check_available() -> None:
+  """A `VideoError` (one line) unless MP4s can be written here: the `video` extra."""
+  _imageio()
 
 
 AUTHORS_FPS = 24  # V-Bridge/inference.py: fps = 24
@@ -89,7 +85,6 @@ def write_mp4(path: str | os.PathLike, frames: Sequence[np.ndarray],
 def last_frame(path: str | os.PathLike) -> np.ndarray:
   """The last frame as uint8 RGB `(H, W, 3)`, read exactly as the authors' `eval.py` does
   (OpenCV: seek to frame count - 1, read, BGR -> RGB)."""
-  cv2 = _cv2()
   cap = cv2.VideoCapture(os.fspath(path))
   try:
     if not cap.isOpened():

@@ -33,9 +33,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
-from vbridge_jax import flow
-from vbridge_jax.flow import NUM_TRAIN_TIMESTEPS
+from vbridge_jax.diffusion import flow
+from vbridge_jax.diffusion.flow import NUM_TRAIN_TIMESTEPS
 
 SOLVERS = ("unipc", "euler")
 SCHEDULES = ("diffusers", "wan")
@@ -180,11 +181,7 @@ def guided_steps(steps: int, cfg_skip: float) -> np.ndarray:
 
 def _pure(model: Any) -> tuple[tuple[str, Any], Any]:
   """(static model definition, params): an nnx module's graphdef and state, or the callable."""
-  try:
-    from flax import nnx
-  except ImportError:  # pragma: no cover
-    nnx = None
-  if nnx is not None and isinstance(model, nnx.Module):
+  if isinstance(model, nnx.Module):
     graphdef, state = nnx.split(model)
     return ("nnx", graphdef), state
   return ("fn", model), None
@@ -193,7 +190,6 @@ def _pure(model: Any) -> tuple[tuple[str, Any], Any]:
 def _apply(model_def: tuple[str, Any], params: Any, x, t, ctx):
   kind, obj = model_def
   if kind == "nnx":
-    from flax import nnx
     return nnx.merge(obj, params)(x, t, ctx)
   return obj(x, t, ctx)
 

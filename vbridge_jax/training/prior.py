@@ -11,8 +11,9 @@ exported model folder of that run:
   generator's source, so a changed recipe or corpus builds a new prior and an unchanged one
   is reused by every later run, in any workdir;
 - on first use it is trained (`run/`, the trainer's progress bar; a killed build resumes
-  from its last checkpoint) and exported (`python -m vbridge_jax.export`'s code path);
-  reuse prints one line.
+  from its last checkpoint) and exported (`python -m vbridge_jax.export`'s code path) by
+  `trainer.ensure_prior`; reuse prints one line. This module holds the names, the key and
+  the paths, and trains nothing.
 
 Why built rather than shipped: the prior is ~15 MB of float32 weights, a fifth of the
 repository's budget for one binary that every corpus change would replace, and XLA:CPU's
@@ -25,12 +26,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 from pathlib import Path
+
+import jax
+
+from vbridge_jax.configs import prior as prior_configs
+from vbridge_jax.data import video_corpus
+from vbridge_jax.utils.errors import ConfigError
 
 PREFIX = "prior:"
 ENV = "VBRIDGE_CACHE"
-_REPO = Path(__file__).resolve().parents[2]
 
 
 def is_prior(init_from: str) -> bool:
@@ -47,19 +52,14 @@ def cache_root() -> Path:
 
 def prior_config(variant: str):
   """`configs/prior.py`'s `variant` (a ConfigError naming the known ones if unknown)."""
-  from vbridge_jax.train_utils.setup import ConfigError
-  if str(_REPO) not in sys.path:  # configs/ is a folder of the repository, beside the package
-    sys.path.insert(0, str(_REPO))
-  from configs import prior
-  if variant not in prior.VARIANTS:
+  if variant not in prior_configs.VARIANTS:
     raise ConfigError(f"init_from={PREFIX}{variant}: configs/prior.py has no variant {variant!r} "
-                      f"(it has {', '.join(repr(v) for v in prior.VARIANTS)})")
-  return prior.get_config(variant)
+                      f"(it has {', '.join(repr(v) for v in prior_configs.VARIANTS)})")
+  return prior_configs.get_config(variant)
 
 
 def prior_key(config) -> str:
   """12 hex digits over the resolved prior config and the corpus generator's source."""
-  from vbridge_jax.data import video_corpus
   h = hashlib.sha256()
   cfg = json.loads(config.to_json_best_effort())
   for field in ("progress", "num_devices"):  # how it prints, and on how many of this host's
@@ -80,33 +80,12 @@ def is_built(variant: str) -> bool:
   return (model_dir(variant) / "model.json").is_file()
 
 
-def _devices_for(batch: int) -> int:
+def devices_for(batch: int) -> int:
   """The largest count of this host's devices that divides the global batch; one on a CPU
   host, whose (fake) devices would share the same cores."""
-  import jax
   if jax.devices()[0].platform == "cpu":
     return 1
   n = jax.local_device_count()
   while batch % n:
     n -= 1
   return n
-
-
-def ensure(variant: str, *, progress: bool = True, log=print) -> Path:
-  """The model folder of prior `variant`, trained and exported first if it is not cached."""
-  from vbridge_jax import export, trainer
-  config = prior_config(variant)
-  model = model_dir(variant, config)
-  folder = model.parent
-  if (model / "model.json").is_file():
-    log(f"video prior: reusing {model} (configs/prior.py:{variant})")
-    return model
-  log(f"video prior: building configs/prior.py:{variant} into {folder} (first use only; "
-      f"{int(config.total_steps)} steps on the synthetic video corpus; set {ENV} to move the cache)")
-  config.progress = progress
-  config.num_devices = _devices_for(int(config.data.batch_size))
-  folder.mkdir(parents=True, exist_ok=True)
-  trainer.train_and_evaluate(config, str(folder / "run"))
-  export.export_run(folder / "run", model)
-  log(f"video prior: wrote {model}")
-  return model

@@ -12,7 +12,7 @@ A folder without `model.json` (converted before it existed, or the released chec
 as 5 frames, the length the authors' evaluation script samples with.
 
 `evaluated_with` (optional; `python -m vbridge_jax.export` writes it for a run with a held-out
-evaluation, `config.eval` of train_utils/evaluation.py) records how that evaluation restored:
+evaluation, `config.eval` of training/heldout.py) records how that evaluation restored:
 the sampler fields (`solver`, `steps`, `shift`, `schedule`, `guidance`, `cfg_skip`), the noise
 `seed`, the DiT's `dtype` / `param_dtype`, the codec's `vae_dtype` and `quantize`:
 
@@ -21,7 +21,7 @@ the sampler fields (`solver`, `steps`, `shift`, `schedule`, `guidance`, `cfg_ski
      "dtype": "float32", "param_dtype": "float32", "vae_dtype": "float32",
      "quantize": "truncate"}}
 
-Restore (vbridge_jax/restore_cli.py) uses a recorded field unless its command line sets it,
+Restore (vbridge_jax/restore.py) uses a recorded field unless its command line sets it,
 so that it scores what the training log reported. Absent (older files, converted PyTorch
 checkpoints, the released weights), or a field missing from it: nothing recorded, restore's
 own defaults. Values are checked on read (a one-line `ModelInfoError` naming file and field).
@@ -36,31 +36,32 @@ import os
 from pathlib import Path
 from typing import Any
 
+from vbridge_jax.diffusion.sampler import SCHEDULES, SOLVERS
+from vbridge_jax.inference.geometry import QUANTIZE
+from vbridge_jax.models.configs import DTYPES
+from vbridge_jax.utils.errors import ModelInfoError
+
 FILENAME = "model.json"
 DEFAULT_FRAMES = 5  # the authors' released evaluation samples 5 frames
 COMPONENTS = ("dit", "vae")
 EVALUATED_WITH = "evaluated_with"
 
 
-class ModelInfoError(ValueError):
-  """A model.json that cannot be read or holds bad values (one-line message naming the file)."""
-
-
 @dataclasses.dataclass(frozen=True)
 class EvalSettings:
   """The restore settings a model was evaluated with; None: not recorded."""
 
-  solver: str | None = None  # vbridge_jax.sampler.SOLVERS
+  solver: str | None = None  # vbridge_jax.diffusion.sampler.SOLVERS
   steps: int | None = None
   shift: float | None = None
-  schedule: str | None = None  # vbridge_jax.sampler.SCHEDULES
+  schedule: str | None = None  # vbridge_jax.diffusion.sampler.SCHEDULES
   guidance: float | None = None
   cfg_skip: float | None = None
   seed: int | None = None
   dtype: str | None = None  # the DiT's compute dtype (models/configs.py DTYPES)
   param_dtype: str | None = None
   vae_dtype: str | None = None  # the codec's compute dtype (a Wan VAE's; the pixel codec has none)
-  quantize: str | None = None  # restore_geometry.QUANTIZE
+  quantize: str | None = None  # inference.geometry.QUANTIZE
 
   def recorded(self) -> dict[str, Any]:
     """The recorded fields, in declaration order."""
@@ -149,9 +150,6 @@ def _one_of(choices) -> Any:
 
 def _checks() -> dict[str, Any]:
   """Per field: value -> None when valid, else why not (the choices from their one source)."""
-  from vbridge_jax.models.configs import DTYPES
-  from vbridge_jax.restore_geometry import QUANTIZE
-  from vbridge_jax.sampler import SCHEDULES, SOLVERS
   dtype = _one_of(tuple(DTYPES))
   return dict(
       solver=_one_of(SOLVERS), schedule=_one_of(SCHEDULES), quantize=_one_of(QUANTIZE),

@@ -31,6 +31,7 @@ import jax
 import numpy as np
 from flax import nnx
 from flax.core import spmd as core_spmd
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "context", "tensor")
@@ -272,7 +273,6 @@ def to_host(x: jax.Array) -> np.ndarray:
   """
   if jax.process_count() == 1:
     return np.asarray(jax.device_get(x))
-  from jax.experimental import multihost_utils
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 

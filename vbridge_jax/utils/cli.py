@@ -1,6 +1,10 @@
-"""`--help` of the commands that take a config file (train, aot, restore, evaluate).
+"""What the commands share: finding a config file, and `--help` for those that take one.
 
-One text for all of them: what the command does, its flags, then the config file's variants
+`resolve_config` finds `--config=FILE[:VARIANT]`: FILE as given when it exists (relative to
+the working folder), else the installed config file of that name (`vbridge_jax.configs`,
+the repository's `configs/`), so `--config=configs/curriculum.py:tiny` works from any folder.
+
+`--help` of the commands that take a config file (train, aot, restore, evaluate) is one text for all of them: what the command does, its flags, then the config file's variants
 (with the fields each one changes) and every field with its default, as
 `--config.FIELD=VALUE` (the spelling that overrides it). Printed to stdout with exit
 status 0; absl's own `--help` lists neither variants nor fields and exits 1.
@@ -14,11 +18,42 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
+from vbridge_jax import configs
+
+CONFIGS_DIR = Path(configs.__file__).resolve().parent  # the installed config files
 HELP_FLAGS = ("-h", "--help", "--helpshort", "--helpfull", "-?")
 
 
 def wants_help(argv: Sequence[str]) -> bool:
   return any(a in HELP_FLAGS for a in argv)
+
+
+def config_file(name: str) -> Path:
+  """The installed config file `name` (e.g. "curriculum.py")."""
+  return CONFIGS_DIR / name
+
+
+def resolve_config(spec: str) -> str:
+  """`FILE[:VARIANT]` with FILE found: as given when it exists, else the installed config
+  file of the same name when FILE is a bare name or sits in a `configs/` folder."""
+  file, sep, variant = str(spec).partition(":")
+  if not file or Path(file).exists():
+    return str(spec)
+  installed = CONFIGS_DIR / Path(file).name
+  if Path(file).parent.name in ("", "configs") and installed.is_file():
+    return f"{installed}{sep}{variant}"
+  return str(spec)
+
+
+def resolve_config_flags(argv: Sequence[str]) -> list[str]:
+  """`argv` with the file of `--config=FILE[:VARIANT]` (or `--config FILE`) resolved."""
+  out = list(argv)
+  for i, a in enumerate(out):
+    if a.startswith("--config="):
+      out[i] = "--config=" + resolve_config(a.split("=", 1)[1])
+    elif a == "--config" and i + 1 < len(out):
+      out[i + 1] = resolve_config(out[i + 1])
+  return out
 
 
 def _config_path(argv: Sequence[str], default: str | Path) -> str:
@@ -29,7 +64,7 @@ def _config_path(argv: Sequence[str], default: str | Path) -> str:
       path = a.split("=", 1)[1]
     elif a == "--config" and i + 1 < len(argv):
       path = argv[i + 1]
-  return path.split(":", 1)[0]
+  return resolve_config(path).split(":", 1)[0]
 
 
 def load_config_module(path: str | Path):

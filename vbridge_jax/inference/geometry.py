@@ -28,6 +28,8 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from PIL import Image
+from scipy import ndimage
 
 MAX_H, MAX_W = 1440, 2560
 MODES = ("pad", "stretch", "resize")
@@ -70,7 +72,6 @@ def plan_size(height: int, width: int, multiple: int = 32) -> Plan:
 
 
 def _pil_resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
-  from PIL import Image
   return np.asarray(Image.fromarray(img).resize((w, h), Image.Resampling.BICUBIC))
 
 
@@ -104,7 +105,6 @@ def crop_work(frame: np.ndarray, plan: Plan) -> np.ndarray:
 def zoom_to(img: np.ndarray, height: int, width: int) -> np.ndarray:
   """uint8 (h, w, 3) -> (height, width, 3) with `scipy.ndimage.zoom(order=3)` per channel, as
   the authors' evaluation resizes a prediction to the GT size."""
-  from scipy import ndimage
   h, w = img.shape[:2]
   if (h, w) == (height, width):
     return img

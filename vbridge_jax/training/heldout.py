@@ -7,7 +7,7 @@ are disjoint from the training split's; "": off). At every stage end and every
 images go through `vbridge_jax.restore.Restorer`, the code path of the restore command
 (padding to the model's multiple, codec encode of frame 0, sampling with first-frame
 conditioning, decode, last frame), and are scored against their GT with the `vbridge`
-protocol of `vbridge_jax.metrics` (PSNR/SSIM on MATLAB luma). The unrestored LQ image is
+protocol of `vbridge_jax.evaluation.metrics` (PSNR/SSIM on MATLAB luma). The unrestored LQ image is
 scored the same way once, as the baseline every restoration must beat. Each image's noise is
 keyed by its LQ file's path under the held-out root, the name the restore command gives it,
 and `restore_settings` (what `python -m vbridge_jax.export` records in model.json) are the
@@ -43,11 +43,11 @@ import jax
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from vbridge_jax import metrics as M
-from vbridge_jax import restore as R
 from vbridge_jax.data.files import read_rgb, scan_paired_folders
-from vbridge_jax.sampler import SETTINGS, SamplerConfig
-from vbridge_jax.train_utils import setup
+from vbridge_jax.diffusion.sampler import SETTINGS, SamplerConfig
+from vbridge_jax.evaluation import metrics as M
+from vbridge_jax.inference import restorer as R
+from vbridge_jax.training import setup
 
 KEYS = ("psnr_y", "ssim_y")
 CELL = 192  # grid cells are enlarged (nearest neighbour) to at least this many pixels
@@ -82,7 +82,7 @@ def restore_settings(config, dcfg) -> dict[str, Any]:
   """How the evaluation restores, beyond the model and the images: `config.eval`'s sampler
   fields and seed, the live DiT's dtypes (`dcfg`, the run's `setup.dit_config`), the codec's
   compute dtype (None for the pixel codec) and `quantize`. `python -m vbridge_jax.export`
-  records them in model.json (models/model_info.py), so that restore reproduces the scores."""
+  records them in model.json (checkpoints/model_info.py), so that restore reproduces the scores."""
   e = config.eval
   return dict(solver=str(e.solver), steps=int(e.steps), shift=float(e.shift),
               schedule=str(e.schedule), guidance=float(e.guidance), cfg_skip=float(e.cfg_skip),
@@ -292,7 +292,7 @@ class _Scalars:
       from tensorboardX import SummaryWriter
       self._w, self._x = SummaryWriter(logdir, filename_suffix=".eval"), True
     except ImportError:
-      from vbridge_jax.train_utils.tensorboard import SummaryWriter
+      from vbridge_jax.training.tensorboard import SummaryWriter
       self._w, self._x = SummaryWriter(logdir), False
 
   def __call__(self, step: int, row: dict[str, float]) -> None:

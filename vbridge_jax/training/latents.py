@@ -27,8 +27,9 @@ from typing import Any
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 
-from vbridge_jax import sharding as sh
+from vbridge_jax.parallel import sharding as sh
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,6 @@ def build(config, stage, iterator, encoder, vae_state, path: str, num_samples: i
     np.savez(tmp, z=np.stack(zs), lq=lq, gt=gt)
     os.replace(tmp, path)
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(f"latent_cache_{stage.index}")
   log.info("latent cache: %d batches of stage %d written to %s", n, stage.index, path)
 

@@ -25,8 +25,9 @@ from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
-log = logging.getLogger("vbridge_jax.trainer")
+log = logging.getLogger("vbridge_jax.training.trainer")
 
 
 def truncate_jsonl(path: str, step: int) -> int:
@@ -80,7 +81,6 @@ class MetricsLogger:
                              purge_step=start_step + 1 if start_step > 0 else None,
                              flush_secs=30)
     if progress and sys.stderr.isatty():
-      from tqdm import tqdm
       self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                        smoothing=0.1)
 

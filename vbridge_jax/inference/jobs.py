@@ -35,17 +35,17 @@ import zlib
 from pathlib import Path
 from typing import Any, Sequence
 
+import jax
 import numpy as np
+from PIL import Image
 
+from vbridge_jax.data import video as video_lib
 from vbridge_jax.data.files import IMAGE_EXTS, is_ground_truth
-from vbridge_jax.restore_geometry import Plan
+from vbridge_jax.inference.geometry import Plan
+from vbridge_jax.utils.errors import OutputError
 
 STATUS_DIR = ".restore_status"
 SUMMARY = "restore_summary.json"
-
-
-class OutputError(OSError):
-  """An output that cannot be written (read-only folder, disk full); one-line message."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +133,6 @@ def _write_atomic(data: bytes, path: Path) -> None:
 def write_output(img: np.ndarray, dst: Path, record: dict[str, Any],
                  video: list[np.ndarray] | None = None) -> None:
   """PNG (+ MP4) then the sidecar, each atomically; an `OutputError` leaves no partial file."""
-  from PIL import Image
   try:
     dst.parent.mkdir(parents=True, exist_ok=True)
   except OSError as e:
@@ -144,7 +143,6 @@ def write_output(img: np.ndarray, dst: Path, record: dict[str, Any],
   rec = dict(record, png_bytes=len(png))
   sidecar(dst).unlink(missing_ok=True)  # an output being replaced is unfinished until the end
   if video is not None:
-    from vbridge_jax import video as video_lib
     mp4 = dst.with_suffix(".mp4")
     try:  # complete or absent (write_mp4 renames into place); the authors' 24 fps
       video_lib.write_mp4(mp4, video)
@@ -197,7 +195,6 @@ def schedule(jobs: Sequence[Job], batch: int) -> list[list[Job | None]]:
 
 def process_rows(sharding: Any, batch: int) -> tuple[list[int], list[int]]:
   """(rows this process's devices hold, rows it writes) of a global batch under `sharding`."""
-  import jax
   owners: dict[int, set[int]] = {}
   for device, idx in sharding.devices_indices_map((batch,)).items():
     for r in range(*idx[0].indices(batch)):

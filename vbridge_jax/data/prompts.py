@@ -21,11 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from vbridge_jax.utils.errors import PromptError
+
 KEYS = ("positive", "negative", "empty")
-
-
-class PromptError(ValueError):
-  """A missing, unreadable or ill-shaped prompt file (one-line message naming it)."""
 
 
 def load(path: str | os.PathLike, text_dim: int, keys: tuple[str, ...] = ("positive", "negative"),

@@ -6,16 +6,16 @@ A step: a batch of clips `(B, T, S, S, 3)` (frame 0 LQ, frame T-1 GT) -> frozen 
 (+ clipping) on the trainable parameters (all of them, or the LoRA adapters). Model and
 optimizer state are created sharded over the `data, fsdp, context, tensor` mesh and the
 step is one jitted, donating function. With `config.latent_cache.enabled` the VAE encodes
-each stage's batches once up front (`train_utils/latents.py`) and the step trains on the
+each stage's batches once up front (`training/latents.py`) and the step trains on the
 cached latents.
 
 The curriculum splits the run (`total_steps`, or `epochs` over the data) into stages by share; a stage change rebuilds the
 input pipeline at the new size and keeps model and optimizer state. Checkpoints (orbax,
 `workdir/checkpoints`) hold model, optimizer, step, stage and the data iterator; calling
 again with the same workdir resumes (from the newest intact checkpoint; see
-`train_utils/checkpointing.py`), and a run that already finished writes nothing. Logs:
+`training/checkpointing.py`), and a run that already finished writes nothing. Logs:
 progress lines (a bar on a terminal), `workdir/metrics.jsonl`, TensorBoard events in
-`workdir/tensorboard` (`train_utils/metrics.py`), sample grids (LQ | output | GT) in
+`workdir/tensorboard` (`training/logs.py`), sample grids (LQ | output | GT) in
 `workdir/samples`, a `jax.profiler` trace with `config.profile`. A non-finite loss or
 gradient norm stops the run with `NonFiniteLossError`, a failed checkpoint save with a
 `CheckpointError`; only checkpoints from before either exist.
@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import os
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -35,19 +36,17 @@ import numpy as np
 import optax
 from flax import nnx
 
-from vbridge_jax import flow
-from vbridge_jax import flops
-from vbridge_jax import sharding as sh
-from vbridge_jax.sampler import Sampler, SamplerConfig
-from vbridge_jax.train_utils import evaluation, latents, setup
-from vbridge_jax.train_utils.checkpointing import Checkpointer, iterator_state, set_iterator_state
-from vbridge_jax.train_utils.metrics import MetricsLogger, save_grid
+from vbridge_jax.diffusion import flow
+from vbridge_jax.diffusion.sampler import Sampler, SamplerConfig
+from vbridge_jax.models.wan_vae import sample_posterior
+from vbridge_jax.parallel import flops
+from vbridge_jax.parallel import sharding as sh
+from vbridge_jax.training import export, heldout, latents, prior, setup
+from vbridge_jax.training.checkpointing import Checkpointer, iterator_state, set_iterator_state
+from vbridge_jax.training.logs import MetricsLogger, save_grid
+from vbridge_jax.utils.errors import NonFiniteLossError
 
 log = logging.getLogger(__name__)
-
-
-class NonFiniteLossError(RuntimeError):
-  """The loss or gradient norm became NaN or inf; the run stopped."""
 
 
 def make_train_step(graphdef, vae_graphdef, config, *, patch_size, wrt, state_shardings,
@@ -79,7 +78,6 @@ def make_train_step(graphdef, vae_graphdef, config, *, patch_size, wrt, state_sh
     else:
       vae = nnx.merge(vae_graphdef, vae_state)
       if vae_sample and hasattr(vae, "encode_posterior"):  # a pixel codec has no posterior
-        from vbridge_jax.models.wan_vae import sample_posterior
         z = sample_posterior(*vae.encode_posterior(x), jax.random.fold_in(key, 11))
       else:
         z = vae.encode(x)
@@ -313,7 +311,7 @@ class _Run:
     self.pending: list[tuple[int, dict[str, jax.Array]]] = []
     self.last_row: dict[str, Any] = {}
     self.profile = _Profile(config.get("profile"), workdir)
-    self.evaluator = evaluation.Evaluator(config, workdir, self.dcfg, self.mesh, self.logger)
+    self.evaluator = heldout.Evaluator(config, workdir, self.dcfg, self.mesh, self.logger)
 
   # ------------------------------------------------------------------------ the stage
 
@@ -370,7 +368,7 @@ class _Run:
       self._save(stage, iterator, force=step == end)
     if self._samples_due(stage):
       self._write_samples(iterator, batch)
-    if self.evaluator.due(step, stage):  # held-out restore + scores (train_utils/evaluation.py)
+    if self.evaluator.due(step, stage):  # held-out restore + scores (training/heldout.py)
       self.evaluator.run(nnx.merge(self.graphdef, self.state)[0],
                          nnx.merge(self.vae_graphdef, self.vae_state), step)
 
@@ -473,7 +471,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   if finished is not None:
     log.info("%s already reached step %d; nothing to do", workdir, finished["step"])
     return finished
-  setup.resolve_init(config)  # a `prior:` init is built (once, cached) before the run starts
+  resolve_init(config)  # a `prior:` init is built (once, cached) before the run starts
   os.makedirs(workdir, exist_ok=True)
   _write_config(config, workdir)
   run = _Run(config, workdir, devices, source, total)
@@ -489,3 +487,30 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     _write_json(os.path.join(workdir, "final.json"),
                 json.dumps({"step": run.step, "last": run.last_row}))
   return {"step": run.step, **run.last_row}
+
+
+def resolve_init(config) -> None:
+  """`init_from="prior:VARIANT"` -> the cached video prior's model folder, built on first
+  use (`ensure_prior`); other values stay as they are."""
+  if prior.is_prior(config.init_from):
+    config.init_from = str(ensure_prior(prior.variant_of(config.init_from),
+                                        progress=bool(config.get("progress", True))))
+
+
+def ensure_prior(variant: str, *, progress: bool = True, log=print) -> Path:
+  """The model folder of prior `variant`, trained and exported first if it is not cached."""
+  config = prior.prior_config(variant)
+  model = prior.model_dir(variant, config)
+  folder = model.parent
+  if (model / "model.json").is_file():
+    log(f"video prior: reusing {model} (configs/prior.py:{variant})")
+    return model
+  log(f"video prior: building configs/prior.py:{variant} into {folder} (first use only; "
+      f"{int(config.total_steps)} steps on the synthetic video corpus; set {prior.ENV} to move the cache)")
+  config.progress = progress
+  config.num_devices = prior.devices_for(int(config.data.batch_size))
+  folder.mkdir(parents=True, exist_ok=True)
+  train_and_evaluate(config, str(folder / "run"))
+  export.export_run(folder / "run", model)
+  log(f"video prior: wrote {model}")
+  return model

@@ -22,7 +22,11 @@ from __future__ import annotations
 
 from typing import Callable
 
+import cv2
 import numpy as np
+from scipy.ndimage import zoom
+
+from vbridge_jax.utils.errors import MetricsError
 
 WINDOW = 11
 SIGMA = 1.5
@@ -36,10 +40,6 @@ METRIC_KEYS = {"vbridge": ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb"), "foundir
 MIN_SIDE = {"vbridge": 2 * VBRIDGE_TRIM + 1, "foundir": WINDOW}
 
 
-class MetricsError(ValueError):
-  """An image pair that a protocol cannot score (one-line message)."""
-
-
 def gaussian_taps(size: int = WINDOW, sigma: float = SIGMA) -> np.ndarray:
   """1-D normalised Gaussian; its outer product is MATLAB's fspecial('gaussian', 11, 1.5)."""
   x = np.arange(size, dtype=np.float64) - (size - 1) / 2.0
@@ -49,7 +49,6 @@ def gaussian_taps(size: int = WINDOW, sigma: float = SIGMA) -> np.ndarray:
 
 def _filter(x: np.ndarray) -> np.ndarray:
   """Zero-padded 'same' Gaussian filtering of a float64 (H, W) image."""
-  import cv2
   taps = gaussian_taps()
   return cv2.sepFilter2D(x, cv2.CV_64F, taps, taps, borderType=cv2.BORDER_CONSTANT)
 
@@ -111,7 +110,6 @@ def resize_to(img: np.ndarray, height: int, width: int) -> np.ndarray:
   unchanged (as the zoom by 1 does)."""
   if img.shape[:2] == (height, width):
     return img
-  from scipy.ndimage import zoom
   h, w = img.shape[:2]
   out = np.stack([zoom(img[:, :, c], (height / h, width / w), order=3) for c in range(3)], axis=2)
   return np.clip(out, 0, 255).astype(np.uint8)

@@ -1,1 +1,0 @@
-"""Training helpers: checkpointing, metrics, TensorBoard events."""
