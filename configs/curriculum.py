@@ -48,6 +48,18 @@ import ml_collections
 from vbridge_jax.parallel.sharding import DEFAULT_RULES
 
 
+def add_scale_fields(c: ml_collections.ConfigDict, *, data: int, fsdp: int) -> None:
+  """The fields that place a run on devices, shared by training and restoring
+  (configs/restore.py): the mesh (`data` x `fsdp` x context x tensor; -1: the rest of the
+  devices), the devices used, the logical-axis rules and `jax.distributed`'s settings."""
+  c.mesh = ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, context=1, tensor=1))
+  c.num_devices = 0  # use the first N devices (0: all)
+  c.logical_axis_rules = [list(r) for r in DEFAULT_RULES]
+  # enabled: auto (when JAX_COORDINATOR_ADDRESS is set) | on | off; 0 / "" = unset.
+  c.distributed = ml_collections.ConfigDict(dict(enabled="auto", coordinator_address="",
+                                                 num_processes=0, process_id=-1))
+
+
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 42
@@ -142,19 +154,15 @@ def base_config() -> ml_collections.ConfigDict:
   # `dir` (default workdir/latent_cache) may be shared by runs (files are keyed by content).
   c.latent_cache = ml_collections.ConfigDict(dict(enabled=False, batches=0, dir=""))
 
-  c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, context=1, tensor=1))
-  c.num_devices = 0  # use the first N devices (0: all)
-  c.logical_axis_rules = [list(r) for r in DEFAULT_RULES]
-  # enabled: auto (when JAX_COORDINATOR_ADDRESS is set) | on | off; 0 / "" = unset.
-  c.distributed = ml_collections.ConfigDict(dict(enabled="auto", coordinator_address="",
-                                                 num_processes=0, process_id=-1))
+  add_scale_fields(c, data=1, fsdp=-1)
 
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=500, keep=3, use_async=True))
   c.log_every = 10
   c.progress = True
-  # Sample grids every `every_steps` and at each stage end (0: stage ends only; -1: never).
+  # Sample grids every `every_steps` and at each stage end (0: stage ends only; -1: never),
+  # sampled without guidance on the diffusers schedule (training/trainer.py write_samples).
   c.samples = ml_collections.ConfigDict(dict(every_steps=2000, count=2, steps=20,
-                                             solver="unipc", shift=5.0, guidance=1.0))
+                                             solver="unipc", shift=5.0))
   # Held-out evaluation (training/heldout.py) at every stage end and every
   # `every_steps` (0: stage ends only): `source` a paired tree, "demo" (the demo set's
   # held-out split) or "" (off); restored with the restore command's Restorer and these
@@ -204,7 +212,7 @@ def tiny_wan(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.checkpoint.keep = 2
   c.log_every = 5
   c.samples = ml_collections.ConfigDict(dict(every_steps=0, count=2, steps=8, solver="euler",
-                                             shift=1.0, guidance=1.0))
+                                             shift=1.0))
   return c
 
 

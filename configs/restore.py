@@ -34,7 +34,7 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
-from vbridge_jax.parallel.sharding import DEFAULT_RULES
+from vbridge_jax.configs import curriculum
 
 # Unset (None) unless given: resolved by vbridge_jax/inference/folder.py (flag > model.json > default).
 UNSET = dict(solver=str, steps=int, shift=float, schedule=str, guidance=float, cfg_skip=float,
@@ -60,12 +60,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.video = False  # also write each sample's frames as <name>.mp4 (imageio defaults, 24 fps)
   c.overwrite = False  # restore images whose output exists
   c.progress = True
-  # The run's mesh, exactly as in training (configs/curriculum.py).
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, context=1, tensor=1))
-  c.num_devices = 0  # use the first N devices (0: all)
-  c.logical_axis_rules = [list(r) for r in DEFAULT_RULES]
-  c.distributed = ml_collections.ConfigDict(dict(enabled="auto", coordinator_address="",
-                                                 num_processes=0, process_id=-1))
+  # The run's mesh, exactly as in training; one image per device, weights replicated.
+  curriculum.add_scale_fields(c, data=-1, fsdp=1)
   return c
 
 

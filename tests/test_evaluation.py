@@ -3,6 +3,7 @@
 import numpy as np
 from PIL import Image
 
+from vbridge_jax.evaluation import grids
 from vbridge_jax.training import heldout as E
 
 
@@ -38,10 +39,10 @@ def test_score_per_image_and_category(tmp_path):
 def test_labelled_grid_enlarges_small_images(tmp_path):
   img = np.zeros((24, 24, 3), np.uint8)
   path = tmp_path / "g.png"
-  E.labelled_grid(str(path), [[img, img, img], [img, img, img]], ["Blur", "Noise"],
-                  ["LQ", "restored", "GT"])
+  grids.save(str(path), [[img, img, img], [img, img, img]], ["LQ", "restored", "GT"],
+             ["Blur", "Noise"])
   w, h = Image.open(path).size
-  assert w >= 3 * E.CELL and h >= 2 * E.CELL
+  assert w >= 3 * grids.CELL and h >= 2 * grids.CELL
   # labels are drawn (dark pixels on the white header)
   header = np.asarray(Image.open(path))[:14]
   assert (header < 128).any()

@@ -19,6 +19,7 @@ Asserted:
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -151,7 +152,7 @@ def test_two_processes_match_one_and_resume(demo, tmp_path):
     assert rs[0]["out"]["step"] == rs[1]["out"]["step"] == (1 if name == "first" else 3)
     # Logs: process 0 writes them all, process 1 nothing outside checkpoints/.
     assert rs[1]["writes"] == [], name
-    w0 = [w.removesuffix(".tmp") for w in rs[0]["writes"]]  # atomic writes go through .tmp
+    w0 = [_final_name(w) for w in rs[0]["writes"]]  # atomic writes go through a temporary
     assert {"metrics.jsonl", "config.json", "final.json"} <= set(w0), name
     assert sum(w.startswith("tensorboard/") for w in w0) == 1, name
     # Samples: both processes run the sampler over the sharded model; process 0 writes.
@@ -176,3 +177,9 @@ def test_two_processes_match_one_and_resume(demo, tmp_path):
     for i in range(2):
       assert (ck / "state" / f"ocdbt.process_{i}").is_dir(), (step, i)
       assert (ck / "data" / f"process_{i}-of-2.json").is_file(), (step, i)
+
+
+def _final_name(path: str) -> str:
+  """The file an atomic write's temporary (`utils.atomic`: `.NAME.PID.tmpSUFFIX`) becomes."""
+  m = re.fullmatch(r"(.*/)?\.(.+)\.\d+\.tmp(\.\w+)?", path)
+  return path if m is None else f"{m[1] or ''}{m[2]}{m[3] or ''}"

@@ -94,6 +94,6 @@ def test_setup_geometry_follows_the_codec():
   assert setup.crop_size(100, setup.pixel_multiple(c)) == 96
   assert setup.dit_config(c).in_channels == 48 == setup.dit_config(c).out_channels
   c.data.frames = 9
-  assert setup.latent_tokens(c, 64) == 3 * 8 * 8  # 3 latent frames of 16x16 latents, 2x2 patches
+  assert setup.plan(c).tokens(64) == 3 * 8 * 8  # 3 latent frames of 16x16 latents, 2x2 patches
   c.model.vae = "tiny"
-  assert setup.pixel_multiple(c) == 32 and setup.latent_tokens(c, 64) == 3 * 2 * 2
+  assert setup.pixel_multiple(c) == 32 and setup.plan(c).tokens(64) == 3 * 2 * 2

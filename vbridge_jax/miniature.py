@@ -38,7 +38,6 @@ restores use the sampler settings of the base run's held-out evaluation (`config
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -48,17 +47,16 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 from absl import logging as absl_logging
-from PIL import Image, ImageDraw
 
 from vbridge_jax.configs import curriculum
 from vbridge_jax.configs import drift as drift_configs
 from vbridge_jax.configs import restore as restore_configs
-from vbridge_jax.data import fewshot
+from vbridge_jax.data import fewshot, prompts
 from vbridge_jax.data.degrade import CATEGORIES
 from vbridge_jax.data.files import read_rgb
-from vbridge_jax.evaluation import protocols
+from vbridge_jax.evaluation import grids, protocols
 from vbridge_jax.inference import folder, jobs
-from vbridge_jax.training import export, setup, trainer
+from vbridge_jax.training import checkpointing, export, setup, trainer
 from vbridge_jax.training import prior as prior_lib
 from vbridge_jax.utils import cli
 from vbridge_jax.utils.errors import VBridgeError
@@ -74,14 +72,6 @@ DRIFT_PER_CATEGORY = 50  # the corrector's own pairs per category
 # ------------------------------------------------------------------------------- data
 
 
-def _built_once(root: Path, **build) -> Path:
-  """`vbridge_jax.data.fewshot.build(root, **build)` unless `root/.complete_split` says it ran."""
-  if not (root / ".complete_split").is_file():
-    fewshot.build(root, **build)
-    (root / ".complete_split").touch()
-  return root
-
-
 def _demo_splits(workdir: Path, *, per_category: int = 4, heldout_per_category: int = 2,
                  categories: Sequence[str] | None = None, size: int | None = None
                  ) -> tuple[Path, Path]:
@@ -90,7 +80,7 @@ def _demo_splits(workdir: Path, *, per_category: int = 4, heldout_per_category: 
   Built by `vbridge_jax.data.fewshot.build(..., heldout=N)`, as the trainer's demo set: the
   held-out pairs come from photos the training split never sees.
   """
-  root = _built_once(workdir / "demo_data", per_category=per_category, heldout=heldout_per_category,
+  root = fewshot.build_once(workdir / "demo_data", per_category=per_category, heldout=heldout_per_category,
                      seed=0, categories=tuple(categories or CATEGORIES), size=size)
   return root / "train", root / "heldout"
 
@@ -99,7 +89,7 @@ def _drift_split(workdir: Path, *, per_category: int, categories: Sequence[str] 
                  size: int | None) -> Path:
   """The corrector's pairs, `DIR/demo_data/drift/train/`: the training photos (fewshot's
   train side) cut and degraded with another seed, so no pair is one of the base's."""
-  root = _built_once(workdir / "demo_data" / "drift", per_category=per_category, heldout=1,
+  root = fewshot.build_once(workdir / "demo_data" / "drift", per_category=per_category, heldout=1,
                      seed=1, categories=tuple(categories or CATEGORIES), size=size)
   return root / "train"
 
@@ -108,9 +98,7 @@ def _write_prompts(path: Path, dit_config) -> Path:
   """Zero prompt embeddings: the tiny configs train with an all-zero context."""
   if not path.is_file():
     zeros = np.zeros((dit_config.text_len, dit_config.text_dim), np.float32)
-    tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez(tmp, positive=zeros, negative=zeros)
-    os.replace(tmp, path)
+    prompts.save(path, positive=zeros, negative=zeros)
   return path
 
 
@@ -141,8 +129,7 @@ def _tiny_config(module, source: Path, progress: bool, steps: int | None, stages
 
 def _train(config, workdir: Path, log) -> bool:
   """Trains (or resumes) a run; False when it had already finished."""
-  final = workdir / "final.json"
-  if final.is_file() and json.loads(final.read_text()).get("step") == int(config.total_steps):
+  if checkpointing.finished(str(workdir), int(config.total_steps)) is not None:
     return False
   config.num_devices = _devices_for(int(config.data.batch_size))
   trainer.train_and_evaluate(config, str(workdir))
@@ -222,23 +209,7 @@ def picture(path: Path, heldout: Path, restored: dict[str, Path]) -> Path:
     cells = [read_rgb(lq[0])] + [read_rgb(restored[k] / cat / "LQ" / f"{stem}.png")
                                  for k in keys] + [read_rgb(gt)]
     rows.append((cat, cells))
-  h, w = rows[0][1][0].shape[:2]
-  scale = max(1, -(-128 // w))  # small crops are enlarged (nearest) so the labels fit
-  h, w = h * scale, w * scale
-  label_w, head_h, gap = 120, 18, 2
-  canvas = Image.new("RGB", (label_w + len(names) * (w + gap), head_h + len(rows) * (h + gap)),
-                     "white")
-  draw = ImageDraw.Draw(canvas)
-  for j, name in enumerate(names):
-    draw.text((label_w + j * (w + gap) + 4, 3), name, fill="black")
-  for i, (cat, cells) in enumerate(rows):
-    y = head_h + i * (h + gap)
-    draw.text((4, y + h // 2 - 6), cat, fill="black")
-    for j, img in enumerate(cells):
-      canvas.paste(Image.fromarray(img).resize((w, h), Image.NEAREST), (label_w + j * (w + gap), y))
-  tmp = path.with_name(f".{path.name}.tmp")
-  canvas.save(tmp, format="PNG")
-  os.replace(tmp, path)
+  grids.save(path, [cells for _, cells in rows], names, [cat for cat, _ in rows])
   return path
 
 

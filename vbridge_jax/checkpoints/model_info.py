@@ -39,6 +39,7 @@ from typing import Any
 from vbridge_jax.diffusion.sampler import SCHEDULES, SOLVERS
 from vbridge_jax.inference.geometry import QUANTIZE
 from vbridge_jax.models.configs import DTYPES
+from vbridge_jax.utils import atomic
 from vbridge_jax.utils.errors import ModelInfoError
 
 FILENAME = "model.json"
@@ -163,8 +164,4 @@ def _checks() -> dict[str, Any]:
 
 def write_model_info(path: str | os.PathLike, info: ModelInfo) -> Path:
   """Writes `path/model.json` atomically; returns its path."""
-  file = Path(path) / FILENAME
-  tmp = file.with_name(f".{FILENAME}.tmp")
-  tmp.write_text(json.dumps(info.to_dict(), indent=2) + "\n")
-  os.replace(tmp, file)
-  return file
+  return atomic.write_json(Path(path) / FILENAME, info.to_dict())

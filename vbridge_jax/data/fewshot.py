@@ -61,7 +61,9 @@ in the held-out one (RealCE on 2 pairs); haze 12-14 dB and low light 8.5-12 dB.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -73,7 +75,7 @@ from tqdm import tqdm
 
 from vbridge_jax.data.degrade import CATEGORIES, degrade
 from vbridge_jax.data.files import IMAGE_EXTS, read_rgb
-from vbridge_jax.utils import cli
+from vbridge_jax.utils import atomic, cli
 from vbridge_jax.utils.errors import DataError, VBridgeError
 
 BUILTIN_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field",
@@ -175,6 +177,30 @@ def build(out: str | os.PathLike, *, clean: str | os.PathLike | None = None,
     if bar is not None:
       bar.close()
   return total
+
+
+MARKER = ".complete_split"  # in a built set's folder: the build settings (JSON)
+
+
+def build_once(out: str | os.PathLike, *, progress: bool = False, **spec) -> Path:
+  """`out` holding the split set that `build(out, **spec)` writes (`heldout` > 0), built
+  unless `out/.complete_split` records exactly these settings; a set built with others (or
+  half built: no marker yet) is removed first, so no stale pair is left. The one builder of
+  the trainer's and the miniature's demo sets."""
+  out = Path(out)
+  marker = out / MARKER
+  want = json.loads(json.dumps(spec, sort_keys=True))
+  try:
+    built = json.loads(marker.read_text(encoding="utf-8"))
+  except (OSError, ValueError):
+    built = None
+  if built != want:
+    marker.unlink(missing_ok=True)
+    for name in SPLITS:
+      shutil.rmtree(out / name, ignore_errors=True)
+    build(out, **spec, progress=progress)
+    atomic.write_json(marker, want, indent=None)
+  return out
 
 
 def split_sources(sources: list, builtin: bool) -> tuple[list, list]:

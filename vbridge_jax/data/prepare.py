@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from vbridge_jax.data import builders
-from vbridge_jax.utils import cli
+from vbridge_jax.utils import atomic, cli
 from vbridge_jax.utils.errors import DataError, VBridgeError
 
 MANIFEST = "source_manifest.json"
@@ -65,9 +65,7 @@ def _read_manifest(version_dir: Path) -> dict[str, Any] | None:
 
 
 def _write_manifest(version_dir: Path, manifest: dict[str, Any]) -> None:
-  tmp = version_dir / f".{MANIFEST}.tmp"
-  tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-  os.replace(tmp, version_dir / MANIFEST)
+  atomic.write_json(version_dir / MANIFEST, manifest)
 
 
 def _build(builder_name: str, manual_dir: str, data_dir: str, skip_bad: bool) -> Path:

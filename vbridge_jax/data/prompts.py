@@ -16,11 +16,11 @@ Every problem raises `PromptError` with a one-line message naming the file and t
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from vbridge_jax.utils import atomic
 from vbridge_jax.utils.errors import PromptError
 
 KEYS = ("positive", "negative", "empty")
@@ -93,12 +93,6 @@ def save(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
   if out.suffix != ".npz":
     out = out.with_suffix(out.suffix + ".npz")
   out.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".npz", dir=out.parent)
-  os.close(fd)
-  try:
+  with atomic.replacing(out) as tmp:
     np.savez(tmp, **{k: np.asarray(v, np.float32) for k, v in arrays.items()})
-    os.replace(tmp, out)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
   return out

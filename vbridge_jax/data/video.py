@@ -15,13 +15,13 @@ whose wheel ships an ffmpeg binary); OpenCV is a dependency of the package.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import cv2
 import numpy as np
 
+from vbridge_jax.utils import atomic
 from vbridge_jax.utils.errors import VideoError
 
 # imageio's ffmpeg writer defaults, spelt out so that a change of defaults cannot move them.
@@ -67,12 +67,10 @@ def write_mp4(path: str | os.PathLike, frames: Sequence[np.ndarray],
                        f"of one size")
   imageio = _imageio()
   path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".mp4", dir=path.parent)
-  os.close(fd)
   try:
-    imageio.mimsave(tmp, frames, format="FFMPEG", fps=fps, codec=CODEC, quality=QUALITY,
-                    pixelformat=PIXEL_FORMAT, macro_block_size=MACRO_BLOCK)
-    os.replace(tmp, path)
+    with atomic.replacing(path) as tmp:
+      imageio.mimsave(tmp, frames, format="FFMPEG", fps=fps, codec=CODEC, quality=QUALITY,
+                      pixelformat=PIXEL_FORMAT, macro_block_size=MACRO_BLOCK)
   except (OSError, RuntimeError, ValueError) as e:
     raise VideoError(f"{path}: cannot write the MP4 ({str(e).splitlines()[0] if str(e) else e!r})"
                      ) from None

@@ -80,6 +80,13 @@ class SamplerConfig:
 SETTINGS = tuple(f.name for f in dataclasses.fields(SamplerConfig) if f.name != "patch_size")
 
 
+def sampler_config(fields: Any, **extra) -> SamplerConfig:
+  """The one way a `SamplerConfig` is built from settings: the `SETTINGS` that `fields` (a
+  mapping or ConfigDict: a restore config, the held-out evaluation's settings, the trainer's
+  `samples` block) holds, the rest defaults; `extra` (e.g. `patch_size`) wins."""
+  return SamplerConfig(**{f: fields[f] for f in SETTINGS if f in fields} | extra)
+
+
 @dataclasses.dataclass(frozen=True)
 class Schedule:
   sigmas: np.ndarray  # (N + 1,) float32, last 0

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from vbridge_jax.utils import files
+from vbridge_jax.utils import atomic
 
 CELL = 192  # cells are enlarged to at least this many pixels
 PAD, TEXT = 4, 16  # pixels between cells; height of a label line
@@ -56,5 +56,5 @@ def save(path: str | os.PathLike, rows: Sequence[Sequence[np.ndarray]], col_labe
       big = Image.fromarray(im).resize((im.shape[1] * f, im.shape[0] * f), Image.NEAREST)
       canvas.paste(big, (PAD + j * (cw + PAD), y + label_h))
   os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
-  with files.replacing(path) as tmp:
+  with atomic.replacing(path) as tmp:
     canvas.save(tmp, format="PNG")

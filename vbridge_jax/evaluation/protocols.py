@@ -24,6 +24,7 @@ from tqdm import tqdm
 from vbridge_jax.data import video
 from vbridge_jax.data.files import GT_NAMES, IMAGE_EXTS, LQ_NAMES, is_side_folder, read_rgb
 from vbridge_jax.evaluation import metrics as M
+from vbridge_jax.utils import atomic
 from vbridge_jax.utils.errors import DataError
 
 PROTOCOLS = ("vbridge", "vbridge_mp4", "foundir")
@@ -203,7 +204,7 @@ def write(result: dict[str, Any], out: Path) -> None:
   """metrics.json, metrics.csv, metrics.md into `out` (each written atomically)."""
   out.mkdir(parents=True, exist_ok=True)
   keys = metric_keys(result["protocol"])
-  _atomic_text(out / "metrics.json", json.dumps(result, indent=2) + "\n")
+  atomic.write_text(out / "metrics.json", json.dumps(result, indent=2) + "\n")
   buf = io.StringIO()
   w = csv.writer(buf, lineterminator="\n")
   w.writerow(["category", "name", *keys, "resized_from"])
@@ -211,14 +212,8 @@ def write(result: dict[str, Any], out: Path) -> None:
     size = r["resized_from"]
     w.writerow([r["category"], r["name"], *(repr(r[k]) for k in keys),
                 f"{size[0]}x{size[1]}" if size else ""])
-  _atomic_text(out / "metrics.csv", buf.getvalue())
-  _atomic_text(out / "metrics.md", markdown(result))
-
-
-def _atomic_text(path: Path, text: str) -> None:
-  tmp = path.with_name(f".{path.name}.tmp")
-  tmp.write_text(text, encoding="utf-8")
-  os.replace(tmp, path)
+  atomic.write_text(out / "metrics.csv", buf.getvalue())
+  atomic.write_text(out / "metrics.md", markdown(result))
 
 
 def report(result: dict[str, Any], strict_size: bool = False) -> int:

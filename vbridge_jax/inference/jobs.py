@@ -42,6 +42,7 @@ from PIL import Image
 from vbridge_jax.data import video as video_lib
 from vbridge_jax.data.files import IMAGE_EXTS, is_ground_truth
 from vbridge_jax.inference.geometry import Plan
+from vbridge_jax.utils import atomic
 from vbridge_jax.utils.errors import OutputError
 
 STATUS_DIR = ".restore_status"
@@ -115,18 +116,9 @@ def is_done(dst: Path, video: bool = False) -> bool:
 
 
 def _write_atomic(data: bytes, path: Path) -> None:
-  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
   try:
-    with open(tmp, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic.write_bytes(path, data, fsync=True)
   except OSError as e:
-    try:
-      tmp.unlink()
-    except OSError:
-      pass
     raise OutputError(f"{path}: cannot write ({e.strerror or e})") from None
 
 

@@ -27,6 +27,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 
 from vbridge_jax.checkpoints import load_vae
+from vbridge_jax.diffusion import sampler as sampling
 from vbridge_jax.diffusion.sampler import SETTINGS, Sampler, SamplerConfig
 from vbridge_jax.inference.geometry import Plan, crop_work, from_work, plan_size, to_uint8, to_work  # noqa: F401
 from vbridge_jax.inference.jobs import process_rows
@@ -270,5 +271,8 @@ def _allgather_images(local: dict[int, np.ndarray], shapes) -> dict[int, np.ndar
 
 
 def sampler_config(config) -> SamplerConfig:
-  """The `SamplerConfig` of a restore config's sampling fields."""
-  return SamplerConfig(**{f: config[f] for f in SETTINGS})
+  """The `SamplerConfig` of a restore config's sampling fields (every one must be set)."""
+  missing = [f for f in SETTINGS if config.get(f) is None]
+  if missing:
+    raise ValueError(f"unset sampler fields: {', '.join(missing)}")
+  return sampling.sampler_config(config)

@@ -20,20 +20,21 @@ unit variance, like the Wan2.2 VAE's normalised latents and the flow's Gaussian 
 The module has no parameters: `nnx.split`/`nnx.merge` and `jax.jit` treat it as they treat
 `WanVAE`. In a model folder it is stored as `vae/config.json` =
 `{"_class_name": "PixelCodec", "patch": 4, "temporal": 4, "scale": 2.0}` with no `params/`;
-`vbridge_jax.models.load_vae` returns it for such a folder.
+`vbridge_jax.checkpoints.load_vae` returns it for such a folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from vbridge_jax.utils import atomic
 
 CLASS_NAME = "PixelCodec"
 
@@ -151,7 +152,4 @@ def write_config(folder: str | Path, config: PixelCodecConfig) -> Path:
   """Writes `folder/config.json` (atomic); the codec has no parameters to store."""
   folder = Path(folder)
   folder.mkdir(parents=True, exist_ok=True)
-  file, tmp = folder / "config.json", folder / ".config.json.tmp"
-  tmp.write_text(config.to_json() + "\n")
-  os.replace(tmp, file)
-  return file
+  return atomic.write_text(folder / "config.json", config.to_json() + "\n")

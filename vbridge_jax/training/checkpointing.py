@@ -29,7 +29,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
+from pathlib import Path
 from typing import Any
 
 import grain
@@ -212,3 +214,34 @@ class Checkpointer:
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f"set_aside_{step}")
     return dest
+
+
+# ------------------------------------------------------------------- the run folder
+
+
+def checkpoint_steps(workdir: str | os.PathLike, item: str | None = None) -> list[int]:
+  """The steps of `workdir/checkpoints` (orbax renames a step's folder to `N` once it is
+  complete), from the folder names alone; with `item`, only those holding that item (e.g.
+  "state", which export reads)."""
+  root = Path(workdir) / "checkpoints"
+  if not root.is_dir():
+    return []
+  return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and re.fullmatch(r"\d+", p.name)
+                and (item is None or (p / item).is_dir()))
+
+
+def finished(workdir: str, stop_at: int) -> dict[str, Any] | None:
+  """The recorded result of a run that already reached `stop_at`, or None.
+
+  Reads only the checkpoint folder names and `final.json`, so a rerun of a finished run
+  builds nothing and writes nothing (its records stay as they are).
+  """
+  steps = checkpoint_steps(workdir)
+  if not steps or max(steps) < stop_at:
+    return None
+  try:
+    with open(os.path.join(workdir, "final.json"), encoding="utf-8") as f:
+      final = json.load(f)
+  except (OSError, ValueError):
+    final = {}
+  return dict(final.get("last") or {}) | {"step": max(steps)}

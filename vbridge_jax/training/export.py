@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -29,6 +28,7 @@ from vbridge_jax.models import lora as lora_lib
 from vbridge_jax.models.configs import DTYPES  # the one name -> dtype map
 from vbridge_jax.models.wan_dit import WanDiT
 from vbridge_jax.training import heldout, setup
+from vbridge_jax.training.checkpointing import checkpoint_steps
 from vbridge_jax.utils.errors import ExportError
 
 FORMATS = ("jax", "wan", "diffusers")
@@ -48,17 +48,8 @@ def read_run_config(workdir: str | os.PathLike):
     raise ExportError(f"{path}: cannot read the run's config ({' '.join(str(e).split())})") from None
 
 
-def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:
-  """Steps with a complete checkpoint (orbax renames a step's folder to `N` when done)."""
-  root = Path(workdir) / "checkpoints"
-  if not root.is_dir():
-    return []
-  return sorted(int(p.name) for p in root.iterdir()
-                if p.is_dir() and re.fullmatch(r"\d+", p.name) and (p / "state").is_dir())
-
-
 def _pick_step(workdir: Path, step: int | None) -> int:
-  steps = checkpoint_steps(workdir)
+  steps = checkpoint_steps(workdir, "state")
   if not steps:
     raise ExportError(f"{workdir}/checkpoints: no checkpoint (train first)")
   if step is None:

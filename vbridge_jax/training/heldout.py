@@ -34,23 +34,24 @@ best a restoration by this model can score), and the sampler's `steps`, `solver`
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from vbridge_jax.data.files import read_rgb, scan_paired_folders
-from vbridge_jax.diffusion.sampler import SETTINGS, SamplerConfig
+from vbridge_jax.diffusion.sampler import sampler_config
+from vbridge_jax.evaluation import grids
 from vbridge_jax.evaluation import metrics as M
 from vbridge_jax.inference import restorer as R
 from vbridge_jax.training import setup
+from vbridge_jax.training.logs import MetricsLogger
+from vbridge_jax.utils import atomic
 
 KEYS = ("psnr_y", "ssim_y")
-CELL = 192  # grid cells are enlarged (nearest neighbour) to at least this many pixels
 QUANTIZE = "truncate"  # restored frames to uint8 as the restore command's default
 
 
@@ -130,45 +131,12 @@ def score(images: list[HeldoutImage], preds: list[np.ndarray]) -> dict[str, Any]
                                         [mean(rs) for rs in cats.values()]])}
 
 
-def _font(px: int):
-  try:
-    return ImageFont.load_default(size=px)
-  except TypeError:  # Pillow < 10.1: one bitmap size
-    return ImageFont.load_default()
-
-
-def labelled_grid(path: str, rows: list[list[np.ndarray]], row_labels: list[str],
-                  col_labels: list[str]) -> None:
-  """uint8 images in a grid with a header row of column labels and a label above each row;
-  images smaller than `CELL` pixels are enlarged by an integer factor (nearest neighbour)."""
-  h = max(im.shape[0] for r in rows for im in r)
-  w = max(im.shape[1] for r in rows for im in r)
-  f = max(1, -(-CELL // max(h, w)))
-  ch, cw, pad, text = h * f, w * f, 4, 16
-  canvas = Image.new("RGB", (len(col_labels) * (cw + pad) + pad,
-                             text + pad + len(rows) * (ch + text + pad)), "white")
-  draw, font = ImageDraw.Draw(canvas), _font(12)
-  for j, label in enumerate(col_labels):
-    draw.text((pad + j * (cw + pad), 2), label, fill="black", font=font)
-  for i, (row, label) in enumerate(zip(rows, row_labels)):
-    y = text + pad + i * (ch + text + pad)
-    draw.text((pad, y), label, fill="black", font=font)
-    for j, im in enumerate(row):
-      big = Image.fromarray(im).resize((im.shape[1] * f, im.shape[0] * f), Image.NEAREST)
-      canvas.paste(big, (pad + j * (cw + pad), y + text))
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  tmp = f"{path}.tmp.png"
-  canvas.save(tmp)
-  os.replace(tmp, path)
-
-
 class Evaluator:
   """Restores and scores the held-out set with the trainer's live model (`run`)."""
 
-  def __init__(self, config, workdir: str, dcfg, mesh, logger=None):
+  def __init__(self, config, workdir: str, dcfg, mesh, logger: MetricsLogger):
     self.workdir, self.mesh, self.logger = workdir, mesh, logger
     self.rules = config.logical_axis_rules  # the run's: the live model is sharded by them
-    self._tb = None
     root = eval_source(config, workdir)
     self.enabled = root is not None
     self.every = int(config.eval.get("every_steps", 0)) if self.enabled else 0
@@ -181,14 +149,9 @@ class Evaluator:
     self.frames, self.seed = int(config.data.frames), settings["seed"]
     self.batch = int(e.get("batch_size", 0))
     self.with_ceiling = bool(e.get("ceiling", False))
-    self.sampler_config = SamplerConfig(**{k: settings[k] for k in SETTINGS if k in settings},
-                                        patch_size=tuple(dcfg.patch_size))
+    self.sampler_config = sampler_config(settings, patch_size=tuple(dcfg.patch_size))
     self.positive = setup.load_context(config, dcfg)[0]
-    self.negative = np.zeros_like(self.positive)
-    if config.prompts:
-      with np.load(config.prompts) as f:
-        if "negative" in f:
-          self.negative = np.asarray(f["negative"], np.float32)
+    self.negative = setup.load_negative(config, dcfg)
     self.inputs = score(self.images, [im.lq for im in self.images])
     self.write_main = jax.process_index() == 0
 
@@ -250,55 +213,25 @@ class Evaluator:
             f"{inp['ssim_y']:.4f}; {len(self.images)} images" +
             (f"; reproduction ceiling {row['eval/ceiling_psnr_y']:.2f} dB / "
              f"{row['eval/ceiling_ssim_y']:.4f}" if ceiling is not None else ""))
-    if self.logger is not None:
-      self.logger.write(line)
-    else:
-      print(line, flush=True)
+    self.logger.write(line)
     return row
 
   def _write(self, step: int, row: dict[str, float], res: dict[str, Any], preds) -> None:
-    with open(os.path.join(self.workdir, "metrics.jsonl"), "a", encoding="utf-8") as f:
-      f.write(json.dumps({"step": int(step)} | {k: round(v, 4) for k, v in row.items()}) + "\n")
-    if self._tb is None:
-      self._tb = _Scalars(os.path.join(self.workdir, "tensorboard"))
-    self._tb(step, row)
+    """The row into the run's logs; the details and the grid beside them (process 0)."""
+    self.logger.log_scalars(step, row)
     detail = {"step": int(step), "restored": res, "input": self.inputs}
     path = os.path.join(self.workdir, "eval", f"step_{step:07d}.json")
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-      json.dump(detail, f, indent=1)
-    os.replace(path + ".tmp", path)
+    atomic.write_json(path, detail, indent=1)
     first: dict[str, int] = {}
     for i, im in enumerate(self.images):
       first.setdefault(im.category, i)
     cats = sorted(first)
-    labelled_grid(os.path.join(self.workdir, "samples", f"heldout_step_{step:07d}.png"),
-                  [[self.images[first[c]].lq, preds[first[c]], self.images[first[c]].gt]
-                   for c in cats],
-                  [_row_label(c, res, self.inputs) for c in cats], ["LQ", "restored", "GT"])
+    grids.save(os.path.join(self.workdir, "samples", f"heldout_step_{step:07d}.png"),
+               [[self.images[first[c]].lq, preds[first[c]], self.images[first[c]].gt] for c in cats],
+               ["LQ", "restored", "GT"], [_row_label(c, res, self.inputs) for c in cats])
 
 
 def _row_label(category: str, res: dict[str, Any], inputs: dict[str, Any]) -> str:
   r, i = res["per_category"][category]["psnr_y"], inputs["per_category"][category]["psnr_y"]
   return f"{category}: {i:.2f} -> {r:.2f} dB PSNR-Y"
-
-
-class _Scalars:
-  """Scalars into the run's TensorBoard folder (its own events file; tensorboardX when
-  installed, else the package's writer), flushed after every evaluation."""
-
-  def __init__(self, logdir: str):
-    try:
-      from tensorboardX import SummaryWriter
-      self._w, self._x = SummaryWriter(logdir, filename_suffix=".eval"), True
-    except ImportError:
-      from vbridge_jax.training.tensorboard import SummaryWriter
-      self._w, self._x = SummaryWriter(logdir), False
-
-  def __call__(self, step: int, row: dict[str, float]) -> None:
-    if self._x:
-      for k, v in row.items():
-        self._w.add_scalar(k, v, step)
-    else:
-      self._w.scalars(step, row)
-    self._w.flush()

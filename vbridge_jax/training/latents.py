@@ -30,6 +30,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from vbridge_jax.parallel import sharding as sh
+from vbridge_jax.utils import atomic
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +77,8 @@ def build(config, stage, iterator, encoder, vae_state, path: str, num_samples: i
       lq, gt = first[:, 0], first[:, -1]
   if jax.process_index() == 0:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}.npz"
-    np.savez(tmp, z=np.stack(zs), lq=lq, gt=gt)
-    os.replace(tmp, path)
+    with atomic.replacing(path) as tmp:
+      np.savez(tmp, z=np.stack(zs), lq=lq, gt=gt)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(f"latent_cache_{stage.index}")
   log.info("latent cache: %d batches of stage %d written to %s", n, stage.index, path)

@@ -3,7 +3,8 @@
 Only process 0 writes. Every logged step becomes one JSON object in `workdir/metrics.jsonl`
 (`step`, `loss`, `grad_norm`, `lr`, `steps_per_sec`, `eta_sec`, `stage`, `size`, ...) and
 TensorBoard scalars `train/<name>` in `workdir/tensorboard` (through tensorboardX; no
-TensorFlow). A resumed run first drops the rows after the step it resumed from (a run
+TensorFlow); the held-out evaluation's rows go through the same writer (`log_scalars`), so
+one process holds the files. A resumed run first drops the rows after the step it resumed from (a run
 killed between a log line and its next checkpoint replays those steps): `metrics.jsonl` is
 rewritten without them, and the new events file starts with TensorBoard's purge marker for
 them. On a terminal, a tqdm bar shows progress; otherwise (a log file) each logged row is
@@ -24,8 +25,9 @@ import time
 from typing import Any, Callable
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
+
+from vbridge_jax.utils import atomic
 
 log = logging.getLogger("vbridge_jax.training.trainer")
 
@@ -46,10 +48,7 @@ def truncate_jsonl(path: str, step: int) -> int:
       keep.append(line if line.endswith("\n") else line + "\n")
   if len(keep) == len(lines):
     return 0
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.writelines(keep)
-  os.replace(tmp, path)
+  atomic.write_text(path, "".join(keep))
   return len(lines) - len(keep)
 
 
@@ -121,6 +120,17 @@ class MetricsLogger:
                float(row.get("loss", float("nan"))), sps, eta_text)
     return row
 
+  def log_scalars(self, step: int, row: dict[str, float]) -> None:
+    """A row of named scalars at `step` (the held-out evaluation's `eval/...`), as given:
+    one `metrics.jsonl` line and TensorBoard scalars under the same names."""
+    if not self.enabled:
+      return
+    self._jsonl.write(json.dumps({"step": int(step)} | {k: round(v, 4) for k, v in row.items()}) + "\n")
+    self._jsonl.flush()
+    for k, v in row.items():
+      self._tb.add_scalar(k, v, global_step=step)
+    self._tb.flush()
+
   def write(self, message: str) -> None:
     if not self.enabled:
       return
@@ -150,19 +160,3 @@ def _py(v: Any) -> Any:
   if isinstance(v, float):
     return v if math.isfinite(v) else str(v)
   return v
-
-
-def save_grid(path: str, rows: list[list[np.ndarray]]) -> None:
-  """Saves images (each `(H, W, 3)` in [-1, 1]) as a PNG grid, one list per row."""
-  if not rows or not rows[0]:
-    raise ValueError("save_grid needs at least one image")
-  h, w = rows[0][0].shape[:2]
-  canvas = np.full((len(rows) * (h + 2), len(rows[0]) * (w + 2), 3), 255, np.uint8)
-  for i, row in enumerate(rows):
-    for j, img in enumerate(row):
-      pix = np.clip((np.asarray(img, np.float32) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
-      canvas[i * (h + 2):i * (h + 2) + h, j * (w + 2):j * (w + 2) + w] = pix
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  tmp = path + ".tmp"
-  Image.fromarray(canvas).save(tmp, format="PNG")
-  os.replace(tmp, path)

@@ -7,9 +7,7 @@ sharded state without running a schedule.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -191,21 +189,43 @@ def objective(config) -> tuple[float, float, str]:
 def pixel_multiple(config) -> int:
   """Clip sides must be multiples of this: the codec's spatial factor x the DiT's patch
   (16 x 2 = 32 for Wan2.2, 4 x 2 = 8 for the pixel codec)."""
-  dcfg = dit_config(config)
-  return vae_config(config).scale_factor_spatial * max(dcfg.patch_size[1:])
+  return plan(config).multiple
 
 
-def latent_frames(config) -> int:
-  """Latent frames of a `data.frames` clip (the codec's temporal factor)."""
-  return 1 + (int(config.data.frames) - 1) // vae_config(config).scale_factor_temporal
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """A checked training config resolved once (`plan`): the model configs (with `init_from`
+  read once), the objective and the geometry that the trainer's parts read, instead of
+  re-deriving them from the raw config."""
+
+  dit: DiTConfig
+  codec: VAEConfig | PixelCodecConfig
+  text_drop: float
+  t2v_ratio: float
+  loss_frames: str
+  multiple: int  # clip sides are multiples of this (`pixel_multiple`)
+  latent_frames: int
+  lora_targets: tuple[str, ...]
+
+  def crop(self, size: int) -> int:
+    """The square training crop of a stage of `size` px."""
+    return crop_size(size, self.multiple)
+
+  def tokens(self, crop: int) -> int:
+    """DiT tokens of one `crop x crop` clip (codec and patch geometry)."""
+    side, (pt, ph, pw) = crop // self.codec.scale_factor_spatial, self.dit.patch_size
+    return (self.latent_frames // pt) * (side // ph) * (side // pw)
 
 
-def latent_tokens(config, crop: int) -> int:
-  """DiT tokens of one `crop x crop` clip of `data.frames` frames (codec and patch geometry)."""
-  vcfg, dcfg = vae_config(config), dit_config(config)
-  frames = latent_frames(config)
-  side = crop // vcfg.scale_factor_spatial
-  return (frames // dcfg.patch_size[0]) * (side // dcfg.patch_size[1]) * (side // dcfg.patch_size[2])
+def plan(config) -> Plan:
+  """The `Plan` of a config that `check_config` accepted."""
+  dcfg, vcfg = dit_config(config), vae_config(config)
+  text_drop, t2v_ratio, loss_frames = objective(config)
+  return Plan(dit=dcfg, codec=vcfg, text_drop=text_drop, t2v_ratio=t2v_ratio,
+              loss_frames=loss_frames,
+              multiple=vcfg.scale_factor_spatial * max(dcfg.patch_size[1:]),
+              latent_frames=1 + (int(config.data.frames) - 1) // vcfg.scale_factor_temporal,
+              lora_targets=tuple(lora_targets(config)))
 
 
 def check_config(config) -> None:
@@ -285,11 +305,12 @@ def check_devices(config) -> list:
   return devices
 
 
-def state_builder(config):
+def state_builder(config, the_plan: Plan | None = None):
   """`(build, DiT config, codec config, trainable filter, lr schedule)`: the one builder of
   the trainer's state. `build()` makes the DiT (+ LoRA, seeded from `config.seed`) and its
   optimizer; `build_state` runs it sharded, `vbridge_jax.aot` under `nnx.eval_shape`."""
-  dcfg, vcfg = dit_config(config), vae_config(config)
+  the_plan = plan(config) if the_plan is None else the_plan
+  dcfg, vcfg = the_plan.dit, the_plan.codec
   tx, schedule = optim.make_optimizer(config.optim)
   wrt = nnx.LoRAParam if config.finetune == "lora" else nnx.Param
   seed = int(config.seed)
@@ -298,15 +319,16 @@ def state_builder(config):
     model = WanDiT(dcfg, rngs=nnx.Rngs(params=seed))
     if config.finetune == "lora":
       lora_lib.apply_lora(model, rank=int(config.lora.rank), alpha=float(config.lora.alpha),
-                          targets=lora_targets(config), seed=seed + 1)
+                          targets=list(the_plan.lora_targets), seed=seed + 1)
     return model, nnx.Optimizer(model, tx, wrt=wrt)
 
   return build, dcfg, vcfg, wrt, schedule
 
 
-def build_state(config, mesh, rules) -> tuple[WanDiT, nnx.Optimizer, WanVAE | PixelCodec, Any]:
+def build_state(config, mesh, rules, the_plan: Plan | None = None
+                ) -> tuple[WanDiT, nnx.Optimizer, WanVAE | PixelCodec, Any]:
   """The DiT (+ LoRA) and its optimizer, born sharded; the frozen codec; the lr schedule."""
-  build, _, vcfg, _, schedule = state_builder(config)
+  build, _, vcfg, _, schedule = state_builder(config, the_plan)
   seed = int(config.seed)
   model, opt = sh.create_sharded(build, mesh, rules)
   if config.init_from:
@@ -360,6 +382,19 @@ def load_context(config, dcfg: DiTConfig) -> np.ndarray:
     raise ConfigError(f"config.prompts: {e}") from None
 
 
+def load_negative(config, dcfg: DiTConfig) -> np.ndarray:
+  """The negative prompt's `(L, text_dim)` embedding for guided sampling (the held-out
+  evaluation); zeros without a prompt file or without a `negative` array in it."""
+  if not config.prompts:
+    return np.zeros((dcfg.text_len, dcfg.text_dim), np.float32)
+  try:
+    found = prompts.load(config.prompts, dcfg.text_dim, keys=(), text_len=dcfg.text_len,
+                         optional=("negative",))
+  except prompts.PromptError as e:
+    raise ConfigError(f"config.prompts: {e}") from None
+  return found.get("negative", np.zeros((dcfg.text_len, dcfg.text_dim), np.float32))
+
+
 # --------------------------------------------------------------------------------- data
 
 
@@ -381,22 +416,13 @@ def demo_split(config, workdir: str, split: str) -> str:
   an older, empty marker) is rebuilt, not reused."""
 
 
-  out = os.path.join(workdir, "demo_data")
-  done = os.path.join(out, ".complete_split")  # the flat pre-split layout had `.complete`
+  out = os.path.join(workdir, "demo_data")  # the flat pre-split layout had `.complete`
   size = int(config.get("eval", {}).get("size", 0) or 0)
-  spec = dict(per_category=int(config.data.get("demo_per_category", 4)),
-              heldout=max(1, int(config.data.get("demo_heldout", 2))), seed=int(config.seed),
-              size=size if size > 0 else fewshot.DEFAULT_SIZE)
-  try:
-    built = json.loads(Path(done).read_text(encoding="utf-8"))
-  except (OSError, ValueError):
-    built = None
-  if jax.process_index() == 0 and built != spec:
-    Path(done).unlink(missing_ok=True)
-    for name in fewshot.SPLITS:  # no stale pairs of a larger set left behind
-      shutil.rmtree(os.path.join(out, name), ignore_errors=True)
-    fewshot.build(out, **spec, progress=bool(config.get("progress", True)))
-    Path(done).write_text(json.dumps(spec, sort_keys=True) + "\n", encoding="utf-8")
+  if jax.process_index() == 0:
+    fewshot.build_once(out, per_category=int(config.data.get("demo_per_category", 4)),
+                       heldout=max(1, int(config.data.get("demo_heldout", 2))),
+                       seed=int(config.seed), size=size if size > 0 else fewshot.DEFAULT_SIZE,
+                       progress=bool(config.get("progress", True)))
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("demo_data")
   return os.path.join(out, split)
@@ -418,15 +444,12 @@ def crop_size(size: int, multiple: int | None = None) -> int:
   return crop
 
 
-def make_iterator(config, source: str, stage: Stage, mesh) -> Any:
-  """A checkpointable grain iterator of global batches for one curriculum stage."""
-
+def make_iterator(config, source: str, stage: Stage, mesh, crop: int) -> Any:
+  """A checkpointable grain iterator of global batches for one curriculum stage, cut to
+  `crop` (`Plan.crop`; the batch's divisibility over the mesh: `check_devices`)."""
   d = config.data
-  if d.batch_size % sh.batch_shards(mesh):
-    raise ConfigError(f"data.batch_size={d.batch_size} is not divisible by the "
-                      f"{sh.batch_shards(mesh)} data x fsdp shards of the mesh")
   return pipeline.make_iterator(
-      source, size=stage.size, crop=crop_size(stage.size, pixel_multiple(config)), frames=int(d.frames),
+      source, size=stage.size, crop=crop, frames=int(d.frames),
       global_batch_size=int(d.batch_size),
       seed=int(config.seed) + 1000 * stage.index, data_dir=d.data_dir or None,
       sharding=sh.batch_sharding(mesh, 5), flips=bool(d.flips), balance=bool(d.balance),

@@ -37,20 +37,22 @@ import optax
 from flax import nnx
 
 from vbridge_jax.diffusion import flow
-from vbridge_jax.diffusion.sampler import Sampler, SamplerConfig
+from vbridge_jax.diffusion.sampler import Sampler, sampler_config
+from vbridge_jax.evaluation import grids
 from vbridge_jax.models.wan_vae import sample_posterior
 from vbridge_jax.parallel import flops
 from vbridge_jax.parallel import sharding as sh
-from vbridge_jax.training import export, heldout, latents, prior, setup
+from vbridge_jax.training import checkpointing, export, heldout, latents, prior, setup
 from vbridge_jax.training.checkpointing import Checkpointer, iterator_state, set_iterator_state
-from vbridge_jax.training.logs import MetricsLogger, save_grid
+from vbridge_jax.training.logs import MetricsLogger
+from vbridge_jax.utils import atomic
 from vbridge_jax.utils.errors import NonFiniteLossError
 
 log = logging.getLogger(__name__)
 
 
 def make_train_step(graphdef, vae_graphdef, config, *, patch_size, wrt, state_shardings,
-                    batch_sharding):
+                    batch_sharding, plan: setup.Plan | None = None):
   """The jitted step `(state, vae_state, x, context, step, nan_at) -> (state, metrics)`.
 
   `x` is a batch of clips `(B, T, S, S, 3)` encoded in the step by the frozen VAE (its
@@ -62,12 +64,14 @@ def make_train_step(graphdef, vae_graphdef, config, *, patch_size, wrt, state_sh
   positive prompt alone) is accepted when `text_drop` is 0. The flow-matching objective
   (`config.flow`: `t2v_ratio`, `loss_frames`, ...) is `flow.ti2v_training_inputs`'.
   `nan_at` (int32; -1 = never) makes the loss NaN at that step, a test hook that is an
-  argument so that it does not change the compiled program.
+  argument so that it does not change the compiled program. `plan`: the config's
+  `setup.Plan` (resolved here when not given).
   """
   f = config.flow
   cached = bool(config.latent_cache.enabled)
   vae_sample = bool(config.get("vae_sample", False)) and not cached
-  text_drop, t2v_ratio, loss_frames = setup.objective(config)
+  plan = setup.plan(config) if plan is None else plan
+  text_drop, t2v_ratio, loss_frames = plan.text_drop, plan.t2v_ratio, plan.loss_frames
   base_key = jax.random.key(int(config.seed))
 
   def step_fn(state, vae_state, x, context, step, nan_at):
@@ -128,16 +132,16 @@ def write_samples(model, vae, lq: np.ndarray, gt: np.ndarray, z: np.ndarray, con
   their clips (frame 0 conditions the sampler), the same on every process. Every process
   runs the sampler (the model is sharded over all of them); process 0 writes the PNG.
   """
-  s = config.samples
   noise = np.asarray(jax.random.normal(jax.random.key(int(config.seed) + 7), z.shape, jnp.float32))
-  scfg = SamplerConfig(solver=s.solver, steps=int(s.steps), shift=float(s.shift),
-                       guidance=1.0, schedule="diffusers",
-                       patch_size=tuple(model.config.patch_size))
+  # Unguided (the grids show the positive prompt alone), on the schedule training samples.
+  scfg = sampler_config(config.samples, guidance=1.0, schedule="diffusers",
+                        patch_size=tuple(model.config.patch_size))
   out = Sampler(model, scfg)(sh.replicated(mesh, noise), context[:1],  # the positive prompt
                              first_frame=sh.replicated(mesh, z[:, :1]))
   video = sh.to_host(vae.decode(vae.denormalize(out)))
   if jax.process_index() == 0:
-    save_grid(path, [[lq[i], video[i, -1], gt[i]] for i in range(len(lq))])
+    grids.save(path, [[grids.to_uint8(im) for im in (lq[i], video[i, -1], gt[i])]
+                      for i in range(len(lq))], ["LQ", "output", "GT"])
 
 
 def _sample_inputs(vae, batch, iterator, n: int, mesh) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -150,15 +154,16 @@ def _sample_inputs(vae, batch, iterator, n: int, mesh) -> tuple[np.ndarray, np.n
   return clip[:, 0], clip[:, -1], sh.to_host(z)
 
 
-def _stage_iterator(config, source: str, stage, mesh, workdir: str, encoder, vae_state) -> Any:
+def _stage_iterator(config, plan, source: str, stage, mesh, workdir: str, encoder, vae_state) -> Any:
   """The stage's grain iterator of clips, or a `LatentIterator` over its cached latents."""
+  crop = plan.crop(stage.size)
   if encoder is None:
-    return setup.make_iterator(config, source, stage, mesh)
-  key = latents.cache_key(config, stage, json.loads(setup.vae_config(config).to_json()))
+    return setup.make_iterator(config, source, stage, mesh, crop)
+  key = latents.cache_key(config, stage, json.loads(plan.codec.to_json()))
   path = os.path.join(latents.cache_dir(config, workdir),
                       f"stage{stage.index}_{stage.size}px_{key}.npz")
   if not os.path.exists(path):
-    latents.build(config, stage, setup.make_iterator(config, source, stage, mesh), encoder,
+    latents.build(config, stage, setup.make_iterator(config, source, stage, mesh, crop), encoder,
                   vae_state, path, num_samples=int(config.samples.count))
   return latents.LatentIterator(path, mesh)
 
@@ -188,7 +193,7 @@ def _check_same_run(config, workdir: str) -> None:
   """Refuses to resume a run whose checkpoints were made with other `_RUN_FIELDS` values
   (`workdir/config.json` against this config); fields the saved file lacks are not compared."""
   saved_path = os.path.join(workdir, "config.json")
-  if not (os.path.isfile(saved_path) and _checkpoint_steps(workdir)):
+  if not (os.path.isfile(saved_path) and checkpointing.checkpoint_steps(workdir)):
     return
   try:
     with open(saved_path, encoding="utf-8") as f:
@@ -208,32 +213,19 @@ def _check_same_run(config, workdir: str) -> None:
             f"into another model or data set: use a new --workdir, or the run's own settings")
 
 
-def _checkpoint_steps(workdir: str) -> list[int]:
-  """The steps of the checkpoint folders in `workdir/checkpoints` (names only)."""
-  folder = os.path.join(workdir, "checkpoints")
-  return [int(n) for n in os.listdir(folder) if n.isdigit()] if os.path.isdir(folder) else []
-
-
 def _write_config(config, workdir: str) -> None:
   """`workdir/config.json` (atomic), written only once the config has been validated."""
   if jax.process_index() == 0:
-    _write_json(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+    atomic.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
 
-def _write_json(path: str, text: str) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
-def _rate_fields(config, dcfg, crop: int):
+def _rate_fields(config, plan, crop: int):
   """steps/s -> {tokens_per_sec, mfu} for a stage's clips (MFU on known device kinds only)."""
-  tokens = setup.latent_tokens(config, crop)  # from the codec's and the DiT's geometry
-  step = flops.train_step_flops(dcfg, tokens, int(config.data.batch_size), finetune=config.finetune,
+  tokens = plan.tokens(crop)  # from the codec's and the DiT's geometry
+  step = flops.train_step_flops(plan.dit, tokens, int(config.data.batch_size), finetune=config.finetune,
                                 lora_rank=int(config.lora.rank),
-                                lora_targets=setup.lora_targets(config),
-                                time_rows=setup.latent_frames(config))  # per-frame timesteps
+                                lora_targets=list(plan.lora_targets),
+                                time_rows=plan.latent_frames)  # per-frame timesteps
   kind, n = jax.devices()[0].device_kind, jax.device_count()
   return lambda sps: flops.throughput(sps, step, kind, n)
 
@@ -241,23 +233,6 @@ def _rate_fields(config, dcfg, crop: int):
 def _stop_step(config, total: int) -> int:
   stop_at = int(config.get("stop_at_step", -1))
   return total if stop_at < 0 else min(stop_at, total)
-
-
-def _finished(workdir: str, stop_at: int) -> dict[str, Any] | None:
-  """The recorded result of a run that already reached `stop_at`, or None.
-
-  Reads only the checkpoint folder names and `final.json`, so a rerun of a finished run
-  builds nothing and writes nothing (its records stay as they are).
-  """
-  steps = _checkpoint_steps(workdir)
-  if not steps or max(steps) < stop_at:
-    return None
-  try:
-    with open(os.path.join(workdir, "final.json"), encoding="utf-8") as f:
-      final = json.load(f)
-  except (OSError, ValueError):
-    final = {}
-  return dict(final.get("last") or {}) | {"step": max(steps)}
 
 
 class _Run:
@@ -268,13 +243,13 @@ class _Run:
   them (`_fetch_metrics`), so the host never waits for a step it does not have to.
   """
 
-  def __init__(self, config, workdir: str, devices: list, source: str, total: int):
-    self.config, self.workdir, self.source = config, workdir, source
-    self.stages = setup.parse_stages(config.stages, total, setup.pixel_multiple(config))
+  def __init__(self, config, plan, workdir: str, devices: list, source: str, total: int):
+    self.config, self.plan, self.workdir, self.source = config, plan, workdir, source
+    self.stages = setup.parse_stages(config.stages, total, plan.multiple)
     self.total, self.stop_at = total, _stop_step(config, total)
     self.mesh = sh.create_mesh(dict(config.mesh), devices)
     self.rules = sh.rules_from_config(config.logical_axis_rules)
-    model, opt, vae, self.schedule = setup.build_state(config, self.mesh, self.rules)
+    model, opt, vae, self.schedule = setup.build_state(config, self.mesh, self.rules, plan)
     self.dcfg = model.config
     wrt = nnx.LoRAParam if config.finetune == "lora" else nnx.Param
     self.graphdef, self.state = nnx.split((model, opt))
@@ -317,7 +292,7 @@ class _Run:
 
   def stage_iterator(self, stage) -> Any:
     """The stage's iterator, at the checkpoint's position when it was saved in this stage."""
-    iterator = _stage_iterator(self.config, self.source, stage, self.mesh, self.workdir,
+    iterator = _stage_iterator(self.config, self.plan, self.source, stage, self.mesh, self.workdir,
                                self.encoder, self.vae_state)
     if self.saved_data is not None and self.saved_meta.get("stage") == stage.index:
       if self.saved_meta.get("latent_cache", False) == self.cached:
@@ -332,8 +307,7 @@ class _Run:
     self.logger.write(f"stage {stage.index}: {stage.size}px, steps {stage.start}..{stage.end} "
                       f"(from {self.step})")
     iterator = self.stage_iterator(stage)
-    self.logger.rate_fields = _rate_fields(
-        self.config, self.dcfg, setup.crop_size(stage.size, setup.pixel_multiple(self.config)))
+    self.logger.rate_fields = _rate_fields(self.config, self.plan, self.plan.crop(stage.size))
     end = min(stage.end, self.stop_at)
     while self.step < end:
       batch = self.train_one_step(iterator)
@@ -467,14 +441,15 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   devices = setup.check_devices(config)
   source = setup.data_source(config, workdir)  # 'demo': built once into workdir/demo_data
   total = setup.total_steps(config, source)  # total_steps, or epochs over the data
-  finished = _finished(workdir, _stop_step(config, total))
+  finished = checkpointing.finished(workdir, _stop_step(config, total))
   if finished is not None:
     log.info("%s already reached step %d; nothing to do", workdir, finished["step"])
     return finished
   resolve_init(config)  # a `prior:` init is built (once, cached) before the run starts
+  plan = setup.plan(config)  # the config resolved once; the run's parts read it
   os.makedirs(workdir, exist_ok=True)
   _write_config(config, workdir)
-  run = _Run(config, workdir, devices, source, total)
+  run = _Run(config, plan, workdir, devices, source, total)
   failed = True
   try:
     with jax.set_mesh(run.mesh):
@@ -484,7 +459,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   finally:
     run.close(failed)
   if jax.process_index() == 0:
-    _write_json(os.path.join(workdir, "final.json"),
+    atomic.write_text(os.path.join(workdir, "final.json"),
                 json.dumps({"step": run.step, "last": run.last_row}))
   return {"step": run.step, **run.last_row}
 

@@ -34,14 +34,14 @@ def replacing(path: str | os.PathLike, *, fsync: bool = False) -> Iterator[Path]
 
 
 def write_text(path: str | os.PathLike, text: str, *, fsync: bool = False) -> Path:
-  with replacing(path, fsync=fsync) as tmp:
-    tmp.write_text(text, encoding="utf-8")
+  with replacing(path, fsync=fsync) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    f.write(text)
   return Path(path)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = False) -> Path:
-  with replacing(path, fsync=fsync) as tmp:
-    tmp.write_bytes(data)
+  with replacing(path, fsync=fsync) as tmp, open(tmp, "wb") as f:
+    f.write(data)
   return Path(path)
 
 
