@@ -185,10 +185,9 @@ class AbstractState:
   wrt: Any
 
 
-def abstract_state(config, mesh, rules) -> AbstractState:
+def abstract_state(config, mesh, rules, plan: setup.Plan | None = None) -> AbstractState:
   """The trainer's state (DiT [+ LoRA] and optimizer), the DiT alone and the VAE, abstract."""
-
-  build, dcfg, vcfg, wrt, _ = setup.state_builder(config)
+  build, dcfg, vcfg, wrt, _ = setup.state_builder(config, plan)
 
   def split(obj):
     graphdef, abs_state = nnx.split(obj)
@@ -199,10 +198,6 @@ def abstract_state(config, mesh, rules) -> AbstractState:
     vae = nnx.eval_shape(lambda: WanVAE(vcfg, rngs=nnx.Rngs(params=0)))
     return AbstractState(train=split((model, opt)), dit=split(model), vae=split(vae),
                          dit_config=dcfg, wrt=wrt)
-
-
-def _lora_targets(config) -> list[str]:
-  return setup.lora_targets(config)
 
 
 def _replicated(mesh, shape, dtype=jnp.float32):
@@ -295,7 +290,8 @@ def compile_case(config, topo: Topology, devices, *, step: str, frames: int, hw:
   """Lowers and compiles one step for the topology; returns its table row."""
   mesh = sh.create_mesh(dict(config.mesh), devices=devices)
   rules = sh.rules_from_config(config.logical_axis_rules)
-  st = abstract_state(config, mesh, rules)
+  plan = setup.plan(config)  # the config resolved once, as the trainer does
+  st = abstract_state(config, mesh, rules, plan)
   (graphdef, state), (vae_graphdef, vae_state) = st.train, st.vae
   dcfg, wrt = st.dit_config, st.wrt
   batch = batch or sh.batch_shards(mesh)
@@ -305,28 +301,26 @@ def compile_case(config, topo: Topology, devices, *, step: str, frames: int, hw:
   ctx = _replicated(mesh, (1, dcfg.text_len, dcfg.text_dim))
   t0 = time.time()
   static: dict[str, Any] = {}
-  vcfg = setup.vae_config(config)
-  spatial, temporal = int(vcfg.scale_factor_spatial), int(vcfg.scale_factor_temporal)
+  spatial, temporal = int(plan.codec.scale_factor_spatial), int(plan.codec.scale_factor_temporal)
   tokens = flops.video_tokens(frames, h, w, dcfg.patch_size, vae_stride=(temporal, spatial, spatial))
+  lat = (batch, 1 + (frames - 1) // temporal, h // spatial, w // spatial, dcfg.in_channels)
   if step == "train":  # built outside the mesh: it may create host constants (the RNG key)
     fn = train_step_fn(graphdef, vae_graphdef, config, dcfg, wrt,
                        jax.tree.map(lambda s: s.sharding, state), mesh, vae=vae)
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
     if step == "train":
-      lat = (batch, 1 + (frames - 1) // temporal, h // spatial, w // spatial, dcfg.in_channels)
       data = _batched(mesh, (batch, frames, h, w, 3)) if vae else _batched(mesh, lat)
       step_no = _replicated(mesh, (), jnp.int32)
       ctx2 = _replicated(mesh, (2, dcfg.text_len, dcfg.text_dim))  # positive, empty prompts
       args = (state, vae_state if vae else None, data, ctx2, step_no, step_no)
       sf = flops.train_step_flops(dcfg, tokens, batch, finetune=config.finetune,
                                   lora_rank=int(config.lora.rank),
-                                  lora_targets=_lora_targets(config),
-                                  time_rows=1 + (frames - 1) // temporal)  # per-frame timesteps
+                                  lora_targets=list(plan.lora_targets),
+                                  time_rows=lat[1])  # per-frame timesteps
       model_f, hw_f = sf.model, sf.hardware
     elif step == "restore":
       dit_graphdef, dit_state = st.dit
       fn, static = restore_step_lowering(dit_graphdef, vae_graphdef, dcfg, rules, vae=vae)
-      lat = (batch, 1 + (frames - 1) // temporal, h // spatial, w // spatial, dcfg.in_channels)
       if vae:
         args = (dit_state, vae_state, _batched(mesh, (batch, h, w, 3)), _batched(mesh, lat), ctx, ctx)
       else:

@@ -171,18 +171,28 @@ def check_unique(jobs: Sequence[tuple[Path, Path]], out_root: Path, inputs: set[
       raise ValueError(f"{dst}: output would overwrite an input; choose another --config.output")
 
 
+def size_batches(sizes: Sequence[tuple[int, int]], batch: int = 0) -> list[list[int | None]]:
+  """Indices of `sizes` (working sizes) grouped by size, smallest size first, in batches of
+  `batch` (0: one batch per size), the last of each size padded with None: the one rule by
+  which restore, the held-out evaluation and the miniature batch their images."""
+  groups: dict[tuple[int, int], list[int]] = {}
+  for i, size in enumerate(sizes):
+    groups.setdefault(tuple(size), []).append(i)
+  out: list[list[int | None]] = []
+  for key in sorted(groups):
+    idx = groups[key]
+    b = batch or len(idx)
+    for i in range(0, len(idx), b):
+      chunk: list[int | None] = list(idx[i:i + b])
+      out.append(chunk + [None] * (b - len(chunk)))
+  return out
+
+
 def schedule(jobs: Sequence[Job], batch: int) -> list[list[Job | None]]:
   """Global batches of same-working-size jobs (see the module docstring)."""
-  groups: dict[tuple[int, int], list[Job]] = {}
-  for j in sorted(jobs, key=lambda j: j.rel):
-    groups.setdefault((j.plan.work_h, j.plan.work_w), []).append(j)
-  out: list[list[Job | None]] = []
-  for key in sorted(groups):
-    items = groups[key]
-    for i in range(0, len(items), batch):
-      chunk: list[Job | None] = list(items[i:i + batch])
-      out.append(chunk + [None] * (batch - len(chunk)))
-  return out
+  ordered = sorted(jobs, key=lambda j: j.rel)
+  return [[None if i is None else ordered[i] for i in chunk]
+          for chunk in size_batches([(j.plan.work_h, j.plan.work_w) for j in ordered], batch)]
 
 
 def process_rows(sharding: Any, batch: int) -> tuple[list[int], list[int]]:

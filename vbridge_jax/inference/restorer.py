@@ -30,7 +30,7 @@ from vbridge_jax.checkpoints import load_vae
 from vbridge_jax.diffusion import sampler as sampling
 from vbridge_jax.diffusion.sampler import SETTINGS, Sampler, SamplerConfig
 from vbridge_jax.inference.geometry import Plan, crop_work, from_work, plan_size, to_uint8, to_work  # noqa: F401
-from vbridge_jax.inference.jobs import process_rows
+from vbridge_jax.inference.jobs import process_rows, size_batches
 from vbridge_jax.parallel import sharding as sh
 
 # ------------------------------------------------------------------------------------ steps
@@ -222,24 +222,22 @@ class Restorer:
         images = {r: o[0] for r, o in out.items()}
     return out
 
-  def restore(self, images: list[np.ndarray], names: list[str]) -> list[np.ndarray]:
+  def restore(self, images: list[np.ndarray], names: list[str], batch: int = 0) -> list[np.ndarray]:
     """uint8 images (the same lists on every process) -> restored uint8 images of their sizes.
 
-    Images are grouped by working size and batched over the data-parallel axes; on several
-    processes every one gets every result.
+    Images are grouped by working size in batches of `batch` (0: one per size;
+    `jobs.size_batches`), each rounded up to the data-parallel axes; on several processes
+    every one gets every result.
     """
     results: list[np.ndarray | None] = [None] * len(images)
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, im in enumerate(images):
-      p = self.plan(*im.shape[:2])
-      groups.setdefault((p.work_h, p.work_w), []).append(i)
+    plans = [self.plan(*im.shape[:2]) for im in images]
     m = self.batch_multiple
-    for idx in groups.values():
-      batch = -(-len(idx) // m) * m
-      plan = self.plan(*images[idx[0]].shape[:2])
-      held, _ = _rows(self.mesh, batch)
+    for chunk in size_batches([(p.work_h, p.work_w) for p in plans], batch):
+      idx = [i for i in chunk if i is not None]
+      size = -(-len(chunk) // m) * m
+      held, _ = _rows(self.mesh, size)
       rows = {r: (images[idx[r]], names[idx[r]]) for r in held if r < len(idx)}
-      out = self.run_batch(rows, batch, plan)
+      out = self.run_batch(rows, size, plans[idx[0]])
       local = {r: o[0] for r, o in out.items()}
       if jax.process_count() > 1:  # every process gets every image
         local = _allgather_images(local, [images[i].shape for i in idx])

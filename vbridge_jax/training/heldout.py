@@ -175,22 +175,12 @@ class Evaluator:
     return score(self.images, self.restore(model, vae, still))
 
   def _restore_all(self, restorer, images: list[HeldoutImage] | None = None) -> list[np.ndarray]:
-    """Restores the LQ side of `images` (default: the held-out set) in same-size batches."""
+    """Restores the LQ side of `images` (default: the held-out set) in same-size batches of
+    `eval.batch_size` (0: one per size)."""
     images = self.images if images is None else images
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, im in enumerate(images):
-      p = R.plan_size(*im.lq.shape[:2])
-      groups.setdefault((p.work_h, p.work_w), []).append(i)
-    out: list[np.ndarray | None] = [None] * len(images)
-    for idx in groups.values():
-      size = self.batch or len(idx)
-      for s in range(0, len(idx), size):
-        chunk = idx[s:s + size]
-        full = chunk + [chunk[-1]] * (size - len(chunk))  # one compiled batch shape
-        res = restorer.restore([images[i].lq for i in full], [images[i].key or images[i].name for i in full])
-        for i, r in zip(chunk, res):
-          out[i] = r
-    return out
+    return restorer.restore([im.lq for im in images], [im.key or im.name for im in images],
+                            batch=self.batch)
+
 
   def run(self, model, vae, step: int) -> dict[str, float]:
     """Restores, scores and logs the held-out set at `step`; returns the logged averages."""
