@@ -274,7 +274,7 @@ def train_step_fn(graphdef, vae_graphdef, config, dcfg, wrt, state_sh, mesh, *, 
 
 
 def restore_step_lowering(dit_graphdef, vae_graphdef, dcfg, rules, *, vae: bool):
-  """(function, static keywords) of the restore command's own step (`vbridge_jax.restore`):
+  """(function, static keywords) of the restore command's own step (`vbridge_jax.inference.restorer`):
   `sample_step` (frame-0 latent -> the UniPC loop with CFG -> final latent, with
   `SamplerConfig`'s defaults), or with `vae=True` `restore_step` (image -> encode -> that
   step -> the decoded last frame)."""

@@ -21,7 +21,7 @@ the sampler fields (`solver`, `steps`, `shift`, `schedule`, `guidance`, `cfg_ski
      "dtype": "float32", "param_dtype": "float32", "vae_dtype": "float32",
      "quantize": "truncate"}}
 
-Restore (vbridge_jax/restore.py) uses a recorded field unless its command line sets it,
+Restore (vbridge_jax/inference/folder.py) uses a recorded field unless its command line sets it,
 so that it scores what the training log reported. Absent (older files, converted PyTorch
 checkpoints, the released weights), or a field missing from it: nothing recorded, restore's
 own defaults. Values are checked on read (a one-line `ModelInfoError` naming file and field).

@@ -4,7 +4,7 @@
 trains on ("demo": `WORKDIR/demo_data/heldout`, the demo set's held-out split, whose photos
 are disjoint from the training split's; "": off). At every stage end and every
 `eval.every_steps` steps, the trainer calls `Evaluator.run` with its live model: the LQ
-images go through `vbridge_jax.restore.Restorer`, the code path of the restore command
+images go through `vbridge_jax.inference.restorer.Restorer`, the code path of the restore command
 (padding to the model's multiple, codec encode of frame 0, sampling with first-frame
 conditioning, decode, last frame), and are scored against their GT with the `vbridge`
 protocol of `vbridge_jax.evaluation.metrics` (PSNR/SSIM on MATLAB luma). The unrestored LQ image is
@@ -180,7 +180,6 @@ class Evaluator:
     images = self.images if images is None else images
     return restorer.restore([im.lq for im in images], [im.key or im.name for im in images],
                             batch=self.batch)
-
 
   def run(self, model, vae, step: int) -> dict[str, float]:
     """Restores, scores and logs the held-out set at `step`; returns the logged averages."""

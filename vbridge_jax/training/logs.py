@@ -1,11 +1,11 @@
-"""Training logs: progress, `metrics.jsonl`, TensorBoard scalars and sample grids.
+"""Training logs: progress, `metrics.jsonl` and TensorBoard scalars.
 
 Only process 0 writes. Every logged step becomes one JSON object in `workdir/metrics.jsonl`
 (`step`, `loss`, `grad_norm`, `lr`, `steps_per_sec`, `eta_sec`, `stage`, `size`, ...) and
 TensorBoard scalars `train/<name>` in `workdir/tensorboard` (through tensorboardX; no
 TensorFlow); the held-out evaluation's rows go through the same writer (`log_scalars`), so
-one process holds the files. A resumed run first drops the rows after the step it resumed from (a run
-killed between a log line and its next checkpoint replays those steps): `metrics.jsonl` is
+one object holds the files. A resumed run first drops the rows after the step it resumed
+from (a run killed between a log line and its next checkpoint replays those steps): `metrics.jsonl` is
 rewritten without them, and the new events file starts with TensorBoard's purge marker for
 them. On a terminal, a tqdm bar shows progress; otherwise (a log file) each logged row is
 one plain line, with no carriage returns.
