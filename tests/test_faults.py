@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -129,6 +130,20 @@ def test_convert_out_at_a_file_or_unwritable_place_is_one_line(converted, tmp_pa
     assert r.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: "), r.stderr[-1500:]
     assert str(out) in lines[0]
   assert a_file.read_text() == "mine"
+
+
+def test_convert_out_overlapping_src_is_refused_and_the_source_kept(converted, tmp_path):
+  """`--out` at, inside or above `--src` could replace the source's own `vae/` (a diffusers
+  repository converted onto itself lost its VAE, exit 0): refused in one line, nothing touched."""
+  repo = tmp_path / "repo"
+  shutil.copytree(converted.parent / "repo", repo)
+  before = {p.relative_to(repo): p.read_bytes() for p in repo.rglob("*") if p.is_file()}
+  for out in (repo, repo / "vae", repo / "out", tmp_path):
+    r = _convert_cli(repo, out)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and "overlaps --src" in lines[0], r.stderr[-1500:]
+  after = {p.relative_to(repo): p.read_bytes() for p in repo.rglob("*") if p.is_file()}
+  assert after == before and not (repo / "out").exists()
 
 
 def test_failed_convert_leaves_no_empty_out_folder(tmp_path):

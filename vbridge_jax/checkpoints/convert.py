@@ -25,6 +25,7 @@ from vbridge_jax.checkpoints.components import Converter, Found
 from vbridge_jax.checkpoints.io import write_component
 from vbridge_jax.checkpoints.model_info import FILENAME, ModelInfo, read_model_info, write_model_info
 from vbridge_jax.models.configs import DTYPES  # name -> numpy dtype (the one map)
+from vbridge_jax.utils import atomic
 from vbridge_jax.utils.errors import CheckpointError, ModelInfoError
 
 
@@ -96,6 +97,9 @@ def convert_path(src: Path, out: Path, dtype: str = "float32",
   found = find_components(src)
   info = _source_info(Path(src), frames)
   out = Path(out).resolve()
+  if atomic.overlaps(out, src):  # writing out/<component> could replace the source's own
+    raise CheckpointError(f"--out {out} overlaps --src {Path(src).resolve()}; choose a folder "
+                          "outside it")
   created = _make_out(out)
   by_name = {c.name: c for c in converters()}
   staging = None

@@ -29,6 +29,7 @@ from vbridge_jax.models.configs import DTYPES  # the one name -> dtype map
 from vbridge_jax.models.wan_dit import WanDiT
 from vbridge_jax.training import heldout, setup
 from vbridge_jax.training.checkpointing import checkpoint_steps
+from vbridge_jax.utils import atomic
 from vbridge_jax.utils.errors import ExportError
 
 FORMATS = ("jax", "wan", "diffusers")
@@ -190,16 +191,12 @@ def _evaluated_with(config, dcfg):
                       f"({' '.join(str(err).split())})") from None
 
 
-def _related(a: Path, b: Path) -> bool:
-  return a == b or a in b.parents or b in a.parents
-
-
 def _check_out(out: Path, workdir: Path, config, overwrite: bool) -> None:
   inputs = [("the run", workdir)]
   if config.get("init_from"):
     inputs.append(("the run's init_from", Path(config.init_from).resolve()))
   for what, path in inputs:
-    if _related(out, path):
+    if atomic.overlaps(out, path):
       raise ExportError(f"--out {out} overlaps {what} ({path}); choose a folder outside it")
   if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
     raise ExportError(f"--out {out} exists; pass --overwrite to replace it")

@@ -48,3 +48,10 @@ def write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = False) ->
 def write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> Path:
   """`obj` as JSON with a trailing newline."""
   return write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def overlaps(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+  """Whether writing into one of two folders can touch the other: the same folder, or one
+  inside the other (symlinks resolved). Outputs that overlap their inputs are refused."""
+  a, b = Path(a).resolve(), Path(b).resolve()
+  return a == b or a in b.parents or b in a.parents
