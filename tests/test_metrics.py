@@ -142,7 +142,7 @@ def test_evaluate_cli_on_foundir_tree(tmp_path, foundir_samples):
   (pred_root / "01Blur" / "LQ" / "extra.png").write_bytes(
       (pred_root / "01Blur" / "LQ" / "0001.png").read_bytes())
   out = tmp_path / "out"
-  assert _run(pred=pred_root, gt=gt_root, out=out) == 0
+  assert _run(pred=pred_root, gt=gt_root, out=out) == 1  # the unpaired prediction: scored, listed, status 1
   res = json.loads((out / "metrics.json").read_text())
   assert res["protocol"] == "vbridge"
   assert len(res["per_image"]) == len(pairs)
@@ -156,6 +156,7 @@ def test_evaluate_cli_on_foundir_tree(tmp_path, foundir_samples):
   md = (out / "metrics.md").read_text()
   assert "L+R" in md and "31.27" in md  # the paper's NightRain figure beside ours
   assert (out / "metrics.csv").read_text().startswith("category,name,psnr_y")
+  (pred_root / "01Blur" / "LQ" / "extra.png").unlink()
   assert _run(pred=pred_root, gt=gt_root, out=out, protocol="foundir") == 0
   res = json.loads((out / "metrics.json").read_text())
   for row in res["per_image"]:
@@ -187,6 +188,22 @@ def _tree(root, side, cat, name, img, ext=".png"):
   folder = root / cat / side if side else root / cat
   folder.mkdir(parents=True, exist_ok=True)
   Image.fromarray(img).save(folder / f"{name}{ext}")
+
+
+def test_a_ground_truth_without_its_prediction_makes_the_status_1(tmp_path, capsys):
+  """An image that was never restored is listed under `missing` and fails the command (its
+  docstring: every problem makes the status 1), after the rest is scored and written."""
+  rng = np.random.default_rng(2)
+  for name in ("a", "b"):
+    gt = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    _tree(tmp_path / "gt", "GT", "Blur", name, gt)
+    if name == "a":
+      _tree(tmp_path / "pred", "LQ", "Blur", name, gt)
+  out = tmp_path / "out"
+  assert _run(pred=tmp_path / "pred", gt=tmp_path / "gt", out=out) == 1
+  res = json.loads((out / "metrics.json").read_text())
+  assert res["missing"]["pred"] == ["Blur/b"] and [r["name"] for r in res["per_image"]] == ["a"]
+  assert "without a prediction" in capsys.readouterr().err
 
 
 def test_a_resized_prediction_is_recorded_counted_and_can_be_an_error(tmp_path, capsys):

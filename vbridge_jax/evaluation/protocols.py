@@ -236,5 +236,6 @@ def report(result: dict[str, Any], strict_size: bool = False) -> int:
           f"(cubic spline; listed under resized_from in metrics.json; "
           f"--config.strict_size=true makes this an error)", file=sys.stderr)
   print(markdown(result), end="")
-  bad = result["unreadable"] or result["skipped"] or not result["per_image"]
+  bad = (result["unreadable"] or result["skipped"] or not result["per_image"]
+         or any(result["missing"].values()))  # an unpaired image is a problem too (module doc)
   return 1 if bad else 0
