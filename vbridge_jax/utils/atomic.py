@@ -4,7 +4,8 @@
 `path`'s own suffix so that writers that pick the format from the name still do); when the
 block finishes the file is renamed onto `path` in one step (`os.replace`), and when it fails
 the temporary file is removed. A reader, or a rerun after a kill, never sees half a file.
-Files get the user's umask, as any other file would.
+Files get the user's umask, as any other file would. `overlaps` is the rule by which a command
+refuses an output folder that could touch its input.
 """
 
 from __future__ import annotations
