@@ -189,7 +189,11 @@ def objective(config) -> tuple[float, float, str]:
 def pixel_multiple(config) -> int:
   """Clip sides must be multiples of this: the codec's spatial factor x the DiT's patch
   (16 x 2 = 32 for Wan2.2, 4 x 2 = 8 for the pixel codec)."""
-  return plan(config).multiple
+  return _multiple(dit_config(config), vae_config(config))
+
+
+def _multiple(dcfg: DiTConfig, vcfg: VAEConfig | PixelCodecConfig) -> int:
+  return vcfg.scale_factor_spatial * max(dcfg.patch_size[1:])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,7 +227,7 @@ def plan(config) -> Plan:
   text_drop, t2v_ratio, loss_frames = objective(config)
   return Plan(dit=dcfg, codec=vcfg, text_drop=text_drop, t2v_ratio=t2v_ratio,
               loss_frames=loss_frames,
-              multiple=vcfg.scale_factor_spatial * max(dcfg.patch_size[1:]),
+              multiple=_multiple(dcfg, vcfg),
               latent_frames=1 + (int(config.data.frames) - 1) // vcfg.scale_factor_temporal,
               lora_targets=tuple(lora_targets(config)))
 

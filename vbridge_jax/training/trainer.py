@@ -460,7 +460,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     run.close(failed)
   if jax.process_index() == 0:
     atomic.write_text(os.path.join(workdir, "final.json"),
-                json.dumps({"step": run.step, "last": run.last_row}))
+                      json.dumps({"step": run.step, "last": run.last_row}))
   return {"step": run.step, **run.last_row}
 
 

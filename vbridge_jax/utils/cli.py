@@ -4,7 +4,8 @@
 the working folder), else the installed config file of that name (`vbridge_jax.configs`,
 the repository's `configs/`), so `--config=configs/curriculum.py:tiny` works from any folder.
 
-`--help` of the commands that take a config file (train, aot, restore, evaluate) is one text for all of them: what the command does, its flags, then the config file's variants
+`--help` of the commands that take a config file (train, aot, restore, evaluate) is one
+text for all of them: what the command does, its flags, then the config file's variants
 (with the fields each one changes) and every field with its default, as
 `--config.FIELD=VALUE` (the spelling that overrides it). Printed to stdout with exit
 status 0; absl's own `--help` lists neither variants nor fields and exits 1.
