@@ -56,3 +56,7 @@ class AOTError(VBridgeError, RuntimeError):
 
 class NonFiniteLossError(VBridgeError, RuntimeError):
   """The loss or gradient norm became NaN or inf; the run stopped."""
+
+
+class PreemptedError(VBridgeError, RuntimeError):
+  """A run stopped by a preemption notice (SIGTERM) after saving a checkpoint; rerun to resume."""
