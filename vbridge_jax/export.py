@@ -27,15 +27,20 @@ Both PyTorch layouts also get `MODEL/model.json`, which `convert/wan_to_jax.py` 
 when converting them back. `--dtype` defaults to the run's `model.param_dtype`.
 
 Everything is written into a staging folder beside `MODEL` and moved into place at the end,
-so a failed export leaves nothing behind; `MODEL` may not be inside the run, nor hold or sit
-inside the run or the `init_from` folder; an existing `MODEL` is replaced only with
-`--overwrite`. Errors (no `config.json`, no checkpoint at `--step`, a bad format) are one
-line on stderr with exit status 1.
+so a failed export leaves nothing behind, and `MODEL` gets the user's umask; `MODEL` may not
+be inside the run, nor hold or sit inside the run or the `init_from` folder; an existing
+`MODEL` is replaced only with `--overwrite`. One export per `MODEL` at a time (a lock file
+`.MODEL.lock` beside it; a second is refused); a killed export's staging folders are removed
+by the next. Without `--step`, an unreadable latest checkpoint is passed over for the newest
+intact one, with a warning. Errors (no `config.json` or one that is not a run's, no
+checkpoint at `--step`, a bad format, a `--max_shard_gb` that is not a positive number, an
+unwritable place or a full disk) are one line on stderr with exit status 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -44,7 +49,7 @@ from absl import logging as absl_logging
 
 from vbridge_jax.training.export import FORMATS, export_run
 from vbridge_jax.utils import cli
-from vbridge_jax.utils.errors import VBridgeError
+from vbridge_jax.utils.errors import ExportError, VBridgeError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
   # orbax warns that a state item has no step-level metadata file: true, and harmless here.
   absl_logging.set_verbosity(absl_logging.ERROR)
   try:
+    if not math.isfinite(args.max_shard_gb) or args.max_shard_gb * (1 << 30) < 1:
+      raise ExportError(f"--max_shard_gb {args.max_shard_gb}: must be a positive finite number of GB")
     export_run(args.workdir, args.out, step=args.step, fmt=args.format, dtype=args.dtype,
                overwrite=args.overwrite, max_shard_bytes=int(args.max_shard_gb * (1 << 30)))
   except VBridgeError as e:

@@ -25,8 +25,13 @@ from vbridge_jax.checkpoints.components import Converter, Found
 from vbridge_jax.checkpoints.io import write_component
 from vbridge_jax.checkpoints.model_info import FILENAME, ModelInfo, read_model_info, write_model_info
 from vbridge_jax.models.configs import DTYPES  # name -> numpy dtype (the one map)
-from vbridge_jax.utils import atomic
-from vbridge_jax.utils.errors import CheckpointError, ModelInfoError
+from vbridge_jax.utils import atomic, lock
+from vbridge_jax.utils.errors import CheckpointError, ModelInfoError, VBridgeError
+
+# One conversion per --out at a time (`utils.lock`); its staging folders, which a conversion
+# killed before it finished leaves behind, are removed by the next one.
+LOCK_NAME = ".convert.lock"
+STAGING_PATTERN = r"\.convert\.[A-Za-z0-9_]{8}"
 
 
 def converters() -> list[Converter]:
@@ -91,7 +96,9 @@ def convert_path(src: Path, out: Path, dtype: str = "float32",
   all or nothing. `frames`: the clip length to record (see the module docstring).
 
   A failed conversion (bad input, a full disk) leaves `out` as it was: earlier components
-  untouched, and no empty `out` folder that the call created."""
+  untouched, and no empty `out` folder that the call created. A second conversion into the
+  same `out` while one runs is refused (`utils.lock.LockedError`); a killed one's staging
+  folder is removed by the next."""
   if dtype not in DTYPES:
     raise CheckpointError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
   found = find_components(src)
@@ -102,31 +109,42 @@ def convert_path(src: Path, out: Path, dtype: str = "float32",
                           "outside it")
   created = _make_out(out)
   by_name = {c.name: c for c in converters()}
-  staging = None
   try:
-    staging = Path(tempfile.mkdtemp(prefix=".convert.", dir=out))
-    for f in found:
-      log(f"{f.name}: {f.layout} layout at {f.path}")
-      config, params = by_name[f.name].convert(f, DTYPES[dtype])
-      write_component(staging, f.name, config, params, source=f"{f.layout}:{f.path}")
-      del params
-    written = []
-    for f in found:
-      final = out / f.name
-      if final.exists():
-        shutil.rmtree(final)
-      os.replace(staging / f.name, final)
-      written.append(final)
-      log(f"{f.name}: wrote {final}")
-    if any(f.name == "dit" for f in found) or not (out / "model.json").is_file():
-      # A VAE converted on its own keeps the frame count recorded with the DiT beside it.
-      write_model_info(out, info)
-      log(f"model.json: {info.frames} frames, codec {info.codec}")
-    return written
-  except OSError as e:  # a full disk, a folder that went read-only
-    raise CheckpointError(f"--out {out}: writing failed ({e.strerror or e}"
-                          f"{': ' + str(e.filename) if e.filename else ''})") from None
+    with lock.exclusive(out / LOCK_NAME, what=f"convert --out {out}"):
+      for stale in lock.remove_stale(out, STAGING_PATTERN):  # a killed conversion's
+        log(f"removed {stale}, left by a conversion that did not finish")
+      staging = atomic.temp_dir(out, prefix=".convert.")
+      try:
+        return _convert_into(found, by_name, staging, out, dtype, info, log)
+      finally:
+        shutil.rmtree(staging, ignore_errors=True)
+  except VBridgeError:
+    raise
+  except (OSError, ValueError) as e:  # a full disk, a folder that went read-only (orbax: ValueError)
+    if (reason := atomic.write_failure(e)) is None:
+      raise
+    raise CheckpointError(f"--out {out}: writing failed ({reason})") from None
   finally:
-    if staging is not None:
-      shutil.rmtree(staging, ignore_errors=True)
     _remove_empty(created)
+
+
+def _convert_into(found, by_name, staging: Path, out: Path, dtype: str, info: ModelInfo,
+                  log: Callable[[str], None]) -> list[Path]:
+  for f in found:
+    log(f"{f.name}: {f.layout} layout at {f.path}")
+    config, params = by_name[f.name].convert(f, DTYPES[dtype])
+    write_component(staging, f.name, config, params, source=f"{f.layout}:{f.path}")
+    del params
+  written = []
+  for f in found:
+    final = out / f.name
+    if final.exists():
+      shutil.rmtree(final)
+    os.replace(staging / f.name, final)
+    written.append(final)
+    log(f"{f.name}: wrote {final}")
+  if any(f.name == "dit" for f in found) or not (out / "model.json").is_file():
+    # A VAE converted on its own keeps the frame count recorded with the DiT beside it.
+    write_model_info(out, info)
+    log(f"model.json: {info.frames} frames, codec {info.codec}")
+  return written

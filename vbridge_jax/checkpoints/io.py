@@ -1,7 +1,7 @@
 """Reading PyTorch tensors and writing converted components.
 
-Readers stream one tensor at a time (safetensors through a memory map, with no torch needed;
-pickles only through torch's `weights_only=True` loader). Writers put a component
+Readers stream one tensor at a time (safetensors through the `safetensors` package, with no
+torch needed; pickles only through torch's `weights_only=True` loader). Writers put a component
 (`dit`, `vae`) into `OUT/<name>/` as `config.json` + orbax `params/`, atomically: the
 component is written beside its final place and renamed into it, so a failed conversion
 leaves nothing behind.
@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import struct
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
@@ -24,6 +24,12 @@ import ml_dtypes
 import numpy as np
 import orbax.checkpoint as ocp
 
+try:  # the convert extra; the rest of the package runs without it
+  from safetensors import safe_open
+except ImportError:  # pragma: no cover
+  safe_open = None
+
+from vbridge_jax.utils import atomic
 from vbridge_jax.utils.errors import CheckpointError
 
 FORMAT_VERSION = 1
@@ -36,11 +42,9 @@ CHUNK_BYTES = 64 << 20
 # Tensor sources
 # ---------------------------------------------------------------------------------------------
 
-_ST_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
-    "BOOL": np.bool_, "F8_E4M3": ml_dtypes.float8_e4m3fn, "F8_E5M2": ml_dtypes.float8_e5m2,
-}
+# What `safe_open(framework="numpy")` returns (bfloat16 as ml_dtypes.bfloat16); it cannot make
+# the float8 types in numpy, which are refused by name rather than read wrongly.
+_ST_READABLE = frozenset({"F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL"})
 
 
 class TensorSource:
@@ -63,19 +67,38 @@ class TensorSource:
 
 
 class SafetensorsSource(TensorSource):
-  """One or more `.safetensors` files, read through memory maps (bf16 included, no torch)."""
+  """One or more `.safetensors` files, read one tensor at a time by the `safetensors` package
+  (`safe_open(framework="numpy", backend="pread")`: bf16 included, no torch, and no memory map
+  that would keep the file's pages in the process; benchmarks/safetensors_io.py measured it
+  against the memory-mapped reader this replaced)."""
 
   def __init__(self, files: Sequence[Path], name: str | None = None):
     self.name = name or ", ".join(str(f) for f in files)
-    self._index: dict[str, tuple[Path, dict[str, Any], int]] = {}
-    for f in files:
-      header, offset = _read_safetensors_header(Path(f))
-      for key, info in header.items():
-        if key == "__metadata__":
-          continue
+    self._handles: dict[Path, Any] = {}
+    self._index: dict[str, tuple[Path, tuple[int, ...], str]] = {}
+    for f in map(Path, files):
+      handle = self._handle(f)
+      try:
+        entries = [(key, handle.get_slice(key)) for key in handle.keys()]
+        entries = [(key, tuple(sl.get_shape()), sl.get_dtype()) for key, sl in entries]
+      except Exception as e:  # safetensors' Rust errors
+        raise CheckpointError(f"{f}: cannot read the safetensors header ({_reason(e)})") from None
+      for key, shape, dtype in entries:
         if key in self._index:
           raise CheckpointError(f"{f}: tensor {key!r} also appears in {self._index[key][0]}")
-        self._index[key] = (Path(f), info, offset)
+        self._index[key] = (f, shape, dtype)
+
+  def _handle(self, path: Path) -> Any:
+    if path not in self._handles:
+      if safe_open is None:
+        raise CheckpointError(f"{path}: reading .safetensors needs the safetensors package "
+                              f"(pip install 'vbridge_jax[convert]')")
+      try:
+        self._handles[path] = safe_open(str(path), framework="numpy", backend="pread")
+      except Exception as e:  # SafetensorError for a bad header or a short file, OSError
+        raise CheckpointError(f"{path}: not a readable safetensors file (damaged or truncated: "
+                              f"{_reason(e)})") from None
+    return self._handles[path]
 
   def keys(self) -> list[str]:
     return list(self._index)
@@ -84,40 +107,18 @@ class SafetensorsSource(TensorSource):
     return key in self._index
 
   def shape(self, key: str) -> tuple[int, ...]:
-    return tuple(self._index[key][1]["shape"])
+    return self._index[key][1]
 
   def get(self, key: str) -> np.ndarray:
-    path, info, offset = self._index[key]
-    dtype = _ST_DTYPES.get(info["dtype"])
-    if dtype is None:
-      raise CheckpointError(f"{path}: tensor {key!r} has unsupported dtype {info['dtype']}")
-    start, end = info["data_offsets"]
-    count = int(np.prod(info["shape"], dtype=np.int64))
-    if end - start != count * np.dtype(dtype).itemsize:
-      raise CheckpointError(f"{path}: tensor {key!r} byte range does not match its shape")
-    mm = np.memmap(path, dtype=np.uint8, mode="r", offset=offset + start, shape=(end - start,))
-    arr = np.frombuffer(mm, dtype=dtype, count=count).reshape(info["shape"])
-    return _as_float32(arr)
-
-
-def _read_safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
-  try:
-    with open(path, "rb") as fh:
-      raw = fh.read(8)
-      if len(raw) != 8:
-        raise CheckpointError(f"{path}: not a safetensors file (too short)")
-      (n,) = struct.unpack("<Q", raw)
-      if n > 100_000_000:
-        raise CheckpointError(f"{path}: not a safetensors file (header length {n})")
-      header = json.loads(fh.read(n))
-    size = path.stat().st_size
-  except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise CheckpointError(f"{path}: cannot read safetensors header ({e})") from None
-  offset = 8 + n
-  for key, info in header.items():
-    if key != "__metadata__" and offset + info["data_offsets"][1] > size:
-      raise CheckpointError(f"{path}: truncated (tensor {key!r} runs past the end of the file)")
-  return header, offset
+    path, _, dtype = self._index[key]
+    if dtype not in _ST_READABLE:
+      raise CheckpointError(f"{path}: tensor {key!r} has unsupported dtype {dtype}")
+    try:
+      arr = self._handle(path).get_tensor(key)
+    except Exception as e:  # an I/O error after the header was read
+      raise CheckpointError(f"{path}: cannot read tensor {key!r} ({_reason(e)})") from None
+    # The array is the reader's own copy: a float32 one is returned as it is.
+    return arr.astype(np.float32, copy=False) if _floating(arr) else arr
 
 
 class DictSource(TensorSource):
@@ -167,10 +168,12 @@ class TorchPickleSource(DictSource):
     super().__init__({k: v for k, v in sd.items() if hasattr(v, "shape")}, name=str(path))
 
 
+def _floating(arr: np.ndarray) -> bool:
+  return arr.dtype.kind == "f" or arr.dtype == ml_dtypes.bfloat16
+
+
 def _as_float32(arr: np.ndarray) -> np.ndarray:
-  if arr.dtype.kind == "f" or arr.dtype == ml_dtypes.bfloat16:
-    return arr.astype(np.float32)
-  return np.array(arr)
+  return arr.astype(np.float32) if _floating(arr) else np.array(arr)
 
 
 def safetensors_files(folder: Path) -> list[Path]:
@@ -273,9 +276,8 @@ def write_component(out: Path, name: str, config: Mapping[str, Any], params: dic
   out = Path(out).resolve()
   out.mkdir(parents=True, exist_ok=True)
   final = out / name
-  tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=out))
+  tmp = atomic.temp_dir(out, prefix=f".{name}.", suffix=".tmp")  # with the user's umask
   try:
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would outlive the rename
     meta = {"component": name, "format": FORMAT_VERSION, "config": dict(config), "source": source}
     (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
     _save_params(tmp / "params", params)
@@ -291,12 +293,6 @@ def write_component(out: Path, name: str, config: Mapping[str, Any], params: dic
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   return final
-
-
-def _umask() -> int:
-  mask = os.umask(0o022)
-  os.umask(mask)
-  return mask
 
 
 def _save_params(path: Path, params: dict) -> None:
@@ -321,8 +317,16 @@ def _save_params(path: Path, params: dict) -> None:
   to_device(params)
   handler = ocp.PyTreeCheckpointHandler(save_concurrent_gb=budget_gb)
   save_args = jax.tree.map(lambda _: ocp.SaveArgs(chunk_byte_size=CHUNK_BYTES), params)
-  with ocp.Checkpointer(handler) as ckptr:
-    ckptr.save(path, args=ocp.args.PyTreeSave(params, save_args=save_args))
+  # A failed write (a full disk) comes back as the exception, which the commands turn into
+  # one line; orbax would also log it, with a traceback per writer thread.
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level
+  absl_logger.setLevel(logging.CRITICAL)
+  try:
+    with ocp.Checkpointer(handler) as ckptr:
+      ckptr.save(path, args=ocp.args.PyTreeSave(params, save_args=save_args))
+  finally:
+    absl_logger.setLevel(level)
 
 
 def find_component(path: Path, name: str) -> Path:
@@ -441,7 +445,11 @@ def flatten(tree: Mapping, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple
 # Writing PyTorch layouts: safetensors files, sharded above a size limit
 # ---------------------------------------------------------------------------------------------
 
-_ST_NAMES = {np.dtype(v).name: k for k, v in _ST_DTYPES.items()}
+# numpy dtype name -> safetensors name. The writer is this project's own: the package's
+# `save_file` needs a whole shard in memory at once (benchmarks/safetensors_io.py).
+_ST_NAMES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64",
+             "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
+             "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2"}
 WEIGHTS_NAME = "diffusion_pytorch_model"
 
 

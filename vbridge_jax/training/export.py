@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -29,8 +30,8 @@ from vbridge_jax.models.configs import DTYPES  # the one name -> dtype map
 from vbridge_jax.models.wan_dit import WanDiT
 from vbridge_jax.training import heldout, setup
 from vbridge_jax.training.checkpointing import checkpoint_steps
-from vbridge_jax.utils import atomic
-from vbridge_jax.utils.errors import ExportError
+from vbridge_jax.utils import atomic, lock
+from vbridge_jax.utils.errors import CheckpointError, ExportError, OutputError, VBridgeError
 
 FORMATS = ("jax", "wan", "diffusers")
 
@@ -39,14 +40,40 @@ FORMATS = ("jax", "wan", "diffusers")
 
 
 def read_run_config(workdir: str | os.PathLike):
-  """The run's `config.json` (written by the trainer) as a ConfigDict."""
+  """The run's `config.json` (written by the trainer) as a ConfigDict: a JSON object whose
+  `model` and `data` are objects, else a one-line `ExportError` naming the file."""
   path = Path(workdir) / "config.json"
   if not path.is_file():
     raise ExportError(f"{path}: not found ({workdir} is not a training run folder)")
   try:
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+    raw = json.loads(path.read_text())
   except (OSError, ValueError) as e:
     raise ExportError(f"{path}: cannot read the run's config ({' '.join(str(e).split())})") from None
+  if not isinstance(raw, dict) or not raw:
+    raise ExportError(f"{path}: holds {_shown(raw)}, not a training run's config (the JSON object "
+                      f"the trainer writes)")
+  for section in ("model", "data"):
+    if not isinstance(raw.get(section), dict):
+      raise ExportError(f"{path}: {section} is {_shown(raw.get(section, 'missing'))}, not an object; "
+                        f"not a training run's config")
+  try:
+    return ml_collections.ConfigDict(raw)
+  except (TypeError, ValueError, KeyError) as e:
+    raise ExportError(f"{path}: cannot read the run's config ({' '.join(str(e).split())})") from None
+
+
+def _shown(value) -> str:
+  text = value if isinstance(value, str) else json.dumps(value)
+  return text if len(text) <= 40 else text[:40] + "..."
+
+
+def _from_config(workdir: Path, what: str, fn):
+  """`fn()`, with a run config that lacks or mistypes a field it reads as an `ExportError`."""
+  try:
+    return fn()
+  except (AttributeError, KeyError, TypeError) as e:
+    raise ExportError(f"{workdir / 'config.json'}: cannot take {what} from the run's config "
+                      f"({' '.join(str(e).split()) or type(e).__name__})") from None
 
 
 def _pick_step(workdir: Path, step: int | None) -> int:
@@ -71,7 +98,8 @@ def _restore_model_tree(state_dir: Path) -> dict:
       args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
       tree = ckptr.restore(state_dir, args=ocp.args.PyTreeRestore(
           item=item, restore_args=args, partial_restore=True))["0"]
-    except (ValueError, KeyError, FileNotFoundError, OSError, TypeError) as e:
+    except (ValueError, KeyError, FileNotFoundError, OSError, TypeError, AttributeError) as e:
+      # AttributeError: no _METADATA (orbax then has no item metadata)
       msg = str(e).splitlines()[0] if str(e) else type(e).__name__
       raise ExportError(f"{state_dir}: cannot read the model state ({msg})") from None
 
@@ -97,8 +125,12 @@ def _build_model(config, dcfg):
 
 
 def load_run_model(workdir: str | os.PathLike, step: int | None = None, *, merge: bool = True,
-                   **overrides):
+                   log=None, **overrides):
   """`(model, config, step)`: the run's DiT at `step` (default the latest), on the CPU.
+
+  Without `step`, a latest checkpoint that cannot be read (a missing `_METADATA`, a truncated
+  chunk) is passed over for the newest intact one, each skipped step named in one line to
+  `log` (default print); an unreadable `step` that was asked for is an `ExportError`.
 
   With `merge` (the default) LoRA adapters are folded into the base weights, so the model
   is a plain `WanDiT`; `merge=False` keeps the `LoRADense` wrappers (the trained function
@@ -107,19 +139,36 @@ def load_run_model(workdir: str | os.PathLike, step: int | None = None, *, merge
 
   workdir = Path(workdir)
   config = read_run_config(workdir)
-  step = _pick_step(workdir, step)
-  dcfg = setup.dit_config(config).replace(**overrides)
+  steps = [_pick_step(workdir, step)]
+  if step is None:  # the latest, else the newest intact one, as the trainer resumes
+    steps = checkpoint_steps(workdir, "state")[::-1]
+  dcfg = _from_config(workdir, "the DiT's architecture",
+                      lambda: setup.dit_config(config).replace(**overrides))
+  unreadable = []
   with jax.default_device(jax.devices("cpu")[0]):
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: _build_model(config, dcfg)))
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: _from_config(
+        workdir, "the model", lambda: _build_model(config, dcfg))))
     pure = nnx.to_pure_dict(state)
-    state_dir = workdir / "checkpoints" / str(step) / "state"
-    stored = _restore_model_tree(state_dir)
-    io._check_tree(state_dir, stored, io.string_keys(pure))
+    for candidate in steps:
+      state_dir = workdir / "checkpoints" / str(candidate) / "state"
+      try:
+        stored = _restore_model_tree(state_dir)
+        io._check_tree(state_dir, stored, io.string_keys(pure))
+        break
+      except (ExportError, CheckpointError) as e:
+        if step is not None:
+          raise
+        unreadable.append((candidate, str(e)))
+    else:
+      raise ExportError(f"{workdir}/checkpoints: no intact checkpoint: " +
+                        "; ".join(f"step {s}: {why}" for s, why in unreadable))
+    for bad, why in unreadable:
+      (log or print)(f"warning: checkpoint step {bad} is unreadable ({why}); using step {candidate}")
     nnx.replace_by_pure_dict(state, io.rekey_like(pure, stored))
     model = nnx.merge(graphdef, state)
     if merge:
       lora_lib.merge_lora(model)
-  return model, config, step
+  return model, config, candidate
 
 
 def _numpy_params(module, dtype) -> dict:
@@ -208,27 +257,72 @@ def export_run(workdir: str | os.PathLike, out: str | os.PathLike, *, step: int 
   """Exports `workdir`'s model at `step` (default the latest) to `out`; returns `out`.
 
   See the module docstring for the formats. All or nothing: `out` appears (or is replaced)
-  only when everything has been written.
+  only when everything has been written, with the user's umask. One export per `out` at a
+  time: a second is refused (`utils.lock.LockedError`), and the staging folders of one that
+  was killed are removed by the next. A place that cannot be written, or a disk that fills,
+  is one line (`OutputError`).
   """
 
   if fmt not in FORMATS:
     raise ExportError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
   if dtype is not None and dtype not in DTYPES:
     raise ExportError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+  if not isinstance(max_shard_bytes, int) or max_shard_bytes < 1:
+    raise ExportError(f"max_shard_bytes={max_shard_bytes!r}: must be a positive whole number of bytes")
   workdir, out = Path(workdir).resolve(), Path(out).resolve()
   config = read_run_config(workdir)
   _check_out(out, workdir, config, overwrite)
-  dtype = dtype or str(config.model.param_dtype)
+  dtype = dtype or _from_config(workdir, "model.param_dtype", lambda: str(config.model.param_dtype))
+  if dtype not in DTYPES:
+    raise ExportError(f"{workdir / 'config.json'}: model.param_dtype {dtype!r} is not one of "
+                      f"{', '.join(DTYPES)}; pass --dtype")
+  _writable(out.parent)
+  with lock.exclusive(out.parent / f".{out.name}.lock", what=f"export --out {out}"):
+    old = out.parent / f".{out.name}.old"
+    if old.is_dir() and not out.exists():  # killed between moving out aside and moving in
+      os.replace(old, out)
+      log(f"restored {out} from {old}, where an export that did not finish had moved it")
+    for stale in lock.remove_stale(out.parent, _staging_pattern(out)):  # a killed export's
+      log(f"removed {stale}, left by an export that did not finish")
+    _check_out(out, workdir, config, overwrite)  # again: another export may have just finished
+    try:
+      return _export_locked(workdir, out, config, step, fmt, dtype, max_shard_bytes, log)
+    except VBridgeError:
+      raise
+    except (OSError, ValueError) as e:  # a full disk, a read-only folder (orbax: ValueError)
+      if (reason := atomic.write_failure(e)) is None:
+        raise
+      raise OutputError(f"--out {out}: writing failed ({reason})") from None
+
+
+def _staging_pattern(out: Path) -> str:
+  """The names of `out`'s staging folders (`atomic.temp_dir`) and of the previous `out` while
+  it is being replaced: leftovers of a killed export when nobody holds `out`'s lock."""
+  return rf"\.{re.escape(out.name)}\.(export\.[A-Za-z0-9_]{{8}}|old)"
+
+
+def _writable(folder: Path) -> None:
+  """Creates `folder` if needed and checks that a file can be made in it, before the model
+  is read: a read-only or forbidden place is one line naming it."""
+  try:
+    folder.mkdir(parents=True, exist_ok=True)
+    tempfile.TemporaryFile(dir=folder).close()
+  except OSError as e:
+    raise OutputError(f"--out {folder}: cannot write there ({e.strerror or e})") from None
+
+
+def _export_locked(workdir: Path, out: Path, config, step, fmt: str, dtype: str,
+                   max_shard_bytes: int, log) -> Path:
   np_dtype = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}[dtype]
-  model, config, step = load_run_model(workdir, step)
+  model, config, step = load_run_model(workdir, step, log=log)
   cfg = model.config
   evaluated = _evaluated_with(config, cfg)
+  frames = _from_config(workdir, "data.frames", lambda: int(config.data.frames))
   params = _numpy_params(model, np_dtype)
   del model
   source = f"run:{workdir}@step{step}"
 
-  out.parent.mkdir(parents=True, exist_ok=True)
-  staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.export.", dir=out.parent))
+  staging = atomic.temp_dir(out.parent, prefix=f".{out.name}.export.")  # the user's umask
   try:
     if fmt == "jax":
       io.write_component(staging, "dit", cfg.arch_dict() | {"param_dtype": dtype}, params,
@@ -242,8 +336,7 @@ def export_run(workdir: str | os.PathLike, out: str | os.PathLike, *, step: int 
       meta = dit_ckpt.wan_config(cfg) if fmt == "wan" else dit_ckpt.diffusers_config(cfg)
       (folder / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
       codec = _run_codec(config)
-    write_model_info(staging, ModelInfo(frames=int(config.data.frames), codec=codec,
-                                        evaluated_with=evaluated))
+    write_model_info(staging, ModelInfo(frames=frames, codec=codec, evaluated_with=evaluated))
     if out.exists():
       old = out.parent / f".{out.name}.old"
       shutil.rmtree(old, ignore_errors=True)
@@ -256,6 +349,6 @@ def export_run(workdir: str | os.PathLike, out: str | os.PathLike, *, step: int 
     shutil.rmtree(staging, ignore_errors=True)
     raise
   lora = " (LoRA merged)" if config.finetune == "lora" else ""
-  log(f"exported {workdir} step {step}{lora} as {fmt} ({dtype}, {int(config.data.frames)} "
-      f"frames, codec {codec}) to {out}")
+  log(f"exported {workdir} step {step}{lora} as {fmt} ({dtype}, {frames} frames, codec {codec}) "
+      f"to {out}")
   return out
