@@ -9,6 +9,11 @@ DIR/dit/ and DIR/vae/ (config.json + orbax params); nothing is written unless al
 DIR/model.json records the frame count restore samples with: `--frames`, else the source's
 own model.json (an export of a trained run), else 5 (the authors' eval.sh, for the released
 checkpoint).
+
+PATH may also be a Hugging Face repository id, `org/name[@revision][/path/in/repo]`
+(`Wan-AI/Wan2.2-TI2V-5B`, `desimfj/V-Bridge`, `Wan-AI/Wan2.2-TI2V-5B/Wan2.2_VAE.pth` for the
+VAE alone): only the DiT and VAE files are fetched into the Hugging Face cache (never the
+text encoder), honouring HF_HOME, HF_HUB_OFFLINE and HF_TOKEN (`vbridge_jax/checkpoints/hub.py`).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from vbridge_jax.checkpoints import convert_path
+from vbridge_jax.checkpoints import convert_path, hub
 from vbridge_jax.utils import cli
 from vbridge_jax.utils.errors import VBridgeError
 
@@ -25,7 +30,9 @@ from vbridge_jax.utils.errors import VBridgeError
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                    formatter_class=cli.ArgparseFormatter)
-  parser.add_argument("--src", required=True, type=Path, help="checkpoint file, folder or repository root")
+  parser.add_argument("--src", required=True,
+                      help="checkpoint file, folder or repository root, or a Hugging Face id "
+                           "org/name[@revision][/path]")
   parser.add_argument("--out", required=True, type=Path, help="output folder (DIR/dit, DIR/vae)")
   parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                       help="stored parameter dtype (default float32)")
@@ -34,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
                            "(default: the source's model.json, else 5)")
   args = parser.parse_args(argv)
   try:
-    convert_path(args.src, args.out, args.dtype, frames=args.frames)
+    if hub.parse(args.src) is not None:  # a download first: refuse a bad --out before it
+      hub.check_output(args.out, folder=True)
+    src = hub.resolve(args.src, hub.CONVERT)
+    convert_path(src, args.out, args.dtype, frames=args.frames)
   except VBridgeError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -12,8 +12,8 @@ from vbridge_jax.utils import cli
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "vbridge_jax"
 # Imported inside functions on purpose: heavy and optional (the convert / video / tpu extras).
-LAZY = ("torch", "transformers", "ftfy", "tensorflow_datasets", "imageio", "imageio_ffmpeg",
-        "libtpu", "tensorboardX", "jax.experimental.pallas")
+LAZY = ("torch", "transformers", "huggingface_hub", "ftfy", "tensorflow_datasets", "imageio",
+        "imageio_ffmpeg", "libtpu", "tensorboardX", "jax.experimental.pallas")
 
 
 def _modules() -> dict[str, Path]:

@@ -1,6 +1,8 @@
 """convert/encode_prompts.py on a tiny random umT5, in the diffusers and the original Wan layouts."""
 
+import os
 import re
+import stat
 
 import numpy as np
 import pytest
@@ -157,3 +159,38 @@ def test_prompt_loader_errors_name_the_file_and_key(tmp_path):
   with pytest.raises(prompts.PromptError, match="'empty'.*encode_prompts"):
     np.savez(tmp_path / "old.npz", positive=good, negative=good)
     prompts.training_context(tmp_path / "old.npz", 4, 8, need_empty=True)
+
+
+@pytest.mark.parametrize("case", ["directory", "parent_is_file", "read_only_parent"])
+def test_unwritable_out_is_refused_before_encoding(tiny, tmp_path, capsys, monkeypatch, case):
+  """Issue 23 item 15: --out is checked before the encoder is loaded, not after an hour."""
+  root, _, _ = tiny
+  loaded = []
+  monkeypatch.setattr(umt5, "load_diffusers_encoder", lambda *a: loaded.append(a))
+  if case == "directory":
+    out = tmp_path / "p.npz"
+    out.mkdir()
+  elif case == "parent_is_file":
+    (tmp_path / "file").write_text("x")
+    out = tmp_path / "file" / "sub" / "p.npz"
+  else:
+    if os.geteuid() == 0:
+      pytest.skip("root writes into a read-only folder")
+    (tmp_path / "ro").mkdir(mode=0o500)
+    out = tmp_path / "ro" / "p.npz"
+  rc = _cli()(["--text-encoder", str(root), "--out", str(out)])
+  err = capsys.readouterr().err
+  assert rc == 1 and err.startswith("error: --out ") and str(out) in err and len(err.splitlines()) == 1
+  assert not loaded
+
+
+def test_output_takes_the_umask(tiny, tmp_path):
+  """Issue 23 item 20: the file gets the user's umask (0644 under 022), not mkstemp's 0600."""
+  root, _, _ = tiny
+  old = os.umask(0o022)
+  try:
+    assert _cli()(["--text-encoder", str(root), "--out", str(tmp_path / "p")]) == 0
+  finally:
+    os.umask(old)
+  assert stat.S_IMODE((tmp_path / "p.npz").stat().st_mode) == 0o644
+  assert [p.name for p in tmp_path.iterdir()] == ["p.npz"]  # no temporary file left
