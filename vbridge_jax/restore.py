@@ -1,11 +1,14 @@
 """Restore degraded images with a converted V-Bridge model (and optionally the drift corrector).
 
-    python -m vbridge_jax.restore --config=configs/restore.py[:tiny] --config.model=DIR \
-        --config.prompts=FILE.npz --config.input=PATH --config.output=DIR [--config.drift=DIR] \
+    python -m vbridge_jax.restore [--config=configs/restore.py[:tiny]] --model=DIR \\
+        --prompts=FILE.npz --input=PATH --output=DIR [--drift=DIR] \\
         [--config.steps=50 --config.mesh.fsdp=-1 --config.mesh.data=1 ...]
 
 Settings come from `configs/restore.py` (absl + ml_collections `config_flags`, as training;
-`--help` lists the variants and every field with its default). `model` is a converter output
+`--help` lists the variants and every field with its default). The everyday fields have
+plain flags: `--model`, `--drift`, `--prompts`, `--input` and `--output` are the same as
+`--config.model` ... `--config.output` (`--flag=VALUE` or `--flag VALUE`; both spellings
+with different values are an error). `model` is a converter output
 holding `dit/` and `vae/` (convert/wan_to_jax.py, or `python -m vbridge_jax.export`); `drift`
 a second converted DiT (the corrector, sharing the VAE); `prompts` the `.npz` from
 convert/encode_prompts.py. `input` is an image or a folder tree; every image gets a PNG of the
@@ -38,25 +41,19 @@ import sys
 import textwrap
 from typing import Sequence
 
-from absl import flags
-from ml_collections import config_flags
-
 from vbridge_jax.inference import folder
 from vbridge_jax.utils import cli
 from vbridge_jax.utils.errors import VBridgeError
 
 DEFAULT_CONFIG = cli.config_file("restore.py")
-
-
-class _Usage(Exception):
-  """A command-line error (one line)."""
+PLAIN = ("model", "drift", "prompts", "input", "output")  # --model=X is --config.model=X
 
 
 def usage(argv: Sequence[str] = ()) -> str:
   """`--help`: what the command does, its flag, the config's variants and every field."""
   flag = ("Flags:\n  --config=FILE[:VARIANT]  config file (default configs/restore.py); "
-          "--config.FIELD=VALUE overrides a field")
-  return "\n\n".join([__doc__.strip(), flag, cli.config_text(argv, DEFAULT_CONFIG),
+          "--config.FIELD=VALUE overrides a field\n" + cli.plain_text(PLAIN))
+  return "\n\n".join([__doc__.strip(), flag, cli.config_text(argv, DEFAULT_CONFIG, PLAIN),
                       unset_text()])
 
 
@@ -76,32 +73,17 @@ def parse(argv: Sequence[str]):
   argv = cli.resolve_config_flags(argv)
   if cli.wants_help(argv):
     cli.print_and_exit(usage(argv))
-  fv = flags.FlagValues()
   default = str(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else None
-  try:
-    holder = config_flags.DEFINE_config_file("config", default, "restore config file[:variant]",
-                                             flag_values=fv, lock_config=True,
-                                             sys_argv=["restore", *argv])
-    rest = fv(["restore", *argv])
-    value = holder.value
-  except (KeyError, AttributeError) as e:
-    raise _Usage(f"unknown config field {str(e).strip(chr(34))} (--help lists them)") from None
-  except (flags.Error, ValueError, TypeError) as e:
-    raise _Usage(" ".join(str(e).split())) from None
-  if len(rest) > 1:
-    raise _Usage(f"unexpected arguments: {' '.join(rest[1:])} (settings are --config.KEY=VALUE)")
-  if value is None:
-    raise _Usage("--config=FILE is required (configs/restore.py)")
-  return value
+  return cli.parse_config(argv, "restore", default, PLAIN, "configs/restore.py[:tiny]")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   try:
     config = parse(argv)
-  except _Usage as e:
+  except VBridgeError as e:  # a bad flag or field, a missing config file, two spellings
     print(f"error: {e}", file=sys.stderr)
-    return 2
+    return 1
   try:
     return folder.run(config)
   except (FileNotFoundError, ValueError, VBridgeError) as e:

@@ -3,8 +3,9 @@
 `--config.x=y` overrides any config field (`--help` lists the variants and every field
 with its default). Rerunning the same command in the same workdir resumes from the last
 intact checkpoint; a finished run is left as it is. Exit status 1 with a one-line message
-on a bad config or flag, missing weights or data, a damaged checkpoint, a failed save
-(a full disk) or a non-finite loss.
+on a bad config or flag (an unknown variant, a missing config file, an empty `--workdir`,
+refused before anything is built), missing weights or data, a damaged checkpoint, a failed
+save (a full disk) or a non-finite loss.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from ml_collections import config_flags
 
 from vbridge_jax.training import trainer
 from vbridge_jax.utils import cli
-from vbridge_jax.utils.errors import VBridgeError
+from vbridge_jax.utils.errors import ConfigError, VBridgeError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "training config file[:variant]",
                                           lock_config=True)
@@ -42,9 +43,15 @@ def parse_flags(argv: list[str]) -> list[str]:
   if cli.wants_help(argv[1:]):
     cli.print_and_exit(help_text(argv[1:]))
   try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
+    cli.check_config_file(argv)
+    rest = flags.FLAGS(argv)
+    if not flags.FLAGS.workdir.strip():  # "" would build the demo set in the working folder
+      raise ConfigError(f"--workdir={flags.FLAGS.workdir!r} is empty: name the run folder")
+    return rest
+  except VBridgeError as e:
     print(f"error: {e}", file=sys.stderr)
+  except flags.Error as e:  # also a config file's own error (an unknown variant)
+    print(f"error: {cli.flag_error(e)}", file=sys.stderr)
   except (KeyError, AttributeError, TypeError, ValueError) as e:  # an unknown --config.x
     msg = " ".join(str(e).strip("'\"").split()).strip("'\"")
     print(f"error: bad --config override: {msg} (--help lists the fields)", file=sys.stderr)

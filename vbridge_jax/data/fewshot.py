@@ -1,7 +1,7 @@
 """Few-shot restoration sets from clean images: `DIR/<category>/{LQ,GT}/<id>.png`.
 
     python -m vbridge_jax.data.fewshot --out DIR [--clean DIR] [--per_category N]
-        [--heldout N] [--seed S] [--size PX] [--categories A,B,...]
+        [--heldout N] [--drift N] [--seed S] [--size PX] [--categories A,B,...] [--overwrite]
 
 With no `--clean`, the clean images are the public-domain photos that ship inside
 scikit-image (astronaut, coffee, chelsea, rocket, hubble_deep_field,
@@ -14,9 +14,24 @@ Degradations are applied at the crop size, as a camera at that resolution makes 
 (data/degrade.py): build the set at the size it is trained and scored at, since shrinking
 a degraded image afterwards averages most of the degradation away. With `--clean DIR`
 every image under DIR (recursively, sorted) is used in turn; `--size 0` (the default there) keeps full images.
-The output is a pure function of the inputs and `--seed`. `--out` may not overlap
-`--clean` (the set would feed its own outputs back in, or overwrite its inputs); a
-dangling link under `--clean` and a write that fails (a full disk) are one-line errors.
+The output is a pure function of the inputs and `--seed` (a non-negative integer, as
+numpy's seeds are). `--size` is at most `MAX_SIZE` (4096 px: a 512-px photo upscaled 8x;
+100000 would ask for a 30 GB image). `--out` may not overlap `--clean` (the set would feed
+its own outputs back in, or overwrite its inputs); a dangling link under `--clean` and a
+write that fails (a full disk) are one-line errors.
+
+The command's `--out` is one set: it must be new or empty (a set written over another of
+another seed or size would mix the two, and `prepare` would pack both), or, with
+`--overwrite`, the folder is replaced whole. Either way the set is built in a hidden
+folder beside `--out` and renamed into place when complete, so a failed build leaves
+`--out` as it was.
+
+`--drift N` (N > 0) also writes `DIR/drift/<category>/{LQ,GT}/<id>.png`, N pairs each for
+the drift corrector (configs/drift.py; the paper uses 50 per category "for the drift
+correction stage"): cut and degraded from the training split's clean images with their own
+random draws, so none of them is one of the base model's training pairs (where the base's
+drift would be smallest). The training pairs then go to `DIR/train/`. `prepare` packs the
+split like any tree (`--manual_dir DIR/drift`).
 
 `--heldout N` (N > 0) also writes a held-out split whose clean images are disjoint from the
 training split's: `DIR/train/<category>/{LQ,GT}/<id>.png` (`--per_category` pairs each) and
@@ -82,8 +97,9 @@ BUILTIN_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field
                   "immunohistochemistry", "retina", "stereo_motorcycle")
 HELDOUT_PHOTOS = ("chelsea", "coffee")  # held out of the built-in photos' training split
 DEFAULT_SIZE = 256
+MAX_SIZE = 4096  # --size's upper bound (px)
 DEFAULT_PER_CATEGORY = 4
-SPLITS = ("train", "heldout")
+SPLITS = ("train", "heldout", "drift")
 
 
 def builtin_photos() -> list[tuple[str, np.ndarray]]:
@@ -137,15 +153,21 @@ def random_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.nd
 def build(out: str | os.PathLike, *, clean: str | os.PathLike | None = None,
           per_category: int = DEFAULT_PER_CATEGORY, seed: int = 0,
           size: int | None = None, categories: Sequence[str] = CATEGORIES,
-          progress: bool = False, heldout: int = 0) -> int:
+          progress: bool = False, heldout: int = 0, drift: int = 0) -> int:
   """Writes the set; returns the number of pairs written.
 
   `heldout > 0`: `out/train/` and `out/heldout/` from disjoint clean images (module doc).
+  `drift > 0`: also `out/drift/`, the drift corrector's pairs (module doc).
   """
-  if heldout < 0:
-    raise DataError(f"--heldout must be >= 0, got {heldout}")
+  for name, n in (("heldout", heldout), ("drift", drift)):
+    if n < 0:
+      raise DataError(f"--{name} must be >= 0, got {n}")
   if per_category < 1:
     raise DataError(f"--per_category must be at least 1, got {per_category}")
+  if seed < 0:
+    raise DataError(f"--seed must be >= 0 (numpy's seeds are non-negative), got {seed}")
+  if size is not None and not 0 <= size <= MAX_SIZE:
+    raise DataError(f"--size must be between 0 (full images) and {MAX_SIZE} px, got {size}")
   unknown = [c for c in categories if c not in CATEGORIES]
   if unknown:
     raise DataError(f"unknown categories: {', '.join(unknown)}")
@@ -153,10 +175,7 @@ def build(out: str | os.PathLike, *, clean: str | os.PathLike | None = None,
     sources: list[tuple[str, object]] = list(builtin_photos())
     size = DEFAULT_SIZE if size is None else size
   else:
-    a, b = Path(out).resolve(), Path(clean).resolve()
-    if a == b or b in a.parents or a in b.parents:
-      raise DataError(f"--out {out} overlaps --clean {clean}: the set would read its own "
-                      f"outputs or overwrite its inputs; choose a separate folder")
+    _check_apart(out, clean)
     sources = list(clean_images(clean))
     size = 0 if size is None else size
   out = Path(out)
@@ -164,7 +183,10 @@ def build(out: str | os.PathLike, *, clean: str | os.PathLike | None = None,
     train_src, held_src = split_sources(sources, clean is None)
     jobs = [(out / "train", train_src, per_category, 0), (out / "heldout", held_src, heldout, 1)]
   else:
-    jobs = [(out, sources, per_category, None)]
+    train_src = sources
+    jobs = [(out / "train", sources, per_category, 0) if drift else (out, sources, per_category, None)]
+  if drift:  # the training images, other crops and degradations (split 2): no pair repeats
+    jobs.append((out / "drift", train_src, drift, 2))
   total = sum(n for _, _, n, _ in jobs) * len(categories)
   bar = None
   if progress:
@@ -177,6 +199,53 @@ def build(out: str | os.PathLike, *, clean: str | os.PathLike | None = None,
     if bar is not None:
       bar.close()
   return total
+
+
+def _check_apart(out, clean) -> None:
+  if clean is not None and atomic.overlaps(out, clean):
+    raise DataError(f"--out {out} overlaps --clean {clean}: the set would read its own "
+                    f"outputs or overwrite its inputs; choose a separate folder")
+
+
+def build_set(out: str | os.PathLike, *, overwrite: bool = False, **spec) -> int:
+  """The command's build: `out` holds exactly the set `build(out, **spec)` writes, or is
+  left as it was. A non-empty `out` is refused unless `overwrite`; the set is built in a
+  hidden folder beside `out` and renamed into place (replacing the old folder) when
+  complete. Returns the number of pairs."""
+  out = Path(out)
+  _check_apart(out, spec.get("clean"))
+  if out.exists() and not out.is_dir():
+    raise DataError(f"--out {out} exists and is not a folder")
+  if out.is_dir() and any(out.iterdir()) and not overwrite:
+    raise DataError(f"--out {out} is not empty: a set written into it would mix with what it "
+                    f"holds; choose a new folder, or pass --overwrite to replace it whole")
+  try:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.name}.fewshot.{os.getpid()}")  # mkdtemp's would be 0700
+    shutil.rmtree(staging, ignore_errors=True)  # a killed run's
+    staging.mkdir()
+  except OSError as e:
+    raise DataError(f"cannot write beside --out {out}: {e.strerror or e}") from None
+  aside = None
+  try:
+    n = build(staging, **spec)
+    if out.is_dir() and any(out.iterdir()):
+      aside = out.with_name(f"{staging.name}.old")
+      os.replace(out, aside)
+    try:
+      os.replace(staging, out)  # onto a missing or empty folder
+    except OSError:
+      if aside is not None:
+        os.replace(aside, out)  # the old set back
+        aside = None
+      raise
+  except OSError as e:
+    raise DataError(f"cannot write --out {out}: {e.strerror or e}") from None
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+    if aside is not None:
+      shutil.rmtree(aside, ignore_errors=True)
+  return n
 
 
 MARKER = ".complete_split"  # in a built set's folder: the build settings (JSON)
@@ -254,18 +323,24 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--heldout", type=int, default=0,
                  help="held-out pairs per category from disjoint clean images: writes "
                  "OUT/train/ and OUT/heldout/ (default 0: one flat set)")
-  p.add_argument("--seed", type=int, default=0, help="the set is a pure function of the inputs and this")
+  p.add_argument("--drift", type=int, default=0,
+                 help="drift-corrector pairs per category, other draws from the training images: "
+                 "writes OUT/drift/ (and the training pairs to OUT/train/)")
+  p.add_argument("--seed", type=int, default=0,
+                 help="the set is a pure function of the inputs and this (>= 0)")
   p.add_argument("--size", type=int, default=None,
-                 help=f"square crop size (default {DEFAULT_SIZE}; 0 = full image, the "
-                 "default with --clean)")
+                 help=f"square crop size, at most {MAX_SIZE} (default {DEFAULT_SIZE}; 0 = full "
+                 "image, the default with --clean)")
   p.add_argument("--categories", default=",".join(CATEGORIES),
                  help="comma-separated subset of the 21 categories")
+  p.add_argument("--overwrite", action="store_true",
+                 help="replace a non-empty --out whole (built beside it, then swapped in)")
   args = p.parse_args(argv)
   cats = [c for c in args.categories.split(",") if c]
   try:
-    n = build(args.out, clean=args.clean, per_category=args.per_category,
-              seed=args.seed, size=args.size, categories=cats, progress=True,
-              heldout=args.heldout)
+    n = build_set(args.out, overwrite=args.overwrite, clean=args.clean,
+                  per_category=args.per_category, seed=args.seed, size=args.size,
+                  categories=cats, progress=True, heldout=args.heldout, drift=args.drift)
   except VBridgeError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -14,10 +14,17 @@ that stem, not the category) and report how many in one warning, or append them 
 `problems` list the caller reports once. A dangling symbolic link is a problem, never
 skipped without a word.
 
-Decoding (`open_image`): the format comes from the data; the EXIF orientation is applied
+Decoding (`open_image`, `read_rgb`: the one image reader of every command; `image_size`
+for headers): the format comes from the data; the EXIF orientation is applied
 (as OpenCV's `imread` does for the authors' evaluation), to both sides of a pair alike;
 16-bit images are scaled to 8 bits; single-channel float images (TIFF) must hold [0, 1]
-and are scaled to [0, 255], other float ranges are refused.
+and are scaled to [0, 255], other float ranges are refused. Whatever PIL cannot decode (an
+unidentified format, a truncated file) is a `DataError` naming the file, and so is an image
+of more than `MAX_PIXELS` pixels (PIL's `MAX_IMAGE_PIXELS`, 89,478,485, about 9459 x 9459:
+its decompression-bomb guard, over which PIL only warns below twice the limit and raises its
+own `DecompressionBombError` above): a 14000 x 14000 1-bit PNG is 24 KB on disk and 588 MB
+decoded. The commands that go on past a bad image (restore, evaluate, `--skip_bad`) go on
+past this one.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from vbridge_jax.data.degrade import CATEGORIES, FOUNDIR_CATEGORIES, REALCE_CATEGORY
 from vbridge_jax.utils.errors import DataError
@@ -73,6 +80,25 @@ def category_ids(names: Iterable[str]) -> dict[str, int]:
 
 
 _ORIENTATION = 0x0112  # EXIF tag
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # PIL's default decompression-bomb limit
+
+
+def _open(src, label: str) -> Image.Image:
+  """Image.open with every failure, and an image over `MAX_PIXELS`, a DataError naming it."""
+  try:
+    im = Image.open(io.BytesIO(src) if isinstance(src, bytes) else src)
+  except FileNotFoundError as e:
+    raise DataError(f"missing image: {label}") from e
+  except Image.DecompressionBombError as e:
+    raise DataError(f"image too large: {label} ({_one_line(e)})") from None
+  except Exception as e:  # UnidentifiedImageError, OSError, and whatever a damaged header raises
+    raise DataError(f"corrupt or unreadable image: {label} ({_one_line(e)})") from None
+  w, h = im.size
+  if w * h > MAX_PIXELS:
+    im.close()
+    raise DataError(f"image too large: {label} is {w}x{h} = {w * h} pixels, over the limit of "
+                    f"{MAX_PIXELS} (PIL's MAX_IMAGE_PIXELS, a decompression-bomb guard)")
+  return im
 
 
 def _orientation(im: Image.Image) -> int:
@@ -90,15 +116,13 @@ def open_image(src: str | os.PathLike | bytes, name: str | None = None) -> Image
   that way); both sides of a pair are read alike, so they stay pixel-aligned.
   """
   label = name or (os.fspath(src) if not isinstance(src, bytes) else "<bytes>")
+  im = _open(src, label)
   try:
-    im = Image.open(io.BytesIO(src) if isinstance(src, bytes) else src)
     im.load()
     if _orientation(im) != 1:
       im = ImageOps.exif_transpose(im)
-  except FileNotFoundError as e:
-    raise DataError(f"missing image: {label}") from e
-  except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-    raise DataError(f"corrupt or truncated image: {label} ({_one_line(e)})") from e
+  except Exception as e:  # truncated or damaged data (OSError, SyntaxError, ValueError, ...)
+    raise DataError(f"corrupt or truncated image: {label} ({_one_line(e)})") from None
   if im.mode != "RGB":
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
       arr = np.asarray(im, dtype=np.float32)
@@ -121,14 +145,9 @@ def read_rgb(src: str | os.PathLike | bytes, name: str | None = None) -> np.ndar
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
   """(width, height) as decoded (EXIF orientation applied), from the header only."""
-  try:
-    with Image.open(path) as im:
-      w, h = im.size
-      return (h, w) if _orientation(im) in (5, 6, 7, 8) else (w, h)
-  except FileNotFoundError as e:
-    raise DataError(f"missing image: {path}") from e
-  except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-    raise DataError(f"corrupt or unreadable image: {path} ({_one_line(e)})") from e
+  with _open(path, os.fspath(path)) as im:
+    w, h = im.size
+    return (h, w) if _orientation(im) in (5, 6, 7, 8) else (w, h)
 
 
 def has_orientation(data: bytes) -> bool:

@@ -24,15 +24,15 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 from vbridge_jax.data import builders
-from vbridge_jax.utils import atomic, cli
-from vbridge_jax.utils.errors import DataError, VBridgeError
+from vbridge_jax.utils import atomic, cli, lock
+from vbridge_jax.utils.errors import DataError, OutputError, VBridgeError
 
 MANIFEST = "source_manifest.json"
 
@@ -84,10 +84,35 @@ def version_dir(builder_name: str, data_dir: str) -> Path:
 
 def prepare(builder_name: str, manual_dir: str, data_dir: str, *, skip_bad: bool = False,
             overwrite: bool = False) -> str:
-  """Builds the set (or reuses an up-to-date one); returns the version folder."""
+  """Builds the set (or reuses an up-to-date one); returns the version folder. One prepare
+  at a time per set (`utils.lock`); the holder first clears what a killed one left."""
   if not Path(manual_dir).is_dir():
     raise DataError(f"source tree is not a directory: {manual_dir}")
   final = version_dir(builder_name, data_dir)
+  try:
+    final.parent.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise OutputError(f"{final.parent}: cannot create it ({e.strerror or e})") from None
+  with lock.exclusive(final.parent / f".{final.name}.prepare.lock",
+                      what=f"prepare into {final}"):
+    _clear_leftovers(final)
+    return _prepare(builder_name, manual_dir, data_dir, final, skip_bad, overwrite)
+
+
+def _clear_leftovers(final: Path) -> None:
+  """What a killed prepare of `final` left (called holding its lock): TFDS's
+  `incomplete.XXXXXX_<version>` folders, this module's `.prepare.*` staging, and the old set
+  moved aside during a swap, which comes back when the kill fell between the two renames."""
+  aside = final.with_name(f".{final.name}.old")
+  if aside.is_dir() and not final.exists():
+    os.replace(aside, final)
+  shutil.rmtree(aside, ignore_errors=True)
+  lock.remove_stale(final.parent, rf"incomplete\.[A-Z0-9]{{6}}_{re.escape(final.name)}")
+  lock.remove_stale(final.parent.parent, r"\.prepare\..+")
+
+
+def _prepare(builder_name: str, manual_dir: str, data_dir: str, final: Path, skip_bad: bool,
+             overwrite: bool) -> str:
   manifest = source_manifest(manual_dir, builder_name, skip_bad)
   if final.exists():
     old = _read_manifest(final)
@@ -102,7 +127,7 @@ def prepare(builder_name: str, manual_dir: str, data_dir: str, *, skip_bad: bool
       raise DataError(f"{final} exists and {why}; pass --overwrite to rebuild it from "
                       f"{manual_dir}")
     # Build beside the old set; swap only when the new one is complete.
-    staging = Path(tempfile.mkdtemp(prefix=".prepare.", dir=data_dir))
+    staging = atomic.temp_dir(data_dir, prefix=".prepare.")
     try:
       built = _build(builder_name, manual_dir, str(staging), skip_bad)
       _write_manifest(built, manifest)

@@ -16,6 +16,8 @@ Every problem raises `PromptError` with a one-line message naming the file and t
 from __future__ import annotations
 
 import os
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -34,19 +36,32 @@ def load(path: str | os.PathLike, text_dim: int, keys: tuple[str, ...] = ("posit
   if not path.is_file():
     raise PromptError(f"{path}: no such prompt file (make one with convert/encode_prompts.py)")
   try:
-    with np.load(path, allow_pickle=False) as data:
+    data = np.load(path, allow_pickle=False)
+    if not isinstance(data, np.lib.npyio.NpzFile):  # a .npy array: one unnamed array
+      raise PromptError(f"{path}: not a prompt file (one .npy array, not an .npz holding "
+                        f"{', '.join(repr(k) for k in keys)}; make one with "
+                        "convert/encode_prompts.py)")
+    with data:
       present = set(data.files)
       for key in keys:
         if key not in present:
           hint = (" (written before the empty prompt was stored: rerun "
                   "convert/encode_prompts.py)" if key == "empty" else "")
           raise PromptError(f"{path}: no '{key}' array in the prompt file{hint}")
-      out = {k: np.asarray(data[k], np.float32) for k in keys + optional if k in present}
+      out = {}
+      for k in keys + optional:
+        if k in present:
+          a = data[k]
+          if a.dtype.kind != "f":
+            raise PromptError(f"{path}: '{k}' holds {a.dtype} values; prompt embeddings are "
+                              "floating point (convert/encode_prompts.py writes float32)")
+          out[k] = np.asarray(a, np.float32)
   except PromptError:
     raise
-  except (OSError, ValueError, EOFError) as e:  # not an npz, truncated, pickled objects
-    raise PromptError(f"{path}: not a prompt file ({str(e).splitlines()[0] if str(e) else e!r})"
-                      ) from None
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as e:
+    # not an npz, truncated or damaged (a bad zip, a bad CRC), pickled objects
+    raise PromptError(f"{path}: not a prompt file, or a damaged one "
+                      f"({str(e).splitlines()[0] if str(e) else e!r})") from None
   for key, a in out.items():
     if a.ndim != 2 or a.shape[1] != text_dim or a.shape[0] < 1:
       raise PromptError(f"{path}: '{key}' has shape {a.shape}; the model needs (L, {text_dim})")
