@@ -33,7 +33,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.pred = ""  # restored images (a folder tree; .mp4 files for vbridge_mp4); required
   c.gt = ""  # ground truth (a folder tree); required
-  c.out = ""  # folder for metrics.json, metrics.csv, metrics.md; required
+  c.out = ""  # folder for metrics.json, metrics.csv, metrics.md, report.html; required
+  # the restore's input tree (LQ images, paired by category and stem as pred is; "" when not
+  # given): the LQ is scored too (input, gain) and shown in report.html; may be the gt tree
+  c.lq = ""
   c.protocol = arg  # vbridge | vbridge_mp4 | foundir
   c.strict_size = False  # a prediction of another size than its GT is an error, not resized
   c.progress = True  # a progress bar on stderr

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.test_report import check_report
 from vbridge_jax import miniature
 from vbridge_jax.checkpoints.model_info import read_model_info
 
@@ -57,6 +58,11 @@ def test_miniature_runs_every_phase_and_resumes(tmp_path):
   assert a.shape == b.shape == (64, 64, 3) and not np.array_equal(a, b)
   pic = Image.open(tmp_path / "picture.png")
   assert pic.height > 2 * 128 and pic.width > 6 * 128  # two rows of six enlarged cells
+  # report.html: every held-out image, its links and numbers checked against scores/*/metrics.json;
+  # the base run's held-out evaluation wrote its own, checked against eval/step_N.json.
+  assert len(check_report(tmp_path / "report.html").rows) == 2
+  (step_report,) = sorted((tmp_path / "base" / "eval").glob("step_*/report.html"))
+  assert len(check_report(step_report).rows) == 2
 
   second = miniature.run(tmp_path, **kw)
   assert {k: v for k, v in second["phases"].items() if k != "5 evaluate"} == {

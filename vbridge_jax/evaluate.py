@@ -1,7 +1,11 @@
 """Score restored images against ground truth, per image and per category, beside Table 1.
 
-  python -m vbridge_jax.evaluate --config=configs/evaluate.py[:VARIANT] \\
-      --config.pred=DIR --config.gt=DIR --config.out=DIR [--config.strict_size=true]
+  python -m vbridge_jax.evaluate [--config=configs/evaluate.py[:VARIANT]] \\
+      --pred=DIR --gt=DIR --out=DIR [--protocol=vbridge] [--config.strict_size=true]
+
+`--pred`, `--gt`, `--out` and `--protocol` are the same as `--config.pred` ...
+`--config.protocol` (`--flag=VALUE` or `--flag VALUE`; both spellings with different
+values are an error).
 
 Variants: `vbridge` (default; the authors' metrics on lossless images), `vbridge_mp4` (the
 authors' eval.py exactly: the last frame of each prediction `.mp4`, read with OpenCV and
@@ -26,21 +30,32 @@ status 1 after the rest is scored:
   frames are padded to multiples of 16), which is reported too.
 
 `out` gets `metrics.json` (`protocol, per_image, per_category, average_per_image,
-average_per_category, missing, unreadable, skipped, resized`), `metrics.csv` (one row per
-image) and `metrics.md` (per-category table beside the paper's Table 1 V-Bridge figures,
-matched by category name). Table 1 averages V-Bridge per image and the baselines per
-category: both averages are reported. Metrics: `vbridge_jax.evaluation.metrics`.
+average_per_category, missing, unreadable, skipped, resized`; each image's `pred` and `gt`
+files), `metrics.csv` (one row per image), `metrics.md` (per-category table beside the
+paper's Table 1 V-Bridge figures, matched by category name) and `report.html`
+(`vbridge_jax.evaluation.report`: that table, a gallery of every image, LQ | restored | GT
+with its scores and the gain over the input, worst first, and the resized, missing and
+skipped lists; pictures linked relative to `out`). Table 1 averages V-Bridge per image and
+the baselines per category: both averages are reported. Metrics:
+`vbridge_jax.evaluation.metrics`.
+
+`lq` (optional, the restore's input tree; the GT tree itself for a FoundIR-style tree with
+LQ/ beside GT/): each pair's LQ image, found as the prediction is, is scored against its GT
+too (`input` per image, `input_per_category`, `input_average_per_image`,
+`input_average_per_category`; a pair without one is listed under `missing.lq`, exit 1) and
+shown in the report. `out` is checked before anything is scored (a file in its place, a
+folder that cannot be created or written: one line, exit 1); a write that fails at the end
+(disk full) is one line naming the file, after the table is printed.
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Sequence
 
-from absl import app
-from ml_collections import config_flags
-
-from vbridge_jax.evaluation.protocols import evaluate, report, write
+from vbridge_jax.evaluation.protocols import check_out, evaluate, report, write
+from vbridge_jax.evaluation.report import evaluate_report
 from vbridge_jax.utils import cli
 from vbridge_jax.utils.errors import VBridgeError
 
@@ -49,41 +64,60 @@ def run(cfg) -> int:
   """The command on a configs/evaluate.py config; returns the exit status."""
   for field in ("pred", "gt", "out"):
     if not cfg[field]:
-      print(f"error: --config.{field} is required (configs/evaluate.py)", file=sys.stderr)
+      print(f"error: --{field} (--config.{field}) is required (configs/evaluate.py)",
+            file=sys.stderr)
       return 1
+  out = Path(cfg.out)
   try:
+    check_out(out)  # before the scoring, which a late failure would lose
     result = evaluate(Path(cfg.pred), Path(cfg.gt), cfg.protocol, progress=bool(cfg.progress),
-                      strict_size=bool(cfg.strict_size))
+                      strict_size=bool(cfg.strict_size), lq_root=Path(cfg.lq) if cfg.get("lq") else None)
   except (FileNotFoundError, ValueError, VBridgeError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  write(result, Path(cfg.out))
-  status = report(result)
-  print(f"wrote {cfg.out}/metrics.json, metrics.csv, metrics.md")
+  status = report(result)  # the table on stdout first: a failed write below does not lose it
+  try:
+    write(result, out)
+    evaluate_report(result, out)
+  except VBridgeError as e:  # disk full: one line naming the file
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  print(f"wrote {out}/metrics.json, metrics.csv, metrics.md, report.html")
   return status
 
 
-def main(argv: list[str]) -> int:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  return run(_CONFIG.value)
+CONFIG_FILE = cli.config_file("evaluate.py")
+PLAIN = ("pred", "gt", "out", "protocol")  # --pred=X is --config.pred=X
 
 
-_CONFIG_FILE = cli.config_file("evaluate.py")
+def help_text(argv: Sequence[str]) -> str:
+  flag = ("Flags:\n  --config=FILE[:VARIANT]  config file (default configs/evaluate.py); "
+          "--config.FIELD=VALUE overrides a field\n" + cli.plain_text(PLAIN))
+  return "\n\n".join([__doc__.strip(), flag, cli.config_text(argv, CONFIG_FILE, PLAIN)])
+
+
+def parse(argv: Sequence[str]):
+  """argv (without the program name) -> the config; ConfigError (one line) for bad flags."""
+  argv = cli.resolve_config_flags(argv)
+  if cli.wants_help(argv):
+    cli.print_and_exit(help_text(argv))
+  return cli.parse_config(argv, "evaluate", str(CONFIG_FILE), PLAIN,
+                          "configs/evaluate.py[:vbridge|vbridge_mp4|foundir]")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  try:
+    cfg = parse(argv)
+  except VBridgeError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  return run(cfg)
 
 
 def console() -> None:
   """The `vbridge-evaluate` script (same as `python -m vbridge_jax.evaluate`)."""
-  global _CONFIG
-  sys.argv = cli.resolve_config_flags(sys.argv)
-  if cli.wants_help(sys.argv[1:]):
-    cli.print_and_exit(__doc__.strip(), "Flags:\n  --config=FILE[:VARIANT]  config file "
-                            "(default configs/evaluate.py); --config.FIELD=VALUE overrides a field",
-                            cli.config_text(sys.argv[1:], _CONFIG_FILE))
-  _CONFIG = config_flags.DEFINE_config_file(
-      "config", str(_CONFIG_FILE), "configs/evaluate.py[:vbridge|vbridge_mp4|foundir]",
-      lock_config=True)
-  app.run(main)
+  sys.exit(main())
 
 
 if __name__ == "__main__":

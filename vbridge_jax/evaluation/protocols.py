@@ -2,8 +2,10 @@
 `python -m vbridge_jax.evaluate`, whose help text describes the matching and the outputs).
 
 `evaluate` pairs predictions with ground truth by category and stem and scores them with
-one protocol (`vbridge`, `vbridge_mp4`, `foundir`); `write` writes metrics.json, .csv and
-.md; `report` prints the problems and the table. Metrics: `evaluation.metrics`.
+one protocol (`vbridge`, `vbridge_mp4`, `foundir`); `check_out` refuses an output folder
+that cannot be written before anything is scored; `write` writes metrics.json, .csv and
+.md (`evaluation.report` the HTML report beside them); `report` prints the problems and
+the table. Metrics: `evaluation.metrics`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +25,10 @@ import numpy as np
 from tqdm import tqdm
 
 from vbridge_jax.data import video
-from vbridge_jax.data.files import GT_NAMES, IMAGE_EXTS, LQ_NAMES, is_side_folder, read_rgb
+from vbridge_jax.data.files import GT_NAMES, IMAGE_EXTS, LQ_NAMES, image_size, is_side_folder, read_rgb
 from vbridge_jax.evaluation import metrics as M
 from vbridge_jax.utils import atomic
-from vbridge_jax.utils.errors import DataError
+from vbridge_jax.utils.errors import DataError, OutputError
 
 PROTOCOLS = ("vbridge", "vbridge_mp4", "foundir")
 VIDEO_EXTS = (".mp4",)
@@ -101,6 +104,7 @@ def _mean(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, float]
 def _read_cv2(path: Path) -> np.ndarray:
   """An image as the authors' eval.py reads its GT: cv2.imread (EXIF orientation applied),
   BGR -> RGB."""
+  image_size(path)  # the one reader's checks first (a decompression bomb is named, not read)
   img = cv2.imread(os.fspath(path))
   if img is None:
     raise DataError(f"cannot read image {path} (OpenCV)")
@@ -119,22 +123,31 @@ def _readers(protocol: str):
   return last_frame, _read_cv2
 
 
+def _names(keys) -> list[str]:
+  return [f"{c}/{n}" if c else n for c, n in sorted(keys)]
+
+
 def evaluate(pred_root: Path, gt_root: Path, protocol: str = "vbridge", progress: bool = True,
-             strict_size: bool = False) -> dict[str, Any]:
-  """Scores every matched pair; returns the `metrics.json` dictionary."""
+             strict_size: bool = False, lq_root: Path | None = None) -> dict[str, Any]:
+  """Scores every matched pair; returns the `metrics.json` dictionary. With `lq_root` (the
+  restore's input tree) each pair's LQ image is found by the same key and scored against
+  the GT too (`input` per image and `input_*` averages; `missing["lq"]` lists the pairs
+  without one), so that the report shows the LQ and the gain over it."""
   if protocol not in PROTOCOLS:
     raise ValueError(f"protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
-  for root in (pred_root, gt_root):
+  for root in (pred_root, gt_root) + ((lq_root,) if lq_root else ()):
     if not Path(root).is_dir():
       raise FileNotFoundError(f"{root}: no such folder")
   preds, pdup = scan(Path(pred_root), skip=GT_NAMES,
                      exts=VIDEO_EXTS if protocol == "vbridge_mp4" else IMAGE_EXTS)
   gts, gdup = scan(Path(gt_root), skip=LQ_NAMES)
-  if pdup or gdup:
-    raise ValueError(f"two files match one pair: {(pdup + gdup)[0]}")
+  lqs, ldup = scan(Path(lq_root), skip=GT_NAMES) if lq_root else ({}, [])
+  if pdup or gdup or ldup:
+    raise ValueError(f"two files match one pair: {(pdup + gdup + ldup)[0]}")
   keys = sorted(set(preds) & set(gts))
-  missing = {"gt": [f"{c}/{n}" if c else n for c, n in sorted(set(preds) - set(gts))],
-             "pred": [f"{c}/{n}" if c else n for c, n in sorted(set(gts) - set(preds))]}
+  missing = {"gt": _names(set(preds) - set(gts)), "pred": _names(set(gts) - set(preds))}
+  if lq_root:
+    missing["lq"] = _names(set(keys) - set(lqs))
   mkeys = metric_keys(protocol)
   mprotocol = "vbridge" if protocol == "vbridge_mp4" else protocol
   read_pred, read_gt = _readers(protocol)
@@ -159,52 +172,120 @@ def evaluate(pred_root: Path, gt_root: Path, protocol: str = "vbridge", progress
                       "reason": f"size {pred.shape[1]}x{pred.shape[0]} differs from the GT's "
                                 f"{gt.shape[1]}x{gt.shape[0]} (strict_size)"})
       continue
-    rows.append({"category": key[0], "name": key[1], **M.compute(mprotocol, pred, gt),
-                 "resized_from": [pred.shape[1], pred.shape[0]] if resized else None})
+    row = {"category": key[0], "name": key[1], **M.compute(mprotocol, pred, gt),
+           "resized_from": [pred.shape[1], pred.shape[0]] if resized else None,
+           "pred": str(preds[key]), "gt": str(gts[key])}
+    if key in lqs:  # the input, scored as the prediction is (resized to the GT if it differs)
+      try:
+        lq = read_gt(lqs[key])
+      except DataError as e:
+        unreadable.append(str(e))
+      else:
+        row["lq"] = str(lqs[key])
+        row["input"] = {**M.compute(mprotocol, lq, gt), "resized_from":
+                        [lq.shape[1], lq.shape[0]] if lq.shape[:2] != gt.shape[:2] else None}
+    rows.append(row)
   per_category = {}
   for cat in sorted({r["category"] for r in rows}):
     sub = [r for r in rows if r["category"] == cat]
     per_category[cat] = {**_mean(sub, mkeys), "count": len(sub)}
   cat_rows = list(per_category.values())
-  return {"protocol": protocol, "pred": str(pred_root), "gt": str(gt_root), "per_image": rows,
-          "per_category": per_category, "average_per_image": _mean(rows, mkeys),
-          "average_per_category": _mean(cat_rows, mkeys), "missing": missing,
-          "unreadable": unreadable, "skipped": skipped,
-          "resized": sum(r["resized_from"] is not None for r in rows)}
+  result = {"protocol": protocol, "pred": str(pred_root), "gt": str(gt_root), "per_image": rows,
+            "per_category": per_category, "average_per_image": _mean(rows, mkeys),
+            "average_per_category": _mean(cat_rows, mkeys), "missing": missing,
+            "unreadable": unreadable, "skipped": skipped,
+            "resized": sum(r["resized_from"] is not None for r in rows)}
+  if lq_root:
+    inputs = [r["input"] for r in rows if "input" in r]
+    in_cat = {}
+    for cat in per_category:
+      sub = [r["input"] for r in rows if r["category"] == cat and "input" in r]
+      if sub:
+        in_cat[cat] = {**_mean(sub, mkeys), "count": len(sub)}
+    result |= {"lq": str(lq_root), "input_per_category": in_cat,
+               "input_average_per_image": _mean(inputs, mkeys),
+               "input_average_per_category": _mean(list(in_cat.values()), mkeys)}
+  return result
+
+
+def table_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+  """The per-category table of `metrics.md` and `report.html`, one dict per row: `label`,
+  `n`, `vals` (the scores) and `ref` (where they sit in metrics.json), `input` and
+  `input_ref` (the LQ's scores, with `lq` given), `paper` (Table 1's V-Bridge (PSNR, SSIM)
+  without / with drift correction, or None)."""
+  rows = []
+  for cat, vals in result["per_category"].items():
+    name = table1_name(cat)
+    rows.append({"label": (cat or "(root)") + (f" ({name})" if name and name != cat else ""),
+                 "n": vals["count"], "vals": vals, "ref": ("per_category", cat),
+                 "input": result.get("input_per_category", {}).get(cat),
+                 "input_ref": ("input_per_category", cat), "paper": TABLE1.get(name)})
+  if result["per_image"]:
+    n = len(result["per_image"])
+    for label, field, paper in (("average per image", "average_per_image", TABLE1["Average"]),
+                                ("average per category", "average_per_category", None)):
+      rows.append({"label": label, "n": n, "vals": result[field], "ref": (field,),
+                   "input": result.get(f"input_{field}"), "input_ref": (f"input_{field}",),
+                   "paper": paper})
+  return rows
+
+
+def fmt_score(key: str, value: float) -> str:
+  """A score as the tables print it: SSIM to 4 places, PSNR to 2."""
+  return f"{value:.4f}" if key.startswith("ssim") else f"{value:.2f}"
 
 
 def markdown(result: dict[str, Any]) -> str:
   keys = metric_keys(result["protocol"])
-  head = ["category", "n"] + list(keys) + ["paper woDC PSNR/SSIM", "paper PSNR/SSIM"]
+  with_lq = "lq" in result
+  head = (["category", "n"] + list(keys) + (["input PSNR/SSIM"] if with_lq else [])
+          + ["paper woDC PSNR/SSIM", "paper PSNR/SSIM"])
   lines = [f"Protocol `{result['protocol']}`; paper: Table 1 (V-Bridge without / with drift "
            f"correction).", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-
-  def fmt(vals: dict[str, float]) -> list[str]:
-    return [f"{vals[k]:.4f}" if k.startswith("ssim") else f"{vals[k]:.2f}" for k in keys]
-
-  def paper(name: str | None) -> list[str]:
-    if name not in TABLE1:
-      return ["", ""]
-    return [f"{p:.2f} / {s:.4f}" for p, s in TABLE1[name]]
-
-  for cat, vals in result["per_category"].items():
-    name = table1_name(cat)
-    label = (cat or "(root)") + (f" ({name})" if name and name != cat else "")
-    lines.append("| " + " | ".join([label, str(vals["count"])] + fmt(vals) + paper(name)) + " |")
-  if result["per_image"]:
-    n = str(len(result["per_image"]))
-    lines.append("| " + " | ".join(["average per image", n] + fmt(result["average_per_image"])
-                                   + paper("Average")) + " |")
-    lines.append("| " + " | ".join(["average per category", n]
-                                   + fmt(result["average_per_category"]) + ["", ""]) + " |")
+  for row in table_rows(result):
+    cells = [row["label"], str(row["n"])] + [fmt_score(k, row["vals"][k]) for k in keys]
+    if with_lq:
+      inp = row["input"]
+      cells.append(" / ".join(fmt_score(k, inp[k]) for k in keys[:2]) if inp else "")
+    cells += [f"{p:.2f} / {s:.4f}" for p, s in row["paper"]] if row["paper"] else ["", ""]
+    lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
 
+def check_out(out: Path) -> None:
+  """Fails with one line (OutputError), before anything is scored, when `out` cannot take
+  the outputs: a file in its place, a folder that cannot be created or written (a probe
+  file is written and removed)."""
+  out = Path(out)
+  if out.exists() and not out.is_dir():
+    raise OutputError(f"out {out} is an existing file, not a folder")
+  try:
+    out.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise OutputError(f"out {out}: cannot create the folder ({e.strerror or e})") from None
+  try:
+    tempfile.TemporaryFile(dir=out).close()  # also for root on a read-only mount
+  except OSError as e:
+    raise OutputError(f"out {out}: the folder is not writable ({e.strerror or e})") from None
+
+
+def write_file(path: Path, text: str) -> Path:
+  """`text` into `path` atomically; a failure (disk full) is one OutputError naming it."""
+  try:
+    return atomic.write_text(path, text)
+  except OSError as e:
+    raise OutputError(f"{path}: cannot write ({e.strerror or e})") from None
+
+
 def write(result: dict[str, Any], out: Path) -> None:
-  """metrics.json, metrics.csv, metrics.md into `out` (each written atomically)."""
-  out.mkdir(parents=True, exist_ok=True)
+  """metrics.json, metrics.csv, metrics.md into `out` (each written atomically; a failed
+  write is one OutputError naming the file)."""
+  try:
+    out.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise OutputError(f"out {out}: cannot create the folder ({e.strerror or e})") from None
   keys = metric_keys(result["protocol"])
-  atomic.write_text(out / "metrics.json", json.dumps(result, indent=2) + "\n")
+  write_file(out / "metrics.json", json.dumps(result, indent=2) + "\n")
   buf = io.StringIO()
   w = csv.writer(buf, lineterminator="\n")
   w.writerow(["category", "name", *keys, "resized_from"])
@@ -212,16 +293,16 @@ def write(result: dict[str, Any], out: Path) -> None:
     size = r["resized_from"]
     w.writerow([r["category"], r["name"], *(repr(r[k]) for k in keys),
                 f"{size[0]}x{size[1]}" if size else ""])
-  atomic.write_text(out / "metrics.csv", buf.getvalue())
-  atomic.write_text(out / "metrics.md", markdown(result))
+  write_file(out / "metrics.csv", buf.getvalue())
+  write_file(out / "metrics.md", markdown(result))
 
 
 def report(result: dict[str, Any], strict_size: bool = False) -> int:
   """Prints the problems on stderr and the table on stdout; returns the exit status."""
   for side, names in result["missing"].items():
     if names:
-      other = "ground truth" if side == "gt" else "prediction"
-      print(f"warning: {len(names)} image(s) without a {other}: {', '.join(names[:5])}"
+      other = {"gt": "a ground truth", "pred": "a prediction", "lq": "an input (lq)"}[side]
+      print(f"warning: {len(names)} image(s) without {other}: {', '.join(names[:5])}"
             + (" ..." if len(names) > 5 else ""), file=sys.stderr)
   for line in result["unreadable"]:
     print(f"error: cannot read {line}", file=sys.stderr)

@@ -19,7 +19,10 @@ image), the same scalars in TensorBoard (`tensorboard/`), per-image and per-cate
 figures in `eval/step_<N>.json`, a console line (restored vs input, gain in dB), and a
 picture `samples/heldout_step_<N>.png` with labelled columns LQ | restored | GT and one row
 per category (the first held-out image of each), small images enlarged with nearest
-neighbour so that a person can read them.
+neighbour so that a person can read them, and `eval/step_<N>/report.html`
+(`vbridge_jax.evaluation.report`: the per-category table beside Table 1, a gallery of every
+held-out image LQ | restored | GT with its scores and gain, worst first), whose pictures are
+the restored PNGs in `eval/step_<N>/` and the LQ and GT as scored in `eval/heldout/`.
 
 Settings (`config.eval`): `source`, `every_steps` (0: stage ends only), `max_images` (0: all;
 else the first images taken round-robin over categories, so every category counts),
@@ -34,6 +37,7 @@ best a restoration by this model can score), and the sampler's `steps`, `solver`
 from __future__ import annotations
 
 import dataclasses
+import html
 import os
 from pathlib import Path
 from typing import Any
@@ -44,7 +48,7 @@ from PIL import Image
 
 from vbridge_jax.data.files import read_rgb, scan_paired_folders
 from vbridge_jax.diffusion.sampler import sampler_config
-from vbridge_jax.evaluation import grids
+from vbridge_jax.evaluation import grids, report
 from vbridge_jax.evaluation import metrics as M
 from vbridge_jax.inference import restorer as R
 from vbridge_jax.training import setup
@@ -219,6 +223,38 @@ class Evaluator:
     grids.save(os.path.join(self.workdir, "samples", f"heldout_step_{step:07d}.png"),
                [[self.images[first[c]].lq, preds[first[c]], self.images[first[c]].gt] for c in cats],
                ["LQ", "restored", "GT"], [_row_label(c, res, self.inputs) for c in cats])
+    self._report(step, res, preds, path)
+
+  def _report(self, step: int, res: dict[str, Any], preds, json_path: str) -> Path:
+    """`eval/step_<N>/report.html` (evaluation.report) with its pictures: the restored images
+    in `eval/step_<N>/<category>/<id>.png`, the LQ and GT as scored (after `eval.size`) in
+    `eval/heldout/<category>/<id>.{lq,gt}.png`, written once per process."""
+    root = Path(self.workdir) / "eval"
+    lq = {im.name: root / "heldout" / f"{im.name}.lq.png" for im in self.images}
+    gt = {im.name: root / "heldout" / f"{im.name}.gt.png" for im in self.images}
+    if not getattr(self, "_pictures_written", False):
+      for im in self.images:
+        report.save_png(lq[im.name], im.lq)
+        report.save_png(gt[im.name], im.gt)
+      self._pictures_written = True
+    step_dir = root / f"step_{step:07d}"
+    restored = {im.name: step_dir / f"{im.name}.png" for im in self.images}
+    for im, pred in zip(self.images, preds):
+      report.save_png(restored[im.name], pred)
+    rel = report.href(step_dir, json_path)
+    avg, inp = res["average_per_image"], self.inputs["average_per_image"]
+    intro = (f"<p>Held-out evaluation at step {int(step)}: {len(self.images)} images, the "
+             f"<code>vbridge</code> protocol; restored PSNR-Y {avg['psnr_y']:.2f} dB vs input "
+             f"{inp['psnr_y']:.2f} (gain {avg['psnr_y'] - inp['psnr_y']:+.2f} dB)")
+    if "ceiling" in res:
+      c = res["ceiling"]["average_per_image"]
+      intro += f"; reproduction ceiling {c['psnr_y']:.2f} dB / {c['ssim_y']:.4f}"
+    intro += f'. Scores: <a href="{rel}">{html.escape(Path(json_path).name)}</a>.</p>'
+    restored_only = {k: v for k, v in res.items() if k != "ceiling"}
+    return report.compare_report(
+        step_dir / report.NAME, f"held-out evaluation, step {int(step)}", intro,
+        report.Scored("LQ", self.inputs, f"{rel}#/input", lq),
+        [report.Scored("restored", restored_only, f"{rel}#/restored", restored)], gt)
 
 
 def _row_label(category: str, res: dict[str, Any], inputs: dict[str, Any]) -> str:
