@@ -10,7 +10,8 @@ Variants (`--config=configs/curriculum.py:VARIANT`):
   over stages 512/720/960 (the short side resized to the stage size, then a square crop
   of the largest multiple of 32 pixels: 512, 704, 960), one clip per device; half the
   samples plain text-to-video, the loss over all frames, 10% empty prompts, the VAE
-  posterior sampled, no flips, uniform sampling over pairs. Needs `init_from` (the output of
+  posterior sampled in normalised units (the conditioning frame its own draw), bf16 noise,
+  noisy latents and targets, no flips, uniform sampling over pairs. Needs `init_from` (the output of
   `convert/wan_to_jax.py`), `data.source` (paired folders or a prepared TFDS set) and
   `prompts` (`convert/encode_prompts.py`); it fails fast naming what is missing.
 - `tiny`: the README's main command. A small DiT (dim 384, 2 heads, 2 layers) on the
@@ -109,6 +110,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.clip_initial_ratio = 5.0
   c.optim.clip_spike_ratio = 5.0
   c.optim.clip_max_shrink = 10.0
+  # True: each stage restarts the optimizer (warm-up, clipping decay, AdamW moments), as a new
+  # launch of the authors' script per stage from saved weights would; False: one continuous
+  # schedule, as a resumed launch would (docs/fidelity.md: the hand-off is not released).
+  c.optim.restart_per_stage = False
 
   c.flow = ml_collections.ConfigDict()
   c.flow.shift = 5.0  # training timestep shift (the authors' scheduler config: 5)
@@ -120,9 +125,19 @@ def base_config() -> ml_collections.ConfigDict:
   # The frames the loss averages over: all (frame 0 included, the authors') | generated
   # (the noised frames: >= 1 on a TI2V sample).
   c.flow.loss_frames = "all"
+  # The dtype of the noise, noisy latents and target: bfloat16 (the authors' tensors are bf16)
+  # | float32.
+  c.flow.dtype = "bfloat16"
   # Encode clips with a draw from the VAE posterior (the authors' `.sample()`) instead of its
   # mean. The latent cache stores means, so it applies only when encoding in the step.
   c.vae_sample = True
+  # The units the posterior is sampled in: normalized (VideoX-Fun's Wan2.2 VAE, the authors':
+  # the normalised mean + exp(logvar / 2) * eps) | raw (diffusers': the draw normalised
+  # afterwards, its noise divided by each channel's std). models/wan_vae.py sample_posterior.
+  c.vae_sample_units = "normalized"
+  # The TI2V conditioning frame 0 is its own posterior draw, independent of the target's (the
+  # authors encode the conditioning clip with a second `.sample()`); False: the same draw.
+  c.vae_sample_independent_cond = True
 
   c.data = ml_collections.ConfigDict()
   c.data.source = ""  # paired folders, a TFDS version folder, or "demo"
@@ -188,6 +203,8 @@ def tiny_wan(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.flow.t2v_ratio = 0.0
   c.flow.loss_frames = "generated"
   c.vae_sample = False
+  c.vae_sample_independent_cond = False
+  c.flow.dtype = "float32"
   c.data.text_drop = 0.0
   c.data.balance = True
   c.data.flips = True

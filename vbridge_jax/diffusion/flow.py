@@ -28,6 +28,7 @@ NUM_TRAIN_TIMESTEPS = 1000  # DiT timestep = NUM_TRAIN_TIMESTEPS * sigma (one co
 SAMPLING_KINDS = ("uniform", "logit_normal")
 WEIGHTINGS = ("none", "cosmap")
 LOSS_FRAMES = ("all", "generated")
+DTYPES = ("float32", "bfloat16")  # the dtype of the noise, noisy latents and target
 
 
 def shift_sigma(u: jax.Array, shift: float) -> jax.Array:
@@ -154,7 +155,8 @@ def _full_timesteps(sigma: jax.Array, like: jax.Array) -> jax.Array:
 def ti2v_training_inputs(x0: jax.Array, rng: jax.Array, *, shift: float = 1.0,
                          kind: str = "uniform", patch_size: Sequence[int] = (1, 2, 2),
                          weighting: str = "none", t2v_ratio: float = 0.0,
-                         loss_frames: str = "generated") -> dict[str, jax.Array]:
+                         loss_frames: str = "generated", cond: jax.Array | None = None,
+                         dtype: str = "float32") -> dict[str, jax.Array]:
   """Everything one training step needs from clean latents `x0 (B, F, H, W, C)`.
 
   `t2v_ratio`: the probability that a sample is plain text-to-video (frame 0 noised like
@@ -162,6 +164,12 @@ def ti2v_training_inputs(x0: jax.Array, rng: jax.Array, *, shift: float = 1.0,
   drawn per sample: the authors draw once per step on each GPU with one clip per GPU.
   `loss_frames`: `all` (every latent frame, frame 0 included, on both kinds of sample:
   the authors') or `generated` (the noised frames: >= 1 for TI2V, all for T2V).
+  `cond (B, 1, H, W, C)`: frame 0 of a TI2V sample's input (default `x0[:, :1]`, the
+  target's own frame 0); the authors' conditioning latent is a second posterior draw
+  (docs/fidelity.md). The target stays `eps - x0` on every frame.
+  `dtype`: `float32`, or `bfloat16` as the authors' script computes them (their noise,
+  latents, sigmas, noisy latents and target are bf16 tensors; train.py:1773-1809): `x_t`
+  and `target` are then bf16, rounded at each operation; timesteps stay float32.
 
   Returns `x_t` (DiT input), `t` (per-frame timesteps `(B, F)`, `token_timesteps`' layout),
   `target` (`eps - x0`), `sigma (B,)`, `weight (B,)`, `t2v (B,)` bool and
@@ -171,19 +179,35 @@ def ti2v_training_inputs(x0: jax.Array, rng: jax.Array, *, shift: float = 1.0,
     raise ValueError(f"loss_frames={loss_frames!r} is not one of {', '.join(LOSS_FRAMES)}")
   if not 0.0 <= t2v_ratio <= 1.0:
     raise ValueError(f"t2v_ratio must be in [0, 1], got {t2v_ratio}")
-  k_sigma, k_noise = jax.random.split(rng)
+  if dtype not in DTYPES:
+    raise ValueError(f"flow dtype={dtype!r} is not one of {', '.join(DTYPES)}")
   b, f = x0.shape[:2]
+  if cond is not None and cond.shape != (b, 1) + x0.shape[2:]:
+    raise ValueError(f"cond must be {(b, 1) + x0.shape[2:]} (frame 0), got {cond.shape}")
+  k_sigma, k_noise = jax.random.split(rng)
   sigma = sample_sigmas(k_sigma, b, shift=shift, kind=kind)
   noise = jax.random.normal(k_noise, x0.shape, jnp.float32)
-  x_t, t = add_noise(x0, noise, sigma), token_timesteps(sigma, x0.shape, patch_size)
+  t = token_timesteps(sigma, x0.shape, patch_size)
+  if dtype == "bfloat16":  # every operand and result bf16, as torch computes them
+    x0, noise = x0.astype(jnp.bfloat16), noise.astype(jnp.bfloat16)
+    s = _bcast(sigma.astype(jnp.bfloat16), 5)
+    full = (1 - s) * x0 + s * noise
+    x_t = jnp.concatenate([x0[:, :1], full[:, 1:]], axis=1)
+  else:
+    x_t = add_noise(x0, noise, sigma)
+    full = None
+  if cond is not None:  # frame 0 of a TI2V input: the conditioning latent
+    x_t = jnp.concatenate([cond.astype(x_t.dtype), x_t[:, 1:]], axis=1)
   t2v = jnp.zeros((b,), bool)
   if t2v_ratio > 0:  # a separate key: t2v_ratio = 0 keeps the streams of earlier runs
     t2v = jax.random.bernoulli(jax.random.fold_in(rng, 2), t2v_ratio, (b,))
-    s = _bcast(sigma, 5)
-    full = (1.0 - s) * x0.astype(jnp.float32) + s * noise
+    if full is None:
+      s = _bcast(sigma, 5)
+      full = (1.0 - s) * x0.astype(jnp.float32) + s * noise
     x_t = jnp.where(_bcast(t2v, 5), full, x_t)
     t = jnp.where(_bcast(t2v, t.ndim), _full_timesteps(sigma, t), t)
   generated = jnp.where(t2v[:, None], 1.0, frame_mask(f)[None, :])
   frames = jnp.ones((b, f), jnp.float32) if loss_frames == "all" else generated
-  return dict(x_t=x_t, t=t, target=velocity_target(x0, noise), sigma=sigma,
+  target = noise - x0 if dtype == "bfloat16" else velocity_target(x0, noise)
+  return dict(x_t=x_t, t=t, target=target, sigma=sigma,
               weight=loss_weight(sigma, weighting), t2v=t2v, frames=frames)

@@ -175,10 +175,34 @@ def _run_jit_posterior(graphdef, state, x):
   return nnx.merge(graphdef, state)._encode(x, posterior=True)
 
 
-def sample_posterior(mean: jax.Array, logvar: jax.Array, rng: jax.Array) -> jax.Array:
-  """`mean + exp(logvar / 2) * eps`, eps ~ N(0, 1): a draw from the VAE posterior."""
+POSTERIOR_UNITS = ("normalized", "raw")
+
+
+def sample_posterior(mean: jax.Array, logvar: jax.Array, rng: jax.Array, *,
+                     normalize: Callable[[jax.Array], jax.Array] | None = None,
+                     units: str = "raw") -> jax.Array:
+  """A draw from the VAE posterior, eps ~ N(0, 1) (float32).
+
+  Without `normalize`: `mean + exp(logvar / 2) * eps`, in the VAE's raw units. With
+  `normalize` (the VAE's `normalize`) the draw comes back normalised, taken in `units`:
+
+  - `normalized` (VideoX-Fun's Wan2.2 VAE, the authors' training): `normalize(mean) +
+    exp(logvar / 2) * eps`; their `encode` normalises the posterior mean with the latent
+    statistics but not the log-variance (wan_vae3_8.py:811-817 at d9caf3f), so the noise is
+    not divided by the channel's std;
+  - `raw` (diffusers' convention): `normalize(mean + exp(logvar / 2) * eps)`, the noise
+    divided by the channel's std (0.59 to 2.84 for the Wan2.2 statistics).
+  """
+  if units not in POSTERIOR_UNITS:
+    raise ValueError(f"posterior units={units!r} is not one of {', '.join(POSTERIOR_UNITS)}")
   eps = jax.random.normal(rng, mean.shape, jnp.float32)
-  return mean.astype(jnp.float32) + jnp.exp(0.5 * logvar.astype(jnp.float32)) * eps
+  noise = jnp.exp(0.5 * logvar.astype(jnp.float32)) * eps
+  mean = mean.astype(jnp.float32)
+  if normalize is None:
+    return mean + noise
+  if units == "normalized":
+    return normalize(mean).astype(jnp.float32) + noise
+  return normalize(mean + noise).astype(jnp.float32)
 
 
 def _mean_half(conv: Conv, x: jax.Array, z_dim: int) -> jax.Array:

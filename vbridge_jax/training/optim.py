@@ -101,3 +101,21 @@ def make_optimizer(cfg: Mapping[str, Any]) -> tuple[optax.GradientTransformation
       spike_ratio=float(cfg.get("clip_spike_ratio", 5.0)),
       max_shrink=float(cfg.get("clip_max_shrink", 10.0)))
   return optax.chain(clipper, adamw), schedule
+
+
+def restart_state(state):
+  """`optim.restart_per_stage`: the trainer state `nnx.state((model, opt))` with its optimizer
+  half (`state[1]`: the AdamW moments and counts, the schedule's and the clipping's counts,
+  the optimizer's step) back at its init, the model untouched.
+
+  Every state `make_optimizer` builds starts at zeros (tests/test_fidelity.py checks it), so
+  zeros are the init: the next update runs at warm-up step 0 (lr 0), the clipping limit
+  restarts its decay, and the moments restart, as a new launch of the authors' script from
+  saved weights (`--transformer_path`) would. Shardings are kept.
+  """
+  opt = state[1]
+  shardings = jax.tree.map(lambda x: x.sharding, opt)
+  fresh = jax.jit(lambda t: jax.tree.map(jnp.zeros_like, t), out_shardings=shardings)(opt)
+  out = jax.tree.map(lambda x: x, state)  # a new State; the model's arrays are shared
+  out[1] = fresh
+  return out

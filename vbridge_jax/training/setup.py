@@ -7,6 +7,7 @@ sharded state without running a schedule.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -19,18 +20,20 @@ from jax.experimental import multihost_utils
 
 from vbridge_jax.checkpoints import io, load_vae, loading
 from vbridge_jax.data import fewshot, pipeline, prompts, video_corpus
-from vbridge_jax.diffusion import flow
+from vbridge_jax.diffusion import flow, sampler
 from vbridge_jax.models import lora as lora_lib
-from vbridge_jax.models.configs import DiTConfig, VAEConfig
+from vbridge_jax.models.configs import ATTENTION_IMPLS, DTYPES, REMAT_POLICIES, DiTConfig, VAEConfig
 from vbridge_jax.models.pixel_codec import PixelCodec, PixelCodecConfig, read_config
 from vbridge_jax.models.wan_dit import WanDiT
-from vbridge_jax.models.wan_vae import WanVAE
+from vbridge_jax.models.wan_vae import POSTERIOR_UNITS, WanVAE, sample_posterior
 from vbridge_jax.parallel import sharding as sh
 from vbridge_jax.training import optim
 from vbridge_jax.training import prior as prior_lib
 from vbridge_jax.utils.errors import ConfigError
 
 FINETUNE = ("full", "lora")
+# configs/drift.py: the corrector starts from the backbone (the paper) or the trained base.
+DRIFT_INITS = ("backbone", "base")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,6 +189,102 @@ def objective(config) -> tuple[float, float, str]:
   return text_drop, t2v_ratio, loss_frames
 
 
+def _number(config, name: str, low: float, high: float = math.inf, *, low_open: bool = False,
+            integer: bool = False) -> None:
+  """`name` (dotted, if present) is a finite number in [low, high] (`low_open`: > low)."""
+  node, *rest = name.split(".")
+  parent = config[node] if rest else config
+  key = rest[0] if rest else node
+  if key not in parent:
+    return
+  v = parent[key]
+  kind = "a whole number" if integer else "a number"
+  if (isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and v != int(v))
+      or not math.isfinite(v) or v < low or (low_open and v == low) or v > high):
+    where = f"> {low:g}" if low_open else f">= {low:g}"
+    raise ConfigError(f"{name}={v!r} must be {kind} {where}" +
+                      (f" and <= {high:g}" if math.isfinite(high) else ""))
+
+
+def check_fields(config) -> None:
+  """The optimiser, flow, model and sampler fields that used to fail only once the state was
+  built (after `config.json` was written), each with a one-line ConfigError."""
+  _number(config, "optim.lr", 0, low_open=True)
+  _number(config, "optim.warmup_steps", 0, integer=True)
+  _number(config, "optim.weight_decay", 0)
+  _number(config, "optim.b1", 0, 1)
+  _number(config, "optim.b2", 0, 1)
+  _number(config, "optim.eps", 0, low_open=True)
+  _number(config, "optim.clip_norm", 0, low_open=True)
+  _number(config, "optim.clip_warmup_steps", 0, integer=True)
+  for k in ("clip_initial_ratio", "clip_spike_ratio", "clip_max_shrink"):
+    _number(config, f"optim.{k}", 1)
+  _choice(config, "optim.clip_schedule", "constant", optim.CLIP_SCHEDULES)
+  _number(config, "flow.shift", 0, low_open=True)
+  _choice(config, "flow.sampling", "uniform", flow.SAMPLING_KINDS)
+  _choice(config, "flow.weighting", "none", flow.WEIGHTINGS)
+  for k in ("dtype", "param_dtype", "vae_dtype"):
+    _choice(config, f"model.{k}", "float32", DTYPES)
+  _choice(config, "model.remat", "none", REMAT_POLICIES)
+  _choice(config, "model.attention", "xla", ATTENTION_IMPLS)
+  for block in ("eval", "samples"):
+    try:
+      sampler.sampler_config(config[block])
+    except (ValueError, TypeError) as e:
+      raise ConfigError(f"{block}.{e}") from None
+
+
+def _choice(config, name: str, default: str, allowed: tuple[str, ...]) -> str:
+  node, *rest = name.split(".")
+  value = (config[node] if rest else config).get(rest[0] if rest else node, default)
+  if value not in allowed:
+    raise ConfigError(f"{name}={value!r} is not one of {', '.join(map(repr, allowed))}")
+  return value
+
+
+def _flag(config, name: str) -> bool:
+  node, *rest = name.split(".")
+  value = (config[node] if rest else config).get(rest[0] if rest else node, False)
+  if not isinstance(value, bool):
+    raise ConfigError(f"{name}={value!r} must be True or False")
+  return value
+
+
+def check_fidelity_fields(config) -> None:
+  """The fields of docs/fidelity.md's second pass: `vae_sample_units`,
+  `vae_sample_independent_cond`, `flow.dtype`, `optim.restart_per_stage`."""
+  _choice(config, "vae_sample_units", "normalized", POSTERIOR_UNITS)
+  _flag(config, "vae_sample_independent_cond")
+  _choice(config, "flow.dtype", "float32", flow.DTYPES)
+  _flag(config, "optim.restart_per_stage")
+
+
+def encode_clips(vae, x: jax.Array, key: jax.Array, *, sample: bool, units: str = "normalized",
+                 independent_cond: bool = False) -> tuple[jax.Array, jax.Array | None]:
+  """The normalised latents of clips `x (B, T, S, S, 3)` for a step: `(x0, cond)`.
+
+  `x0` is the target; `cond` `(B, 1, h, w, C)` the conditioning frame 0 of TI2V samples, or
+  None for `x0[:, :1]`. `sample` False (or a codec without a posterior): the posterior
+  mean. `sample` True: a posterior draw (`fold_in(key, 11)`) in `units`
+  (`models.wan_vae.sample_posterior`); with `independent_cond`, `cond` is a second,
+  independent draw (`fold_in(key, 12)`) from frame 0's posterior, as the authors encode the
+  conditioning clip with its own `.sample()` (train.py:1729). The causal encoder gives
+  frame 0 the same posterior alone as at the head of the clip, so the clip's frame-0
+  moments are reused.
+  """
+  if not (sample and hasattr(vae, "encode_posterior")):  # a pixel codec has no posterior
+    return jax.lax.stop_gradient(vae.normalize(vae.encode(x))), None
+  mean, logvar = vae.encode_posterior(x)
+  x0 = sample_posterior(mean, logvar, jax.random.fold_in(key, 11), normalize=vae.normalize,
+                        units=units)
+  cond = None
+  if independent_cond:
+    cond = sample_posterior(mean[:, :1], logvar[:, :1], jax.random.fold_in(key, 12),
+                            normalize=vae.normalize, units=units)
+    cond = jax.lax.stop_gradient(cond)
+  return jax.lax.stop_gradient(x0), cond
+
+
 def pixel_multiple(config) -> int:
   """Clip sides must be multiples of this: the codec's spatial factor x the DiT's patch
   (16 x 2 = 32 for Wan2.2, 4 x 2 = 8 for the pixel codec)."""
@@ -251,6 +350,8 @@ def check_config(config) -> None:
                       (f" (or set epochs, now {config.epochs})" if "epochs" in config else ""))
   lora_targets(config)
   objective(config)
+  check_fields(config)
+  check_fidelity_fields(config)
   if int(config.lora.rank) < 1:
     raise ConfigError(f"lora.rank={config.lora.rank!r} must be >= 1")
   try:
@@ -281,8 +382,10 @@ def check_config(config) -> None:
   if src not in ("demo", video_corpus.SOURCE_NAME) and not config.data.data_dir and not Path(src).exists():
     raise ConfigError(f"config.data.source={src!r} does not exist")
   if config.get("drift", False) and not config.data.drift_outputs:
-    raise ConfigError("config.data.drift_outputs is empty: restore the training set with the "
-                      "base model first (python -m vbridge_jax.restore ...)")
+    raise ConfigError("config.data.drift_outputs is empty: restore the corrector's pairs "
+                      "(data.source) with the base model first (python -m vbridge_jax.restore ...)")
+  if config.get("drift", False):
+    _choice(config, "drift_init", "backbone", DRIFT_INITS)
   if config.prompts and not Path(config.prompts).is_file():
     raise ConfigError(f"config.prompts={config.prompts!r} is not a file "
                       "(make one with convert/encode_prompts.py)")
