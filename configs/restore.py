@@ -16,6 +16,9 @@ Variants (`--config=configs/restore.py:VARIANT`):
   given; `drift` optionally. One image per device, weights replicated (`mesh.data=-1`); for
   a model that does not fit one chip, `--config.mesh.data=1 --config.mesh.fsdp=-1` (FSDP), or
   a `tensor` axis, exactly as in training.
+  `precision = "authors"` adds the authors' bf16 inference numerics (VAE, latents between
+  steps, initial noise, per-token timesteps, decoded frames: `sampler.Numerics.authors()`;
+  an explicit `vae_dtype` still wins); the default "float32" rounds none of them.
 - `tiny`: the random model from `convert/tiny_repo.py` on a CPU: float32 and 4 steps (the
   output is noise; this checks the wiring in a minute).
 
@@ -55,6 +58,8 @@ def base_config() -> ml_collections.ConfigDict:
   # Wan VAE's compute), quantize (frames to uint8: truncate, as the authors' x * 255 | round).
   for name, kind in UNSET.items():
     setattr(c, name, config_dict.placeholder(kind))
+  # "float32" | "authors": bf16 VAE, latents, noise, timesteps and frames (sampler.Numerics)
+  c.precision = "float32"
   c.batched_cfg = False  # guided steps as one forward of batch 2B (sampler.SamplerConfig)
   c.batch = 0  # global images per batch; 0: one per data x fsdp shard
   c.video = False  # also write each sample's frames as <name>.mp4 (imageio defaults, 24 fps)

@@ -22,12 +22,18 @@ TI2V (Wan2.2-TI2V-5B): frame 0 is the clean conditioning latent, its tokens get 
 and it is re-imposed on the sample after every step. Guidance: `v = v_neg + g (v_pos - v_neg)`
 for steps `i < steps * (1 - cfg_skip)`, the conditional branch alone after that (the
 authors' VideoX-Fun `cfg_skip_ratio`).
+
+Numerics (`Numerics`, `SamplerConfig.numerics`): float32 between steps by default; the
+authors' pipeline keeps the sample, its corrected copy and the x0 predictions in bf16 and
+feeds the DiT per-token timesteps rounded through bf16, and `Numerics.authors()` does the
+same (each piece is its own field, so each can be switched alone; docs/fidelity.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any
 
 import jax
@@ -37,14 +43,80 @@ from flax import nnx
 
 from vbridge_jax.diffusion import flow
 from vbridge_jax.diffusion.flow import NUM_TRAIN_TIMESTEPS
+from vbridge_jax.utils.errors import ConfigError
 
 SOLVERS = ("unipc", "euler")
 SCHEDULES = ("diffusers", "wan")
+# The dtypes a piece of `Numerics` can round through, and the named sets of them.
+ROUNDINGS = ("float32", "bfloat16")
+PRECISIONS = ("float32", "authors")
 
 # Columns of the per-step coefficient table.
 #   corrected = cX x + cA x_prev_corrected + cB m_prev + cC m_prev2 + cE m
 #   next      = pA corrected + pB m + pC m_prev + pV v
 _COLS = ("cX", "cA", "cB", "cC", "cE", "pA", "pB", "pC", "pV")
+
+
+@dataclasses.dataclass(frozen=True)
+class Numerics:
+  """Where inference rounds through a lower precision; "float32": nowhere (the default).
+
+  The authors' pipeline (VideoX-Fun `Wan2_2TI2VPipeline` with everything in bf16, their
+  V-Bridge/inference.py) rounds at five places, one field each:
+
+  - `vae_dtype`: the Wan VAE's compute dtype (None: as the `vae_dtype` setting or the model
+    folder says); applied where the VAE is loaded (`inference.folder`);
+  - `latent_dtype`: the sample, its corrected copy and the x0 predictions held between steps
+    (and the velocity they are made from), frame 0 imposed in it;
+  - `noise_dtype`: the initial noise, drawn in float32 and rounded to it;
+  - `timestep_dtype`: the TI2V per-token timesteps the DiT sees (999 -> 1000 in bf16);
+  - `decode_dtype`: the decoded frames, and `x / 2 + 0.5` computed in it, before `x 255`.
+
+  Each is float32 or bfloat16 (`ROUNDINGS`); `numerics(precision)` gives the named sets.
+  """
+
+  vae_dtype: str | None = None
+  latent_dtype: str = "float32"
+  noise_dtype: str = "float32"
+  timestep_dtype: str = "float32"
+  decode_dtype: str = "float32"
+
+  def __post_init__(self):
+    for f in dataclasses.fields(self):
+      v = getattr(self, f.name)
+      if not (v in ROUNDINGS or (f.name == "vae_dtype" and v is None)):
+        raise ConfigError(f"numerics {f.name}={v!r} is not one of {', '.join(ROUNDINGS)}")
+
+  @classmethod
+  def authors(cls) -> "Numerics":
+    """The authors' inference: every piece in bf16."""
+    return cls(**{f.name: "bfloat16" for f in dataclasses.fields(cls)})
+
+
+def numerics(precision: str) -> Numerics:
+  """The `Numerics` of a restore config's `precision`: "float32" (none rounded) or "authors"."""
+  if precision == "float32":
+    return Numerics()
+  if precision == "authors":
+    return Numerics.authors()
+  raise ConfigError(f"precision={precision!r} is not one of {', '.join(PRECISIONS)}")
+
+
+def round_to(x: Any, dtype: str) -> jax.Array:
+  """`x` rounded to the nearest `dtype` value (ties to even, as a cast), kept as float32.
+
+  Written with integer operations on the float32 bits rather than a cast there and back, so
+  that the rounding happens on every backend: a compiler allowed excess precision (XLA's
+  default) may fold an f32 -> bf16 -> f32 pair of casts away.
+  """
+  x = jnp.asarray(x, jnp.float32)
+  if dtype == "float32":
+    return x
+  if dtype != "bfloat16":
+    raise ConfigError(f"cannot round to {dtype!r}: one of {', '.join(ROUNDINGS)}")
+  bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+  bits = (bits + jnp.uint32(0x7FFF) + ((bits >> 16) & jnp.uint32(1))) & jnp.uint32(0xFFFF0000)
+  return jnp.where(jnp.isnan(x), x, jax.lax.bitcast_convert_type(bits, jnp.float32))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +136,8 @@ class SamplerConfig:
   # instead of two of batch B (same result up to float rounding; faster where one larger
   # batch uses the hardware better, see benchmarks/restore.py --batched-cfg).
   batched_cfg: bool = False
+  # Where sampling rounds to bf16 (`Numerics`; static, so each set compiles once).
+  numerics: Numerics = Numerics()
 
   def __post_init__(self):
     if self.solver not in SOLVERS:
@@ -74,16 +148,22 @@ class SamplerConfig:
       raise ValueError(f"steps={self.steps} must be at least 1")
     if not 0.0 <= self.cfg_skip <= 1.0:
       raise ValueError(f"cfg_skip={self.cfg_skip} must be in [0, 1]")
+    if not (math.isfinite(self.shift) and self.shift > 0):  # 0 or less: sigmas leave [0, 1]
+      raise ValueError(f"shift={self.shift} must be a finite number > 0")
+    if not (math.isfinite(self.guidance) and self.guidance >= 0):
+      raise ValueError(f"guidance={self.guidance} must be a finite number >= 0")
 
 
-# The user-facing sampling settings (patch_size comes from the model): configs/restore.py's fields.
-SETTINGS = tuple(f.name for f in dataclasses.fields(SamplerConfig) if f.name != "patch_size")
+# The user-facing sampling settings (patch_size comes from the model, numerics from a restore
+# config's `precision`): configs/restore.py's fields.
+SETTINGS = tuple(f.name for f in dataclasses.fields(SamplerConfig)
+                 if f.name not in ("patch_size", "numerics"))
 
 
 def sampler_config(fields: Any, **extra) -> SamplerConfig:
   """The one way a `SamplerConfig` is built from settings: the `SETTINGS` that `fields` (a
   mapping or ConfigDict: a restore config, the held-out evaluation's settings, the trainer's
-  `samples` block) holds, the rest defaults; `extra` (e.g. `patch_size`) wins."""
+  `samples` block) holds, the rest defaults; `extra` (e.g. `patch_size`, `numerics`) wins."""
   return SamplerConfig(**{f: fields[f] for f in SETTINGS if f in fields} | extra)
 
 
@@ -211,7 +291,8 @@ class Sampler:
 
   `sampler(noise, context, negative=None, first_frame=None)` returns the final latent;
   `trajectory=True` also returns every intermediate latent `(N, B, F, H, W, C)` (the sample
-  after each step, frame 0 re-imposed).
+  after each step, frame 0 re-imposed). Both are float32 (holding bf16 values when
+  `config.numerics.latent_dtype` is bfloat16).
   """
 
   def __init__(self, model: Any, config: SamplerConfig = SamplerConfig()):
@@ -264,6 +345,16 @@ def _loop(model_def, cfg: SamplerConfig, params, noise, context, negative, first
           sigmas, timesteps, guided, *, trajectory: bool, use_cfg: bool):
   """The whole sampling loop: one `lax.scan` over steps (compiled once per model and shape)."""
   b = noise.shape[0]
+  num = cfg.numerics
+  hold_dtype = jnp.dtype(num.latent_dtype)
+  f32 = lambda a: a.astype(jnp.float32)
+
+  def hold(a):
+    """What is kept between steps: rounded to the latent dtype and stored in it."""
+    return round_to(a, num.latent_dtype).astype(hold_dtype)
+
+  if first_frame is not None:
+    first_frame = hold(first_frame)
 
   def impose(x):
     if first_frame is None:
@@ -274,6 +365,8 @@ def _loop(model_def, cfg: SamplerConfig, params, noise, context, negative, first
     t = jnp.full((b,), t_scalar, jnp.float32)
     if first_frame is not None:
       t = flow.token_timesteps(t, x.shape, cfg.patch_size, scale=1.0)  # (B, F) per frame
+      # The authors' per-token timesteps are `mask * t` with a bf16 mask: bf16 values.
+      t = round_to(t, num.timestep_dtype)
     cond_v = lambda: _apply(model_def, params, x, t, context).astype(jnp.float32)
     if not use_cfg:
       return cond_v()
@@ -297,16 +390,17 @@ def _loop(model_def, cfg: SamplerConfig, params, noise, context, negative, first
   def step(carry, xs):
     x, x_prev_c, m_prev, m_prev2 = carry
     c, sigma, t, guide = xs
-    v = velocity(x, t, guide)
-    m = x - sigma * v
-    x_c = c[0] * x + c[1] * x_prev_c + c[2] * m_prev + c[3] * m_prev2 + c[4] * m
-    x_next = c[5] * x_c + c[6] * m + c[7] * m_prev + c[8] * v
+    v = hold(velocity(x, t, guide))
+    xf, vf, pf = f32(x), f32(v), f32(m_prev)
+    m = hold(xf - sigma * vf)
+    mf = f32(m)
+    x_c = hold(c[0] * xf + c[1] * f32(x_prev_c) + c[2] * pf + c[3] * f32(m_prev2) + c[4] * mf)
+    x_next = hold(c[5] * f32(x_c) + c[6] * mf + c[7] * pf + c[8] * vf)
     x_next = impose(x_next)
-    return (x_next, x_c, m, m_prev), (x_next if trajectory else None)
+    return (x_next, x_c, m, m_prev), (f32(x_next) if trajectory else None)
 
-  x0 = impose(noise)
+  x0 = impose(hold(noise))
   zeros = jnp.zeros_like(x0)
   (final, _, _, _), traj = jax.lax.scan(step, (x0, zeros, zeros, zeros),
                                         (coeffs, sigmas[:-1], timesteps, guided))
-  return final, traj
-
+  return f32(final), traj

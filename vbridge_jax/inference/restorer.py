@@ -7,7 +7,9 @@ conditioning (`diffusion.sampler`), decoded, the last frame cropped back; the co
 given, repeats the path on that output. The jitted steps (`sample_step`, `encode_step`,
 `decode_step`, `restore_step`) are module functions so that `vbridge_jax.aot` compiles the
 same ones. Noise is drawn per image from the seed and the image's relative path, so the bytes
-do not depend on batching or on the number of processes. The command around it is
+do not depend on batching or on the number of processes. The config's `numerics`
+(`sampler.Numerics`: float32, or the authors' bf16 pieces) also rounds the noise and the
+decoded frames here. The command around it is
 `python -m vbridge_jax.restore` (`inference.folder`: the folder loop).
 """
 
@@ -28,7 +30,7 @@ from jax.sharding import PartitionSpec as P
 
 from vbridge_jax.checkpoints import load_vae
 from vbridge_jax.diffusion import sampler as sampling
-from vbridge_jax.diffusion.sampler import SETTINGS, Sampler, SamplerConfig
+from vbridge_jax.diffusion.sampler import SETTINGS, Sampler, SamplerConfig, round_to
 from vbridge_jax.inference.geometry import Plan, crop_work, from_work, plan_size, to_uint8, to_work  # noqa: F401
 from vbridge_jax.inference.jobs import process_rows, size_batches
 from vbridge_jax.parallel import sharding as sh
@@ -63,12 +65,25 @@ def encode_step(vae_state, images, *, graphdef):
   return codec.normalize(codec.encode(images[:, None]))
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "all_frames"))
-def decode_step(vae_state, latent, *, graphdef, all_frames: bool = False):
-  """Latents -> the last frame `(B, H, W, 3)` (or every frame `(B, T, H, W, 3)`) in [-1, 1]."""
+def decoded_frames(video: jax.Array, dtype: str = "float32") -> jax.Array:
+  """Decoded frames in [-1, 1] as the authors' `decode_latents` leaves them in `dtype`: the
+  frames rounded to it, then `(x / 2 + 0.5).clamp(0, 1)` computed in it (one rounding per
+  operation, as torch does in bf16); returned as `2 v - 1` in float32, which `to_uint8`'s
+  float32 `x / 2 + 0.5` turns back into exactly `v` (v is a bf16 value in [0, 1])."""
+  if dtype == "float32":
+    return video
+  v = jnp.clip(round_to(round_to(round_to(video, dtype) / 2.0, dtype) + 0.5, dtype), 0.0, 1.0)
+  return v * 2.0 - 1.0
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "all_frames", "decode_dtype"))
+def decode_step(vae_state, latent, *, graphdef, all_frames: bool = False,
+                decode_dtype: str = "float32"):
+  """Latents -> the last frame `(B, H, W, 3)` (or every frame `(B, T, H, W, 3)`) in [-1, 1]
+  (rounded through `decode_dtype` as `decoded_frames` does)."""
   codec = nnx.merge(graphdef, vae_state)
   video = codec.decode(codec.denormalize(latent))
-  out = video if all_frames else video[:, -1]
+  out = decoded_frames(video if all_frames else video[:, -1], decode_dtype)
   return jax.lax.with_sharding_constraint(out, _batch_spec(out.ndim))
 
 
@@ -78,7 +93,8 @@ def restore_step(dit_state, vae_state, images, noise, positive, negative, *, dit
   first = encode_step(vae_state, images, graphdef=vae_graphdef)
   latent = sample_step(dit_state, first, noise, positive, negative, graphdef=dit_graphdef,
                        config=config, rules=rules)
-  return decode_step(vae_state, latent, graphdef=vae_graphdef, all_frames=all_frames)
+  return decode_step(vae_state, latent, graphdef=vae_graphdef, all_frames=all_frames,
+                     decode_dtype=config.numerics.decode_dtype)
 
 
 # ---------------------------------------------------------------------------------- models
@@ -141,6 +157,7 @@ class Restorer:
     self.positive, self.negative = put(positive), put(negative)
     self.seed, self.quantize = seed, quantize
     self.compiled: set[tuple[int, ...]] = set()
+    self.nonfinite: list[str] = []  # names `restore` returned black: not finite
 
   @property
   def batch_multiple(self) -> int:
@@ -149,8 +166,10 @@ class Restorer:
   def plan(self, height: int, width: int) -> Plan:
     return plan_size(height, width, self.multiple)
 
-  def noise(self, names: Sequence[str | None], shape: tuple[int, ...], stage: int) -> np.ndarray:
-    """Per-image noise from the seed and the image's name (zeros for a dummy row)."""
+  def noise(self, names: Sequence[str | None], shape: tuple[int, ...], stage: int,
+            dtype: str = "float32") -> np.ndarray:
+    """Per-image noise from the seed and the image's name (zeros for a dummy row), drawn in
+    float32 and rounded to `dtype` (the authors draw bf16 noise: torch's float draws cast)."""
     base = jax.random.key(self.seed)
     size = int(np.prod(shape))
     out = []
@@ -160,7 +179,8 @@ class Restorer:
         continue
       key = jax.random.fold_in(jax.random.fold_in(base, zlib.crc32(n.encode())), stage)
       # Drawn flat and reshaped: XLA:CPU compiles a rank-1 draw much faster than rank 4.
-      out.append(np.asarray(jax.random.normal(key, (size,), jnp.float32)).reshape(shape))
+      draw = round_to(jax.random.normal(key, (size,), jnp.float32), dtype)
+      out.append(np.asarray(draw).reshape(shape))
     return np.stack(out)
 
   def _global(self, rows: dict[int, np.ndarray], shape: tuple[int, ...]) -> jax.Array:
@@ -190,7 +210,8 @@ class Restorer:
     `rows` maps the batch rows this process holds to (uint8 image, name); rows held by no
     image are dummy work. Every process calls this the same number of times. Returns, per
     row held, (the restored uint8 image, its frames at working size in [-1, 1] with
-    `all_frames`, else None).
+    `all_frames`, else None), or (None, None) where the decoded frames are not finite (a
+    NaN in the weights, a senseless setting): a failed row, never an image.
     """
     images = {r: img for r, (img, _) in rows.items()}
     names = [rows[r][1] if r in rows else None for r in range(batch)]
@@ -208,18 +229,23 @@ class Restorer:
                              for r, img in images.items()}, (batch, h, w, 3))
         first = encode_step(self.vae_state, work, graphdef=self.vae_graphdef)
         shape = (latent_frames,) + first.shape[2:]
-        noise = self._global(dict(enumerate(self.noise(names, shape, k))), (batch,) + shape)
+        num = self.config.numerics
+        noise = self._global(dict(enumerate(self.noise(names, shape, k, num.noise_dtype))),
+                             (batch,) + shape)
         latent = sample_step(state, first, noise, self.positive, self.negative, graphdef=graphdef,
                              config=self.config, rules=self.rules)
         video = decode_step(self.vae_state, latent, graphdef=self.vae_graphdef,
-                            all_frames=all_frames and last)
+                            all_frames=all_frames and last, decode_dtype=num.decode_dtype)
         for r, frames in self._local(video).items():
           if r not in images:
+            continue
+          if not np.isfinite(frames).all():  # a failure, never an output (folder.py names it)
+            out[r] = (None, None)
             continue
           lastf = frames[-1] if frames.ndim == 4 else frames
           restored = from_work(lastf, self.plan(*images[r].shape[:2]), self.quantize)
           out[r] = (restored, frames if frames.ndim == 4 else None)
-        images = {r: o[0] for r, o in out.items()}
+        images = {r: o[0] for r, o in out.items() if o[0] is not None}
     return out
 
   def restore(self, images: list[np.ndarray], names: list[str], batch: int = 0) -> list[np.ndarray]:
@@ -238,7 +264,11 @@ class Restorer:
       held, _ = _rows(self.mesh, size)
       rows = {r: (images[idx[r]], names[idx[r]]) for r in held if r < len(idx)}
       out = self.run_batch(rows, size, plans[idx[0]])
-      local = {r: o[0] for r, o in out.items()}
+      local = {}
+      for r, o in out.items():  # a non-finite row: a black image, its name in `nonfinite`
+        local[r] = o[0] if o[0] is not None else np.zeros(images[idx[r]].shape, np.uint8)
+        if o[0] is None:
+          self.nonfinite.append(names[idx[r]])
       if jax.process_count() > 1:  # every process gets every image
         local = _allgather_images(local, [images[i].shape for i in idx])
       for r, i in enumerate(idx):
@@ -269,8 +299,10 @@ def _allgather_images(local: dict[int, np.ndarray], shapes) -> dict[int, np.ndar
 
 
 def sampler_config(config) -> SamplerConfig:
-  """The `SamplerConfig` of a restore config's sampling fields (every one must be set)."""
+  """The `SamplerConfig` of a restore config's sampling fields (every one must be set) and its
+  `precision` (`sampler.numerics`; "float32" when the config has none)."""
   missing = [f for f in SETTINGS if config.get(f) is None]
   if missing:
     raise ValueError(f"unset sampler fields: {', '.join(missing)}")
-  return sampling.sampler_config(config)
+  return sampling.sampler_config(config,
+                                 numerics=sampling.numerics(config.get("precision") or "float32"))
