@@ -42,6 +42,7 @@ def make_config(args):
   c.stages = "32"
   c.total_steps = TOTAL_STEPS
   c.stop_at_step = args.stop_at
+  c.debug_sigterm_at_step = args.sigterm_at
   c.optim.warmup_steps = 0  # every step moves the parameters (lr 0 at step 0 otherwise)
   c.data.batch_size = GLOBAL_BATCH
   c.data.balance = False
@@ -102,6 +103,8 @@ def main() -> None:
   p.add_argument("--num-processes", type=int, default=1)
   p.add_argument("--process-id", type=int, default=0)
   p.add_argument("--stop-at", type=int, default=-1)
+  p.add_argument("--sigterm-at", type=int, default=-1,
+                 help="this process sends itself a SIGTERM after this step (a preemption notice)")
   args = p.parse_args()
 
   import jax

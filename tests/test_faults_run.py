@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import struct
 import subprocess
 import sys
@@ -382,3 +384,83 @@ def test_resuming_checkpoints_of_another_model_or_demo_set_is_refused(tmp_path):
   (wd / "config.json").write_text(json.dumps(old))
   other_demo.data.source, other_demo.data.demo_per_category = "demo", 4
   trainer._check_same_run(other_demo, str(wd))
+
+
+# --------------------------------------------------------- issue 23: what a finished run is
+
+
+def _eval_fields(demo: str) -> dict:
+  return {"eval.source": demo, "eval.steps": 1, "eval.solver": "euler",
+          "eval.schedule": "diffusers", "eval.size": 32, "eval.max_images": 2}
+
+
+def test_a_kill_during_the_final_evaluation_is_finished_by_the_rerun(demo, latent_dir, finished,
+                                                                      tmp_path):
+  """Killed after the last checkpoint, before the final held-out evaluation and final.json:
+  the rerun evaluated nothing and printed `done: step 4, loss None`; now it resumes at the
+  last step, evaluates it and records the result."""
+  workdir = _copy(finished, tmp_path / "run")
+  last = json.loads((workdir / "final.json").read_text())["last"]
+  (workdir / "final.json").unlink()
+  out = trainer.train_and_evaluate(_config(demo, latent_dir, **_eval_fields(demo)), str(workdir))
+  assert out["step"] == 4 and out["loss"] == last["loss"]
+  assert (workdir / "eval" / "step_0000004.json").is_file()
+  assert json.loads((workdir / "final.json").read_text())["last"]["loss"] == last["loss"]
+  assert _rows(workdir)[:4] == [1, 2, 3, 4] and _rows(workdir)[4:] == [4]  # + the held-out row
+
+
+@pytest.mark.parametrize("field, value", [("seed", 7), ("data.frames", 9)])
+def test_resuming_under_another_seed_or_clip_length_is_refused(demo, latent_dir, tmp_path, field,
+                                                               value):
+  wd = tmp_path / "run"
+  (wd / "checkpoints" / "2").mkdir(parents=True)
+  (wd / "config.json").write_text(_config(demo, latent_dir).to_json_best_effort())
+  with pytest.raises(ConfigError, match=rf"config\.json: .* {re.escape(field)}=.*this config has {value}"):
+    trainer.train_and_evaluate(_config(demo, latent_dir, **{field: value}), str(wd))
+
+
+@pytest.mark.parametrize("field, value", [
+    ("optim.lr", -1.0), ("optim.lr", float("nan")), ("optim.clip_schedule", "bogus"),
+    ("flow.sampling", "bogus"), ("model.dtype", "float16"), ("model.remat", "some"),
+    ("model.attention", "flash"), ("eval.solver", "bogus"), ("optim.warmup_steps", -3),
+    ("samples.steps", 0)])
+def test_every_field_is_checked_before_config_json_is_written(demo, latent_dir, finished,
+                                                              tmp_path, field, value):
+  """On a finished run these crashed with a traceback after config.json was rewritten (and
+  export then trusted it); the command prints a ConfigError as one line
+  (test_config_errors_are_one_line_before_anything_is_written)."""
+  workdir = _copy(finished, tmp_path / "run")
+  before = _snapshot(workdir)
+  with pytest.raises(ConfigError, match=re.escape(field.split(".")[-1])):
+    trainer.train_and_evaluate(_config(demo, latent_dir, **{field: value}), str(workdir))
+  assert _snapshot(workdir) == before
+
+
+def test_sigterm_saves_and_the_rerun_resumes_exactly(demo, latent_dir, finished, tmp_path):
+  """A SIGTERM (a preemption notice) during training: a checkpoint of the step it arrived at,
+  exit with an error naming it; the rerun resumes there and ends with the uninterrupted
+  run's loss."""
+  from vbridge_jax.utils.errors import PreemptedError
+  workdir = tmp_path / "run"
+  handler = signal.getsignal(signal.SIGTERM)
+  with pytest.raises(PreemptedError, match=r"SIGTERM\) at step 1: saved a checkpoint of step 1"):
+    trainer.train_and_evaluate(_config(demo, latent_dir, debug_sigterm_at_step=1), str(workdir))
+  assert signal.getsignal(signal.SIGTERM) == handler  # restored
+  assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [1]
+  assert not (workdir / "final.json").exists()
+  out = trainer.train_and_evaluate(_config(demo, latent_dir), str(workdir))
+  final = json.loads((finished / "final.json").read_text())["last"]
+  assert out["step"] == 4 and out["loss"] == final["loss"] and _rows(workdir) == [1, 2, 3, 4]
+
+
+def test_a_second_trainer_on_one_workdir_is_refused(demo, latent_dir, finished, tmp_path):
+  """Two trainers on one workdir both ran, leaving duplicated, out-of-order metric rows."""
+  from vbridge_jax.utils import lock
+  workdir = _copy(finished, tmp_path / "run")
+  (workdir / "final.json").unlink()  # not finished: a trainer would train
+  with lock.exclusive(workdir / trainer.LOCK, what="training"):  # another trainer, running
+    before = _snapshot(workdir)
+    with pytest.raises(lock.LockedError, match=r"another process is writing it \(pid \d+"):
+      trainer.train_and_evaluate(_config(demo, latent_dir), str(workdir))
+    assert {k: v for k, v in _snapshot(workdir).items() if k != trainer.LOCK} == {
+        k: v for k, v in before.items() if k != trainer.LOCK}

@@ -179,6 +179,47 @@ def test_two_processes_match_one_and_resume(demo, tmp_path):
       assert (ck / "data" / f"process_{i}-of-2.json").is_file(), (step, i)
 
 
+@pytest.mark.slow
+def test_a_sigterm_to_one_process_saves_every_process_at_one_step(demo, tmp_path):
+  """A preemption notice (SIGTERM) to process 1 after step 1: JAX's preemption service
+  (through orbax's save policy) picks one step, both processes save it and stop with the
+  one-line error; a new launch resumes there and finishes the run."""
+  wd, cache = tmp_path / "run", tmp_path / "cache"
+  address = f"127.0.0.1:{_free_port()}"
+  procs, logs = [], []
+  for i in range(2):
+    logs.append(tmp_path / f"preempted.{i}.log")
+    args = ["--workdir", str(wd), "--data", demo, "--result", str(tmp_path / f"preempted.{i}.json"),
+            "--coordinator", address, "--num-processes", "2", "--process-id", str(i)]
+    with open(logs[-1], "wb") as f:
+      procs.append(subprocess.Popen([sys.executable, str(WORKER), *args] +
+                                    (["--sigterm-at", "1"] if i == 1 else []),
+                                    env=_env(4, cache), stdout=f, stderr=subprocess.STDOUT))
+  try:
+    for p in procs:
+      p.wait(timeout=TIMEOUT_S)
+  finally:
+    for p in procs:
+      p.kill()
+  said = [re.findall(r"preempted \(SIGTERM\) at step (\d+): saved", _tail(log, 100_000))
+          for log in logs]
+  assert all(p.returncode not in (0, None) for p in procs), [_tail(log) for log in logs]
+  assert said[0] and said[0] == said[1], [_tail(log) for log in logs]  # one step, both
+  step = int(said[0][0])
+  assert 1 < step < 3 and not (wd / "final.json").exists()
+  before = (wd / "metrics.jsonl").read_text().splitlines()
+  assert [json.loads(l)["step"] for l in before] == list(range(1, step + 1))
+  launch = _two_processes("resumed", tmp_path, wd, demo, cache, [])
+  try:
+    launch.wait()
+  finally:
+    launch.kill()
+  after = (wd / "metrics.jsonl").read_text().splitlines()
+  assert [json.loads(l)["step"] for l in after] == [1, 2, 3]
+  assert after[:step] == before  # resumed at the saved step: its rows (with their timings) kept
+  assert _result(tmp_path, "resumed.0")["out"]["step"] == 3
+
+
 def _final_name(path: str) -> str:
   """The file an atomic write's temporary (`utils.atomic`: `.NAME.PID.tmpSUFFIX`) becomes."""
   m = re.fullmatch(r"(.*/)?\.(.+)\.\d+\.tmp(\.\w+)?", path)

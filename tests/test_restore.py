@@ -153,7 +153,7 @@ def test_config_and_its_errors(tmp_path, capsys):
   from vbridge_jax.diffusion.sampler import SamplerConfig
   cfg, _ = folder.resolve_settings(restore.parse([]))
   assert restorer.sampler_config(cfg) == SamplerConfig()  # the one source
-  assert restore.main(["--config.nope=1"]) == 2
+  assert restore.main(["--config.nope=1"]) == 1
   assert "nope" in capsys.readouterr().err
   assert restore.main([f"--config.input={tmp_path}"]) == 1
   assert "required: --config.model, --config.prompts, --config.output" in capsys.readouterr().err
@@ -192,24 +192,28 @@ def test_restore_tree_resume_and_faults(model_dir, tmp_path, capsys, monkeypatch
   assert "3 image(s) found, 3 already restored, 0 to do" in capsys.readouterr().out
   shutil.move(out, tmp_path / "first")  # the later runs read the tree without it
 
-  # a killed run: the first output written, the second half-written (no sidecar); the rerun
-  # redoes only the half-written one
+  # a killed run: the first output written, the second killed after its PNG was renamed into
+  # place but before its sidecar said finished; the rerun redoes only that one
   out2 = tmp_path / "killed"
-  real = jobs.write_output
+  real, real_write = jobs.write_output, jobs._write_atomic
   calls = []
 
   def dying(img, dst, record, video=None):
     calls.append(dst)
     if len(calls) == 2:
-      dst.parent.mkdir(parents=True, exist_ok=True)
-      dst.write_bytes(b"\x89PNG half")
-      raise KeyboardInterrupt
+      def write(data, path):
+        if path == jobs.sidecar(dst) and b'"finished": true' in data:
+          raise KeyboardInterrupt
+        real_write(data, path)
+      monkeypatch.setattr(jobs, "_write_atomic", write)
     real(img, dst, record, video)
 
   monkeypatch.setattr(jobs, "write_output", dying)
   with pytest.raises(KeyboardInterrupt):
     restore.main(_args(model_dir, tmp_path / "tree", out2, "--config.batch=8"))
   monkeypatch.setattr(jobs, "write_output", real)
+  monkeypatch.setattr(jobs, "_write_atomic", real_write)
+  assert calls[1].exists() and jobs.output_state(calls[1], {})[0] == jobs.UNFINISHED
   done = calls[0]
   stamp = done.stat().st_mtime_ns
   assert restore.main(_args(model_dir, tmp_path / "tree", out2)) == 0
@@ -372,10 +376,15 @@ def test_video_output(model_dir, tmp_path):
   pytest.importorskip("vbridge_jax.data.video")
   Image.fromarray(np.full((40, 50, 3), 99, np.uint8)).save(tmp_path / "x.png")
   assert restore.main(_args(model_dir, tmp_path / "x.png", tmp_path / "o", "--config.video=true")) == 0
-  mp4 = tmp_path / "o" / "x.mp4"
-  assert mp4.stat().st_size > 0 and jobs.is_done(tmp_path / "o" / "x.png", video=True)
+  mp4, png = tmp_path / "o" / "x.mp4", tmp_path / "o" / "x.png"
+  settings = json.loads(jobs.sidecar(png).read_text())["settings"]
+  assert mp4.stat().st_size > 0 and jobs.is_done(png, settings, video=True)
+  mask = os.umask(0)
+  os.umask(mask)
+  for f in (mp4, png):  # the user's umask (mkstemp's 0600 before)
+    assert f.stat().st_mode & 0o777 == 0o666 & ~mask, f
   mp4.unlink()
-  assert not jobs.is_done(tmp_path / "o" / "x.png", video=True)  # redone on resume
+  assert not jobs.is_done(png, settings, video=True)  # redone on resume
 
 
 def test_frames_come_from_each_model_folder(tmp_path):

@@ -27,17 +27,21 @@ and without the video prior. Phases, each with its outputs in DIR:
    (b) the fine-tune from scratch, (c) the fine-tune from the prior, (d) (c) + corrector;
 6. `scores/<row>/` (`vbridge_jax.evaluate`, the `vbridge` protocol: PSNR/SSIM on luma Y),
    then `table.md` (per category: input and the four rows; averages per image and per
-   category), also printed, and `picture.png` (one row per category: LQ | (a) | (b) | (c) |
-   (d) | GT).
+   category), also printed, `picture.png` (one row per category: LQ | (a) | (b) | (c) |
+   (d) | GT) and `report.html` (`report_html`: the table beside Table 1 and every held-out
+   image in those columns with its scores, worst first).
 
 Rerunning resumes: a finished phase is skipped (training resumes from its last checkpoint,
 restore skips the images already written); delete a phase's folder to redo it. The
-restores use the sampler settings of the base run's held-out evaluation (`config.eval`).
+arguments are recorded in `DIR/miniature.json` on the first run, and a rerun with other
+arguments is refused naming them (the phases it would skip were made with the old ones).
+The restores use the sampler settings of the base run's held-out evaluation (`config.eval`).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -54,12 +58,12 @@ from vbridge_jax.configs import restore as restore_configs
 from vbridge_jax.data import fewshot, prompts
 from vbridge_jax.data.degrade import CATEGORIES
 from vbridge_jax.data.files import read_rgb
-from vbridge_jax.evaluation import grids, protocols
+from vbridge_jax.evaluation import grids, protocols, report
 from vbridge_jax.inference import folder, jobs
 from vbridge_jax.training import checkpointing, export, setup, trainer
 from vbridge_jax.training import prior as prior_lib
-from vbridge_jax.utils import cli
-from vbridge_jax.utils.errors import VBridgeError
+from vbridge_jax.utils import atomic, cli
+from vbridge_jax.utils.errors import ConfigError, VBridgeError
 
 DEFAULT_CATEGORIES = None  # all 21 demo categories
 # The table's columns: (key, label); the keys name the restored/ and scores/ folders.
@@ -213,7 +217,54 @@ def picture(path: Path, heldout: Path, restored: dict[str, Path]) -> Path:
   return path
 
 
+def report_html(workdir: Path, scores: dict[str, dict[str, Any]]) -> Path:
+  """`WORKDIR/report.html` (`evaluation.report`): the table beside Table 1 and every held-out
+  image LQ | (a) | (b) | (c) | (d) | GT with its scores and gain over the input, worst
+  first; its numbers point into `scores/<row>/metrics.json`, its pictures are the held-out
+  split's and the restored PNGs."""
+
+  def pictures(res: dict[str, Any]) -> dict[str, str]:
+    return {report.full_name(r): r["pred"] for r in res["per_image"]}
+
+  inputs = scores["input"]
+  cols = [report.Scored(label, scores[k], report.pointer(f"scores/{k}/metrics.json"), pictures(scores[k]))
+          for k, label in COLUMNS if k != "input" and k in scores]
+  n = len(inputs["per_image"])
+  intro = (f"<p>The paper in miniature: {n} held-out images restored by each row, the "
+           "<code>vbridge</code> protocol (PSNR-Y / SSIM-Y); the table is "
+           '<a href="table.md">table.md</a>.</p>')
+  return report.compare_report(
+      Path(workdir) / report.NAME, "the paper in miniature", intro,
+      report.Scored("LQ", inputs, report.pointer("scores/input/metrics.json"), pictures(inputs)),
+      cols, {report.full_name(r): r["gt"] for r in inputs["per_image"]})
+
+
 # ------------------------------------------------------------------------------- the recipe
+
+
+INPUTS = "miniature.json"  # the arguments that the workdir's phases were run with
+
+
+def _check_inputs(wd: Path, inputs: dict[str, Any]) -> None:
+  """Records the run's arguments in `WORKDIR/miniature.json` on the first run, and refuses a
+  rerun with others: every phase's outputs (splits, runs, models, restores, scores) follow
+  from them, and a finished phase is skipped, so mixing two sets of arguments would report
+  one set's table under the other's name."""
+  file = wd / INPUTS
+  if file.is_file():
+    try:
+      recorded = json.loads(file.read_text())["inputs"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+      raise ConfigError(f"{file}: unreadable ({e}); delete it only with the phases it records"
+                        ) from None
+    if recorded != inputs:
+      diff = ", ".join(f"{k} {recorded.get(k)!r} (now {inputs.get(k)!r})"
+                       for k in sorted(set(recorded) | set(inputs)) if recorded.get(k) != inputs.get(k))
+      raise ConfigError(f"{file}: this workdir's phases were run with other arguments: {diff}; "
+                        f"rerun with those, or choose another --workdir")
+    return
+  wd.mkdir(parents=True, exist_ok=True)
+  atomic.write_json(file, {"inputs": inputs})
 
 
 def run(workdir: str | os.PathLike, *, base_steps: int | None = None, base_stages: str | None = None,
@@ -234,10 +285,18 @@ def run(workdir: str | os.PathLike, *, base_steps: int | None = None, base_stage
   fine-tuned `base`. `prior_variant`: the variant of configs/prior.py (the tests: `test`).
   """
   if drift_init not in ("prior", "base"):
-    raise ValueError(f"drift_init={drift_init!r} is not 'prior' or 'base'")
+    raise ConfigError(f"drift_init={drift_init!r} is not 'prior' or 'base'")
+  counts = dict(base_steps=base_steps, drift_steps=drift_steps, restore_steps=restore_steps,
+                per_category=per_category, heldout_per_category=heldout_per_category,
+                drift_per_category=drift_per_category, size=size)
+  for k, v in counts.items():
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+      raise ConfigError(f"--{k}={v!r} must be a whole number >= 1")
+  inputs = dict(counts, base_stages=base_stages, drift_stage=drift_stage, drift_init=drift_init,
+                categories=list(categories) if categories else None, prior_variant=prior_variant)
 
   wd = Path(workdir).resolve()
-  wd.mkdir(parents=True, exist_ok=True)
+  _check_inputs(wd, inputs)
   phases: dict[str, str] = {}
   t0 = time.time()
 
@@ -299,9 +358,11 @@ def run(workdir: str | os.PathLike, *, base_steps: int | None = None, base_stage
   text = table(scores)
   (wd / "table.md").write_text(text)
   picture(wd / "picture.png", heldout, restored)
+  report_html(wd, scores)
   phase("5 evaluate", True)
   log(text)
-  log(f"wrote {wd / 'table.md'} and {wd / 'picture.png'} in {time.time() - t0:.0f} s")
+  log(f"wrote {wd / 'table.md'}, {wd / 'picture.png'} and {wd / report.NAME} in "
+      f"{time.time() - t0:.0f} s")
   return {"table": text, "phases": phases}
 
 

@@ -43,6 +43,7 @@ from vbridge_jax.utils import atomic
 from vbridge_jax.utils.errors import ModelInfoError
 
 FILENAME = "model.json"
+CODECS = ("wan22", "pixel")
 DEFAULT_FRAMES = 5  # the authors' released evaluation samples 5 frames
 COMPONENTS = ("dit", "vae")
 EVALUATED_WITH = "evaluated_with"
@@ -98,12 +99,14 @@ def read_model_info(path: str | os.PathLike) -> ModelInfo:
     return ModelInfo()
   try:
     data = json.loads(file.read_text())
-    info = ModelInfo(frames=int(data.get("frames", DEFAULT_FRAMES)),
-                     codec=str(data.get("codec", "wan22")))
+    frames, codec = data.get("frames", DEFAULT_FRAMES), data.get("codec", "wan22")
   except (OSError, ValueError, TypeError, AttributeError) as e:
     raise ModelInfoError(f"{file}: not a model info file ({' '.join(str(e).split())})") from None
-  if info.frames < 1:
-    raise ModelInfoError(f"{file}: frames={info.frames} must be >= 1")
+  if not _integer(frames) or frames < 1:  # 1 + tk: checked against the codec where it is read
+    raise ModelInfoError(f"{file}: frames={frames!r} must be a whole number >= 1")
+  if codec not in CODECS:
+    raise ModelInfoError(f"{file}: codec={codec!r} is not one of {', '.join(CODECS)}")
+  info = ModelInfo(frames=int(frames), codec=codec)
   if data.get(EVALUATED_WITH) is None:
     return info
   try:

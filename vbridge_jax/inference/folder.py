@@ -31,18 +31,19 @@ from vbridge_jax.checkpoints import io, load_dit
 from vbridge_jax.checkpoints.model_info import FILENAME, EvalSettings, model_root, read_model_info
 from vbridge_jax.data import prompts, video
 from vbridge_jax.data.files import image_size, read_rgb
-from vbridge_jax.diffusion.sampler import SamplerConfig
+from vbridge_jax.diffusion.sampler import SamplerConfig, numerics
 from vbridge_jax.inference import jobs as jobs_lib
 from vbridge_jax.inference import restorer
 from vbridge_jax.inference.geometry import QUANTIZE, to_uint8
 from vbridge_jax.models import pixel_codec
-from vbridge_jax.models.configs import DTYPES, DiTConfig
+from vbridge_jax.models.configs import DTYPES, DiTConfig, VAEConfig
 from vbridge_jax.parallel import sharding as sh
-from vbridge_jax.utils.errors import DataError
+from vbridge_jax.utils.errors import DataError, ModelInfoError
 
 REQUIRED = ("model", "prompts", "input", "output")
 FROM_CONFIG = "--config"
 FROM_DEFAULTS = "the defaults"
+FROM_PRECISION = "--config.precision"
 
 
 def fallback_settings() -> dict[str, Any]:
@@ -60,7 +61,9 @@ def resolve_settings(config) -> tuple[Any, dict[str, str]]:
 
   Per field: the config's value when set (not None), else the model folder's model.json
   record (`ModelInfo.evaluated_with`), else `fallback_settings()`. A bad record raises
-  ModelInfoError (a ValueError: one line, exit status 1).
+  ModelInfoError (a ValueError: one line, exit status 1). `precision` (`sampler.numerics`;
+  "float32" when absent) sets the VAE's dtype where its numerics name one ("authors": bf16)
+  unless `vae_dtype` is given; its other pieces reach the restorer through `sampler_config`.
   """
   record, where = {}, None
   if config.get("model"):
@@ -77,6 +80,10 @@ def resolve_settings(config) -> tuple[Any, dict[str, str]]:
         out[k], sources[k] = record[k], where
       else:
         out[k], sources[k] = default, FROM_DEFAULTS
+    out.precision = config.get("precision") or "float32"
+    vae_dtype = numerics(out.precision).vae_dtype  # a bad precision: ConfigError, one line
+    if vae_dtype is not None and sources["vae_dtype"] != FROM_CONFIG:
+      out.vae_dtype, sources["vae_dtype"] = vae_dtype, FROM_PRECISION
   return out, sources
 
 
@@ -86,7 +93,7 @@ def settings_line(config, sources: dict[str, str]) -> str:
   what = (f"sampler: {config.solver}, {config.steps} steps, shift {config.shift}, schedule "
           f"{config.schedule}, guidance {config.guidance}, cfg_skip {config.cfg_skip}, seed "
           f"{config.seed}; DiT {config.dtype} (weights {config.param_dtype}), VAE {vae}, "
-          f"quantize {config.quantize}")
+          f"quantize {config.quantize}, precision {config.get('precision') or 'float32'}")
   counts = collections.Counter(sources.values())
   main = max(counts, key=counts.get)
   others = [f"{', '.join(k for k, s in sources.items() if s == src)} from {src}"
@@ -143,9 +150,15 @@ def run(config) -> int:
   found, problems = jobs_lib.find_inputs(inp, exclude=out_root)
   jobs_lib.check_unique(found, out_root, {f.resolve() for f, _ in found})
   jobs_lib.check_writable(out_root)
-  todo = [(f, rel) for f, rel in found
-          if config.overwrite or not jobs_lib.is_done(jobs_lib.output_path(out_root, rel),
-                                                      bool(config.video))]
+  if jax.process_index() == 0:  # before any process can write (they start after the model loads)
+    jobs_lib.remove_stale_temporaries(out_root)
+  settings = output_settings(config)
+  states = [(dst, *jobs_lib.output_state(dst, settings, bool(config.video)))
+            for dst in (jobs_lib.output_path(out_root, rel) for _, rel in found)]
+  if not config.overwrite:
+    jobs_lib.check_replaceable(states, settings)
+  todo = [job for job, (_, state, _) in zip(found, states)
+          if config.overwrite or state != jobs_lib.DONE]
   for p in problems:
     print(f"error: {p}", file=sys.stderr)
   _say(f"{len(found)} image(s) found, {len(found) - len(todo)} already restored, "
@@ -156,7 +169,7 @@ def run(config) -> int:
   rc = 1 if problems else 0
   if todo:
     _check_model(config)
-    rc = max(rc, _restore(config, todo, out_root, status, sources))
+    rc = max(rc, _restore(config, todo, out_root, status, sources, settings))
   status["seconds"] = time.time() - t_start
   jobs_lib.write_status(out_root, jax.process_index(), status)
   if jax.process_count() > 1:
@@ -170,6 +183,20 @@ def run(config) -> int:
   return max(rc, 1 if status["failed"] else 0)
 
 
+def output_settings(config) -> dict[str, Any]:
+  """What makes an output, recorded in its sidecar (`jobs.output_state`): a fingerprint of
+  the model's and the corrector's files (`model_files`, `drift_files`: a copy of a folder is
+  the same model, another export of it is not), the resolved settings and both frame counts.
+  A finished output with other settings is not this run's."""
+  frames, drift_frames = frame_counts(config)
+  out: dict[str, Any] = {}
+  for k in ("model", "drift"):
+    out[f"{k}_files"] = jobs_lib.fingerprint_folder(model_root(config[k])) if config[k] else ""
+  out.update({k: config[k] for k in fallback_settings()}, frames=frames,
+             drift_frames=drift_frames, precision=config.get("precision") or "float32")
+  return out
+
+
 def frame_counts(config) -> tuple[int, int | None]:
   """(base frames, corrector frames or None): `frames` / `drift_frames` when given, else what
   each model folder records (`model.json`; 5 without one)."""
@@ -180,16 +207,44 @@ def frame_counts(config) -> tuple[int, int | None]:
 
 
 def _check_model(config) -> None:
-  """The model folders and the prompt file, checked from their configs (nothing loaded yet)."""
+  """The model folders and the prompt file, checked from their configs (nothing loaded yet):
+  the frame counts against the codec, the corrector's codec and latent width against the
+  base's, the prompts against the DiT's text width and length."""
   dcfg = DiTConfig.from_dict(io.read_component_config(io.find_component(Path(config.model), "dit")))
+  codec = _codec_config(config.model)
+  frames, drift_frames = frame_counts(config)
+  where = {"frames": ("--config.frames" if config.frames else str(model_root(config.model)
+                                                                   / FILENAME)),
+           "drift_frames": ("--config.drift_frames" if config.drift_frames else
+                            str(model_root(config.drift or config.model) / FILENAME))}
+  t = int(codec.scale_factor_temporal)
+  for k, f in (("frames", frames), ("drift_frames", drift_frames)):
+    if f is not None and (f < 1 or (f - 1) % t):
+      raise ModelInfoError(f"{where[k]}: {k}={f} must be 1 + {t}k for the codec of {config.model}")
   if config.drift:
-    io.find_component(Path(config.drift), "dit")
-  if pixel_codec.read_config(config.model) is None:  # the pixel codec's folder is its config
-    io.find_component(Path(config.model), "vae")
-  prompts.load_prompts(Path(config.prompts), dcfg.text_dim)
+    ddir = io.find_component(Path(config.drift), "dit")
+    base, corr = read_model_info(config.model).codec, read_model_info(config.drift).codec
+    if base != corr:
+      raise ModelInfoError(f"{model_root(config.drift) / FILENAME}: the corrector's codec {corr!r} "
+                           f"is not the base model's {base!r} ({config.model})")
+    corr_shape, base_shape = [(c.in_channels, c.out_channels, c.text_dim, tuple(c.patch_size))
+                              for c in (DiTConfig.from_dict(io.read_component_config(ddir)), dcfg)]
+    if corr_shape != base_shape:
+      raise ModelInfoError(f"{ddir}: the corrector's DiT (channels in, out, text width, patch "
+                           f"{corr_shape}) does not fit the base's {base_shape} ({config.model})")
+  prompts.load(Path(config.prompts), dcfg.text_dim, ("positive", "negative"), dcfg.text_len)
 
 
-def _restore(config, todo, out_root: Path, status: dict, sources: dict[str, str]) -> int:
+def _codec_config(model: str) -> Any:
+  """The codec config of a model folder, read without loading it."""
+  pixel = pixel_codec.read_config(model)
+  if pixel is not None:  # the pixel codec's folder is its config
+    return pixel
+  return VAEConfig.from_dict(io.read_component_config(io.find_component(Path(model), "vae")))
+
+
+def _restore(config, todo, out_root: Path, status: dict, sources: dict[str, str],
+             settings: dict[str, Any]) -> int:
   """Loads the models and restores `todo` [(file, relative path)]; fills `status`."""
 
   n_dev = int(config.num_devices)
@@ -227,8 +282,6 @@ def _restore(config, todo, out_root: Path, status: dict, sources: dict[str, str]
     raise ValueError(f"--config.batch={batch} is not a multiple of the {m} data x fsdp shards")
   batches = jobs_lib.schedule(jobs, batch)
   held, writes = jobs_lib.process_rows(sh.batch_sharding(mesh, 1), batch)
-  record = dict(model=str(config.model), drift=str(config.drift), seed=int(config.seed),
-                steps=int(config.steps), frames=frames)
   bar = None
   if config.progress and jax.process_index() == 0:
     bar = tqdm(total=len(jobs), desc="restore", unit="img", file=sys.stderr)
@@ -256,11 +309,17 @@ def _restore(config, todo, out_root: Path, status: dict, sources: dict[str, str]
         continue
       img, frames_w = outs[r]
       j = chunk[r]
+      if img is None:
+        status["failed"].append(f"{j.src}: the restored image is not finite (NaN or inf in the "
+                                f"model's output); nothing written")
+        print(f"error: {status['failed'][-1]}", file=sys.stderr)
+        continue
       video = None
       if frames_w is not None:
         video = [restorer.crop_work(to_uint8(fr, config.quantize), j.plan) for fr in frames_w]
       try:
-        jobs_lib.write_output(img, j.dst, dict(record, source=j.rel), video)
+        jobs_lib.write_output(img, j.dst, dict(source=j.rel, model=str(config.model),
+                                                drift=str(config.drift), settings=settings), video)
         status["restored"] += 1
       except jobs_lib.OutputError as e:
         stop = str(e)

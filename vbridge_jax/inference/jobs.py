@@ -7,11 +7,16 @@ either complete or absent.
   dangling symlink is reported by name, never skipped in silence. Two inputs that would write
   the same output (`0001.png` and `0001.jpg` in one folder) are refused up front, naming both:
   outputs keep the `<stem>.png` names that `evaluate` and `data.drift_outputs` pair by.
-- **Finished outputs** (`is_done`): a PNG counts as restored only when its sidecar
-  `.<name>.png.done` exists and records the PNG's byte size (and the MP4's, with `video`). The
-  PNG is written to a temporary file and renamed, then the sidecar the same way, so a kill
-  at any moment leaves either a verified output or one that the next run redoes; a truncated
-  or emptied PNG no longer passes as restored.
+- **Finished outputs** (`output_state`): restore writes a sidecar `.<name>.png.done` before
+  its output (a claim: "written by restore, not finished"), then the MP4 (with `video`) and
+  the PNG, each to a temporary file renamed into place, then the sidecar again, finished:
+  the PNG's (and MP4's) byte size and `settings`, what made the output (the model and
+  corrector folders with a fingerprint of their files, the sampler settings, seed, dtypes,
+  frames). So a kill at any moment leaves a finished output or one whose sidecar says it is
+  restore's and unfinished, which the next run redoes; a truncated or emptied PNG does not
+  pass as restored. A file at an output's place without a sidecar was not written by
+  restore, and a finished output made with other settings is not this run's: both are
+  refused up front (`overwrite=true` replaces them), never replaced in silence.
 - **Summary** (`write_summary`, process 0, `restore_summary.json`): counts, failures by file,
   seconds per image over the whole run (loading and compiles included) and the steady rate
   after each working size's first, compiling batch.
@@ -26,6 +31,7 @@ either complete or absent.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -102,17 +108,73 @@ def sidecar(dst: Path) -> Path:
   return dst.with_name(f".{dst.name}.done")
 
 
-def is_done(dst: Path, video: bool = False) -> bool:
-  """Whether `dst` is a finished output: its sidecar exists and records its size (see above)."""
+# What `output_state` finds at an output's place.
+ABSENT, FOREIGN, UNFINISHED, OTHER, DONE = "absent", "foreign", "unfinished", "other", "done"
+
+
+def output_state(dst: Path, settings: dict[str, Any], video: bool = False
+                 ) -> tuple[str, dict[str, Any]]:
+  """(state, the sidecar's record) of the output `dst` for a run with `settings`: ABSENT
+  (nothing there), FOREIGN (a PNG, or an MP4 with `video`, without a sidecar: not restore's),
+  UNFINISHED (restore's, to redo: claimed, truncated, or its sidecar unreadable), OTHER
+  (finished with other settings) or DONE."""
+  files = [dst] + ([dst.with_suffix(".mp4")] if video else [])
+  car = sidecar(dst)
+  if not car.exists():
+    return (FOREIGN if any(f.exists() or f.is_symlink() for f in files) else ABSENT), {}
   try:
-    rec = json.loads(sidecar(dst).read_text())
-    if int(rec["png_bytes"]) != dst.stat().st_size:
-      return False
-    if video:
-      return int(rec.get("mp4_bytes", -1)) == dst.with_suffix(".mp4").stat().st_size
-    return True
-  except (OSError, ValueError, KeyError, TypeError):
-    return False
+    rec = json.loads(car.read_text())
+    if not rec.get("finished") or int(rec["png_bytes"]) != dst.stat().st_size:
+      return UNFINISHED, rec
+    if video and int(rec.get("mp4_bytes", -1)) != files[1].stat().st_size:
+      return UNFINISHED, rec
+  except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    return UNFINISHED, {}
+  return (DONE if rec.get("settings") == settings else OTHER), rec
+
+
+def is_done(dst: Path, settings: dict[str, Any], video: bool = False) -> bool:
+  """Whether `dst` is a finished output of a run with `settings` (see above)."""
+  return output_state(dst, settings, video)[0] == DONE
+
+
+def differences(old: dict[str, Any], new: dict[str, Any]) -> str:
+  """`seed 7 (now 43), solver 'euler' (now 'unipc')`: the settings two records disagree on."""
+  keys = sorted(set(old) | set(new))
+  return ", ".join(f"{k} {old[k]!r} (now {new.get(k)!r})" if k in old else f"{k} unrecorded"
+                   for k in keys if old.get(k) != new.get(k))
+
+
+def check_replaceable(states: Sequence[tuple[Path, str, dict[str, Any]]],
+                      settings: dict[str, Any]) -> None:
+  """Refuses, in one line naming the first and counting the rest, outputs that restore would
+  replace without having written them (FOREIGN) or that another run's settings made (OTHER):
+  `overwrite=true` is the way to replace them."""
+  for kind, why in ((FOREIGN, "exists and was not written by restore (no sidecar {car})"),
+                    (OTHER, "was restored with other settings: {diff}")):
+    hit = [(dst, rec) for dst, state, rec in states if state == kind]
+    if hit:
+      dst, rec = hit[0]
+      more = f" (and {len(hit) - 1} more)" if len(hit) > 1 else ""
+      what = why.format(car=sidecar(dst).name, diff=differences(rec.get("settings") or {},
+                                                                settings))
+      raise OutputError(f"{dst}: {what}{more}; --config.overwrite=true replaces them, or choose "
+                        f"another --config.output")
+
+
+def fingerprint_folder(path: str | os.PathLike) -> str:
+  """A checksum of the names, sizes and modification times of the files under `path`:
+  which model (or which export of it) a finished output was made with."""
+  root = Path(path)
+  entries = []
+  for folder, dirs, files in os.walk(root):
+    dirs.sort()
+    for name in sorted(files):
+      f = Path(folder) / name
+      with contextlib.suppress(OSError):
+        st = f.stat()
+        entries.append(f"{f.relative_to(root).as_posix()}:{st.st_size}:{st.st_mtime_ns}")
+  return f"{zlib.crc32(chr(10).join(entries).encode()) & 0xFFFFFFFF:08x}"
 
 
 def _write_atomic(data: bytes, path: Path) -> None:
@@ -124,7 +186,8 @@ def _write_atomic(data: bytes, path: Path) -> None:
 
 def write_output(img: np.ndarray, dst: Path, record: dict[str, Any],
                  video: list[np.ndarray] | None = None) -> None:
-  """PNG (+ MP4) then the sidecar, each atomically; an `OutputError` leaves no partial file."""
+  """The claim, the MP4 and the PNG, then the finished sidecar, each atomically (see above);
+  an `OutputError` leaves no partial file."""
   try:
     dst.parent.mkdir(parents=True, exist_ok=True)
   except OSError as e:
@@ -132,17 +195,50 @@ def write_output(img: np.ndarray, dst: Path, record: dict[str, Any],
   buf = io.BytesIO()
   Image.fromarray(img).save(buf, format="PNG")
   png = buf.getvalue()
-  rec = dict(record, png_bytes=len(png))
-  sidecar(dst).unlink(missing_ok=True)  # an output being replaced is unfinished until the end
-  if video is not None:
-    mp4 = dst.with_suffix(".mp4")
-    try:  # complete or absent (write_mp4 renames into place); the authors' 24 fps
-      video_lib.write_mp4(mp4, video)
-    except (OSError, video_lib.VideoError) as e:
-      raise OutputError(f"{mp4}: cannot write ({getattr(e, 'strerror', None) or e})") from None
-    rec["mp4_bytes"] = mp4.stat().st_size
-  _write_atomic(png, dst)
+  _write_atomic(json.dumps(dict(record, finished=False)).encode(), sidecar(dst))
+  rec = dict(record, finished=True, png_bytes=len(png))
+  try:
+    if video is not None:
+      mp4 = dst.with_suffix(".mp4")
+      try:  # complete or absent (write_mp4 renames into place); the authors' 24 fps
+        video_lib.write_mp4(mp4, video)
+      except (OSError, video_lib.VideoError) as e:
+        raise OutputError(f"{mp4}: cannot write ({getattr(e, 'strerror', None) or e})") from None
+      rec["mp4_bytes"] = mp4.stat().st_size
+    _write_atomic(png, dst)
+  except OutputError:  # the PNG was not replaced: what was there before stays as it was
+    if not dst.exists():
+      sidecar(dst).unlink(missing_ok=True)
+    raise
   _write_atomic(json.dumps(rec).encode(), sidecar(dst))
+
+
+def remove_stale_temporaries(out_root: Path) -> int:
+  """Deletes the temporary files that killed restores left in `out_root` (the names
+  `utils.atomic.replacing` gives, of processes no longer running on this host); returns
+  how many. Process 0 runs it before loading the model, so before any process writes."""
+  n = 0
+  for folder, _, files in os.walk(out_root):
+    for name in files:
+      pid = atomic.temporary_pid(name)
+      if pid is None or _alive(pid):
+        continue
+      with contextlib.suppress(OSError):
+        (Path(folder) / name).unlink()
+        n += 1
+  return n
+
+
+def _alive(pid: int) -> bool:
+  if pid == os.getpid():
+    return True
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except OSError:  # someone else's process
+    return True
+  return True
 
 
 def check_writable(out_root: Path) -> None:

@@ -26,11 +26,14 @@ Faults, each ending in one line (`CheckpointError`) and losing nothing:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import shutil
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -98,14 +101,46 @@ class Checkpointer:
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("state", "data", "meta"))
     self._in_flight: int | None = None  # the step of a save not yet known to have succeeded
+    self.preempted = False  # a preemption notice was seen (`should_save`)
+    self._sigterm = False
     self._good: int | None = self.manager.latest_step()
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
   def should_save(self, step: int) -> bool:
-    """orbax's save policy: every `every_steps`, or a preemption notice."""
-    return self.manager.should_save(step)
+    """orbax's save policy: every `every_steps`, or a preemption notice (then `preempted`)."""
+    return self.check_preemption(step) or self.manager.should_save(step)
+
+  def check_preemption(self, step: int) -> bool:
+    """Whether a preemption notice has been seen, by `step` (it stays seen: `preempted`)."""
+    self.preempted = self.preempted or self.reached_preemption(step)
+    return self.preempted
+
+  def reached_preemption(self, step: int) -> bool:
+    """Whether to save for a preemption at `step`. Several processes: JAX's preemption
+    service (`jax.distributed`; orbax asks it), which turns a SIGTERM on any host into one
+    step at which every host saves. One process: a SIGTERM since `watch_sigterm`."""
+    return self.manager.reached_preemption(step) or self._sigterm
+
+  @contextlib.contextmanager
+  def watch_sigterm(self):
+    """Within the block, a SIGTERM to a one-process run is a preemption notice (saved at the
+    next step, then the run stops); a second one kills as usual. With several processes
+    JAX's preemption service owns the signal, and nothing is installed."""
+    if jax.process_count() > 1 or threading.current_thread() is not threading.main_thread():
+      yield
+      return
+
+    def notice(signum, frame):
+      self._sigterm = True
+      signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    old = signal.signal(signal.SIGTERM, notice)
+    try:
+      yield
+    finally:
+      signal.signal(signal.SIGTERM, old)
 
   # ------------------------------------------------------------------------- failures
 
@@ -233,8 +268,11 @@ def checkpoint_steps(workdir: str | os.PathLike, item: str | None = None) -> lis
 def finished(workdir: str, stop_at: int) -> dict[str, Any] | None:
   """The recorded result of a run that already reached `stop_at`, or None.
 
-  Reads only the checkpoint folder names and `final.json`, so a rerun of a finished run
-  builds nothing and writes nothing (its records stay as they are).
+  A run is finished when its checkpoints reach `stop_at` and `final.json`, written after
+  the last held-out evaluation, records that step: a run killed after its last save (during
+  that evaluation) is not, and its rerun resumes there to evaluate and record it. Reads only
+  the checkpoint folder names and `final.json`, so a rerun of a finished run builds nothing
+  and writes nothing (its records stay as they are).
   """
   steps = checkpoint_steps(workdir)
   if not steps or max(steps) < stop_at:
@@ -242,6 +280,8 @@ def finished(workdir: str, stop_at: int) -> dict[str, Any] | None:
   try:
     with open(os.path.join(workdir, "final.json"), encoding="utf-8") as f:
       final = json.load(f)
-  except (OSError, ValueError):
-    final = {}
+    if int(final["step"]) < stop_at:
+      return None
+  except (OSError, ValueError, KeyError, TypeError):
+    return None
   return dict(final.get("last") or {}) | {"step": max(steps)}

@@ -10,7 +10,8 @@ each stage's batches once up front (`training/latents.py`) and the step trains o
 cached latents.
 
 The curriculum splits the run (`total_steps`, or `epochs` over the data) into stages by share; a stage change rebuilds the
-input pipeline at the new size and keeps model and optimizer state. Checkpoints (orbax,
+input pipeline at the new size and keeps model and optimizer state (with
+`optim.restart_per_stage` the optimizer restarts there: `optim.restart_state`). Checkpoints (orbax,
 `workdir/checkpoints`) hold model, optimizer, step, stage and the data iterator; calling
 again with the same workdir resumes (from the newest intact checkpoint; see
 `training/checkpointing.py`), and a run that already finished writes nothing. Logs:
@@ -23,10 +24,12 @@ gradient norm stops the run with `NonFiniteLossError`, a failed checkpoint save 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -35,18 +38,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from vbridge_jax.diffusion import flow
 from vbridge_jax.diffusion.sampler import Sampler, sampler_config
 from vbridge_jax.evaluation import grids
-from vbridge_jax.models.wan_vae import sample_posterior
 from vbridge_jax.parallel import flops
 from vbridge_jax.parallel import sharding as sh
-from vbridge_jax.training import checkpointing, export, heldout, latents, prior, setup
+from vbridge_jax.training import checkpointing, export, heldout, latents, optim, prior, setup
 from vbridge_jax.training.checkpointing import Checkpointer, iterator_state, set_iterator_state
 from vbridge_jax.training.logs import MetricsLogger
-from vbridge_jax.utils import atomic
-from vbridge_jax.utils.errors import NonFiniteLossError
+from vbridge_jax.utils import atomic, lock
+from vbridge_jax.utils.errors import NonFiniteLossError, PreemptedError, VBridgeError
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +59,8 @@ def make_train_step(graphdef, vae_graphdef, config, *, patch_size, wrt, state_sh
   """The jitted step `(state, vae_state, x, context, step, nan_at) -> (state, metrics)`.
 
   `x` is a batch of clips `(B, T, S, S, 3)` encoded in the step by the frozen VAE (its
-  posterior sampled with `config.vae_sample`, else its mean), or with
+  posterior sampled with `config.vae_sample`, in `vae_sample_units`, the conditioning frame
+  a second draw with `vae_sample_independent_cond`: `setup.encode_clips`; else its mean), or with
   `config.latent_cache.enabled` the cached normalised latents `(B, F, h, w, C)` (then
   `vae_state` is unused; the cache holds posterior means). `context` is
   `setup.load_context`'s `(2, L, D)`: the positive prompt, then the empty prompt that a
@@ -70,6 +74,9 @@ def make_train_step(graphdef, vae_graphdef, config, *, patch_size, wrt, state_sh
   f = config.flow
   cached = bool(config.latent_cache.enabled)
   vae_sample = bool(config.get("vae_sample", False)) and not cached
+  units = str(config.get("vae_sample_units", "normalized"))
+  independent_cond = bool(config.get("vae_sample_independent_cond", False))
+  flow_dtype = str(f.get("dtype", "float32"))
   plan = setup.plan(config) if plan is None else plan
   text_drop, t2v_ratio, loss_frames = plan.text_drop, plan.t2v_ratio, plan.loss_frames
   base_key = jax.random.key(int(config.seed))
@@ -78,17 +85,15 @@ def make_train_step(graphdef, vae_graphdef, config, *, patch_size, wrt, state_sh
     model, opt = nnx.merge(graphdef, state)
     key = jax.random.fold_in(base_key, step)
     if cached:
-      x0 = x
-    else:
-      vae = nnx.merge(vae_graphdef, vae_state)
-      if vae_sample and hasattr(vae, "encode_posterior"):  # a pixel codec has no posterior
-        z = sample_posterior(*vae.encode_posterior(x), jax.random.fold_in(key, 11))
-      else:
-        z = vae.encode(x)
-      x0 = jax.lax.stop_gradient(vae.normalize(z))
+      x0, cond = x, None
+    else:  # the posterior's units and the conditioning draw: setup.encode_clips
+      x0, cond = setup.encode_clips(nnx.merge(vae_graphdef, vae_state), x, key,
+                                    sample=vae_sample, units=units,
+                                    independent_cond=independent_cond)
     inp = flow.ti2v_training_inputs(x0, key, shift=f.shift, kind=f.sampling,
                                     patch_size=patch_size, weighting=f.weighting,
-                                    t2v_ratio=t2v_ratio, loss_frames=loss_frames)
+                                    t2v_ratio=t2v_ratio, loss_frames=loss_frames, cond=cond,
+                                    dtype=flow_dtype)
     b = x.shape[0]
     ctx = jnp.broadcast_to(context[:1], (b,) + context.shape[1:])
     if text_drop > 0:
@@ -170,10 +175,11 @@ def _stage_iterator(config, plan, source: str, stage, mesh, workdir: str, encode
 
 # The fields that fix a run's parameters and its demo data, each group with when it matters:
 # resuming a checkpoint under other values would load the weights into another model, or
-# train on other data, silently.
+# train on other data, silently. The seed draws a random model's untrained parts (a tiny
+# run's VAE) and the data order; the clip length is what the model learns (and exports).
 _RUN_FIELDS = (
     (lambda c: True, (("model", "dit"), ("model", "vae"), ("model", "dit_overrides"),
-                      ("model", "vae_overrides"), ("finetune",))),
+                      ("model", "vae_overrides"), ("finetune",), ("seed",), ("data", "frames"))),
     (lambda c: c["finetune"] == "lora", (("lora", "rank"), ("lora", "targets"))),
     (lambda c: c["data"]["source"] == "demo",
      (("data", "demo_per_category"), ("data", "demo_heldout"), ("eval", "size"))),
@@ -246,6 +252,7 @@ class _Run:
   def __init__(self, config, plan, workdir: str, devices: list, source: str, total: int):
     self.config, self.plan, self.workdir, self.source = config, plan, workdir, source
     self.stages = setup.parse_stages(config.stages, total, plan.multiple)
+    self.restart_per_stage = bool(config.optim.get("restart_per_stage", False))
     self.total, self.stop_at = total, _stop_step(config, total)
     self.mesh = sh.create_mesh(dict(config.mesh), devices)
     self.rules = sh.rules_from_config(config.logical_axis_rules)
@@ -277,6 +284,7 @@ class _Run:
     self.encoder = (latents.make_encoder(self.vae_graphdef, self.mesh, compiler_options(config))
                     if self.cached else None)
     self.nan_at = jnp.asarray(int(config.get("debug_nan_at_step", -1)), jnp.int32)
+    self.debug_sigterm_at = int(config.get("debug_sigterm_at_step", -1))
     self.logger = MetricsLogger(workdir, self.total, self.step,
                                 enabled=jax.process_index() == 0, progress=bool(config.progress))
     self.logger.write(f"mesh {dict(self.mesh.shape)} on {self.mesh.size} devices; {n_train:,} "
@@ -306,6 +314,9 @@ class _Run:
     """Runs `stage` from the current step to its end (or the stop step)."""
     self.logger.write(f"stage {stage.index}: {stage.size}px, steps {stage.start}..{stage.end} "
                       f"(from {self.step})")
+    if self.restart_per_stage and stage.index > 0 and self.step == stage.start:
+      self.state = optim.restart_state(self.state)  # a new launch per stage (optim.py)
+      self.logger.write(f"stage {stage.index}: optimizer restarted (optim.restart_per_stage)")
     iterator = self.stage_iterator(stage)
     self.logger.rate_fields = _rate_fields(self.config, self.plan, self.plan.crop(stage.size))
     end = min(stage.end, self.stop_at)
@@ -338,8 +349,15 @@ class _Run:
       fetched = self._fetch_metrics(stage)
       if step % int(self.config.log_every) == 0 or step == end:
         self._log(stage, fetched)
+    if step == self.debug_sigterm_at:  # the tests' preemption notice, as a scheduler sends it
+      os.kill(os.getpid(), signal.SIGTERM)
+    save = self.ckpt.check_preemption(step) or save
     if save:
-      self._save(stage, iterator, force=step == end)
+      self._save(stage, iterator, force=step == end or self.ckpt.preempted)
+    if self.ckpt.preempted:
+      self.ckpt.wait()
+      raise PreemptedError(f"preempted (SIGTERM) at step {step}: saved a checkpoint of step "
+                           f"{step} in {self.ckpt.directory}; rerun the command to resume")
     if self._samples_due(stage):
       self._write_samples(iterator, batch)
     if self.evaluator.due(step, stage):  # held-out restore + scores (training/heldout.py)
@@ -366,7 +384,11 @@ class _Run:
       return
     means = {k: float(np.mean([float(m[k]) for m in fetched])) for k in fetched[0]}
     self.last_row = self.logger.log(self.step, means | {
-        "lr": float(self.schedule(self.step - 1)), "stage": stage.index, "size": stage.size})
+        "lr": float(self.schedule(self.step - 1 - self._schedule_origin(stage))), "stage": stage.index, "size": stage.size})
+
+  def _schedule_origin(self, stage) -> int:
+    """The step the lr schedule counts from: 0, or the stage's start with restarts."""
+    return stage.start if self.restart_per_stage else 0
 
   # ------------------------------------------------------------------ checkpoints, samples
 
@@ -386,6 +408,23 @@ class _Run:
     lq, gt, z = _sample_inputs(vae, batch, iterator, int(self.config.samples.count), self.mesh)
     write_samples(model, vae, lq, gt, z, self.context, self.config,
                   os.path.join(self.workdir, "samples", f"step_{self.step:07d}.png"), self.mesh)
+
+  def finish(self) -> None:
+    """What a launch owes at the stop step when it resumed there (killed after its last save,
+    during the last held-out evaluation or before `final.json`): that evaluation, unless its
+    record is written, and the last logged row for `final.json`."""
+    if self.step != self.first_step or self.step == 0:
+      return
+    stage = setup.stage_at(self.stages, self.step - 1)
+    if self.evaluator.due(self.step, stage):
+      done = os.path.exists(os.path.join(self.workdir, "eval", f"step_{self.step:07d}.json"))
+      if jax.process_count() > 1:  # every process takes part in the evaluation, or none
+        done = bool(multihost_utils.broadcast_one_to_all(np.int32(done)))
+      if not done:
+        self.evaluator.run(nnx.merge(self.graphdef, self.state)[0],
+                           nnx.merge(self.vae_graphdef, self.vae_state), self.step)
+    if not self.last_row:
+      self.last_row = last_logged_row(self.workdir, self.step)
 
   def close(self, failed: bool) -> None:
     """Waits for the last save and closes the logs; while failing, only the first error counts."""
@@ -448,20 +487,63 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   resolve_init(config)  # a `prior:` init is built (once, cached) before the run starts
   plan = setup.plan(config)  # the config resolved once; the run's parts read it
   os.makedirs(workdir, exist_ok=True)
-  _write_config(config, workdir)
-  run = _Run(config, plan, workdir, devices, source, total)
-  failed = True
-  try:
-    with jax.set_mesh(run.mesh):
-      while run.step < run.stop_at:
-        run.train_stage(setup.stage_at(run.stages, run.step))
-    failed = False
-  finally:
-    run.close(failed)
-  if jax.process_index() == 0:
-    atomic.write_text(os.path.join(workdir, "final.json"),
-                      json.dumps({"step": run.step, "last": run.last_row}))
+  with _one_trainer(workdir):
+    _write_config(config, workdir)
+    run = _Run(config, plan, workdir, devices, source, total)
+    failed = True
+    try:
+      with jax.set_mesh(run.mesh), run.ckpt.watch_sigterm():
+        while run.step < run.stop_at:
+          run.train_stage(setup.stage_at(run.stages, run.step))
+        run.finish()
+      failed = False
+    finally:
+      run.close(failed)
+    if jax.process_index() == 0:
+      atomic.write_text(os.path.join(workdir, "final.json"),
+                        json.dumps({"step": run.step, "last": run.last_row}))
   return {"step": run.step, **run.last_row}
+
+
+LOCK = ".train.lock"  # in the workdir, while a trainer runs in it
+
+
+@contextlib.contextmanager
+def _one_trainer(workdir: str):
+  """One trainer per workdir (`utils.lock`; process 0 holds it, every process learns whether
+  it got it): a second is refused in one line naming the holder, and the lock of a killed
+  trainer passes to the next."""
+  path = os.path.join(workdir, LOCK)
+  with contextlib.ExitStack() as stack:
+    error = None
+    if jax.process_index() == 0:
+      try:
+        stack.enter_context(lock.exclusive(path, what=f"training in {workdir}"))
+      except VBridgeError as e:
+        error = e
+    if jax.process_count() > 1 and bool(multihost_utils.broadcast_one_to_all(
+        np.int32(error is not None))) and error is None:
+      error = lock.LockedError(f"training in {workdir}: another trainer holds {path}")
+    if error is not None:
+      raise error
+    yield
+
+
+def last_logged_row(workdir: str, step: int) -> dict[str, Any]:
+  """The last training row (not a held-out one) of `metrics.jsonl` up to `step`, or {}."""
+  try:
+    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+      lines = f.readlines()
+  except OSError:
+    return {}
+  for line in reversed(lines):
+    try:
+      row = json.loads(line)
+    except ValueError:
+      continue
+    if "loss" in row and int(row.get("step", -1)) <= step:
+      return row
+  return {}
 
 
 def resolve_init(config) -> None:
