@@ -3,8 +3,12 @@ with a config it builds): settings resolved, checks, the job loop, the summary.
 
 Order of work, so that a bad setting costs nothing: the config is validated, `jax.distributed`
 started when asked, the inputs scanned (duplicates refused, dangling symlinks reported), the
-output folder's writability checked, finished outputs verified and skipped; only then is the
-model loaded. Each failure is one line on stderr and exit status 1.
+output folder's writability checked and a killed run's temporaries removed, the outputs
+already there sorted out (`jobs.output_state`: finished with these settings, skipped;
+restore's own unfinished ones, redone; files restore did not write or outputs of other
+settings, refused unless `overwrite`), the model folders and prompts checked from their
+files; only then is the model loaded. Each failure is one line on stderr and exit status 1;
+a restored image that is not finite is a failure of that image, with nothing written.
 
 The restore settings of `checkpoints.model_info.EvalSettings` (the sampler fields, `seed`,
 `dtype`, `param_dtype`, `vae_dtype`, `quantize`) are unset (None) in configs/restore.py and
