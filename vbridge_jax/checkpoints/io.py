@@ -295,6 +295,22 @@ def write_component(out: Path, name: str, config: Mapping[str, Any], params: dic
   return final
 
 
+class _UnretrievedWriteFailures(logging.Filter):
+  """Drops asyncio's "... exception was never retrieved" records whose exception is a
+  failed write (`atomic.write_failure`): after a failed save (a full disk) each of orbax's
+  and tensorstore's writers would print one, with its traceback, when collected at some
+  later moment, after the command's one-line error about that same failure."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if not str(record.msg).split("\n", 1)[0].endswith(" exception was never retrieved"):
+      return True  # asyncio's message names the class: Task, Future, _GatheringFuture
+    exc = record.exc_info[1] if record.exc_info else None
+    return exc is None or atomic.write_failure(exc) is None
+
+
+logging.getLogger("asyncio").addFilter(_UnretrievedWriteFailures())
+
+
 def _save_params(path: Path, params: dict) -> None:
   """Saves a nested dict of numpy arrays with orbax, holding about one copy in memory.
 

@@ -99,7 +99,7 @@ HELDOUT_PHOTOS = ("chelsea", "coffee")  # held out of the built-in photos' train
 DEFAULT_SIZE = 256
 MAX_SIZE = 4096  # --size's upper bound (px)
 DEFAULT_PER_CATEGORY = 4
-SPLITS = ("train", "heldout", "drift")
+SPLITS = ("train", "heldout")  # what build_once writes (its sets have no drift split)
 
 
 def builtin_photos() -> list[tuple[str, np.ndarray]]:

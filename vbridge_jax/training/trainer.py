@@ -478,6 +478,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   _check_same_run(config, workdir)
   sh.maybe_initialize_distributed(config.get("distributed"))
   devices = setup.check_devices(config)
+  os.makedirs(workdir, exist_ok=True)
+  with _one_trainer(workdir):  # before the first write (the demo set, the prior, config.json)
+    return _train(config, workdir, devices)
+
+
+def _train(config, workdir: str, devices: list) -> dict[str, Any]:
   source = setup.data_source(config, workdir)  # 'demo': built once into workdir/demo_data
   total = setup.total_steps(config, source)  # total_steps, or epochs over the data
   finished = checkpointing.finished(workdir, _stop_step(config, total))
@@ -486,22 +492,20 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     return finished
   resolve_init(config)  # a `prior:` init is built (once, cached) before the run starts
   plan = setup.plan(config)  # the config resolved once; the run's parts read it
-  os.makedirs(workdir, exist_ok=True)
-  with _one_trainer(workdir):
-    _write_config(config, workdir)
-    run = _Run(config, plan, workdir, devices, source, total)
-    failed = True
-    try:
-      with jax.set_mesh(run.mesh), run.ckpt.watch_sigterm():
-        while run.step < run.stop_at:
-          run.train_stage(setup.stage_at(run.stages, run.step))
-        run.finish()
-      failed = False
-    finally:
-      run.close(failed)
-    if jax.process_index() == 0:
-      atomic.write_text(os.path.join(workdir, "final.json"),
-                        json.dumps({"step": run.step, "last": run.last_row}))
+  _write_config(config, workdir)
+  run = _Run(config, plan, workdir, devices, source, total)
+  failed = True
+  try:
+    with jax.set_mesh(run.mesh), run.ckpt.watch_sigterm():
+      while run.step < run.stop_at:
+        run.train_stage(setup.stage_at(run.stages, run.step))
+      run.finish()
+    failed = False
+  finally:
+    run.close(failed)
+  if jax.process_index() == 0:
+    atomic.write_text(os.path.join(workdir, "final.json"),
+                      json.dumps({"step": run.step, "last": run.last_row}))
   return {"step": run.step, **run.last_row}
 
 
