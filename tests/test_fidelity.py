@@ -14,6 +14,7 @@ import pytest
 from flax import nnx
 
 from tests.conftest import set_fields
+from tests.test_trainer import _config as trainer_config
 from vbridge_jax.configs import curriculum, drift
 from vbridge_jax.diffusion import flow
 from vbridge_jax.models.configs import VAEConfig
@@ -198,24 +199,11 @@ def demo(tmp_path_factory) -> str:
 
 
 def _run_config(demo, latent_dir, **kw):
-  c = curriculum.get_config("tiny_wan")
-  c.data.source = demo
-  c.stages = "32,32"
-  c.total_steps = 4
-  c.data.batch_size = 8
-  c.data.balance = False
-  c.log_every = 1
-  c.progress = False
-  c.samples.every_steps = -1
-  c.checkpoint.every_steps = 1
-  c.checkpoint.keep = 10
-  c.latent_cache.enabled = True
-  c.latent_cache.dir = latent_dir
-  c.optim.warmup_steps = 2
-  c.optim.clip_schedule = "authors"
-  c.optim.clip_warmup_steps = 3
-  c.compiler_options = dict(xla_backend_optimization_level=0)
-  return set_fields(c, **kw)
+  """tests/test_trainer.py's tiny two-stage run, with a checkpoint every step and a short
+  warm-up and clipping decay, so that a restart shows within 4 steps."""
+  return trainer_config(demo, latent_dir, **{
+      "checkpoint.every_steps": 1, "checkpoint.keep": 10, "optim.warmup_steps": 2,
+      "optim.clip_schedule": "authors", "optim.clip_warmup_steps": 3} | kw)
 
 
 def _ckpt(workdir, step):

@@ -15,7 +15,8 @@ evaluate's `--pred=DIR`, as `--flag=VALUE` or `--flag VALUE`): each is rewritten
 `--config.FIELD=VALUE` before absl parses, so the config stays the one source; both
 spellings with different values are an error. `flag_error` makes absl's and
 config_flags' errors one line (a config file's own error, such as an unknown variant,
-without the traceback config_flags embeds).
+without the traceback config_flags embeds); `parse_config` is restore's and evaluate's one
+way from argv to their config, with those errors.
 """
 
 from __future__ import annotations
