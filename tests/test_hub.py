@@ -279,10 +279,11 @@ def test_revisions_and_vae_file_alone(repos, offline, calls, tmp_path):
   calls.clear()
   assert _convert("--src", "Wan-AI/wan/Wan2.2_VAE.pth", "--out", tmp_path / "vae") == 0
   assert [kw["allow_patterns"] for _, kw in calls] == [["Wan2.2_VAE.pth"]]
-  # The file alone is fetched; converting it converts what its folder holds, as for a local
-  # path (here the cache also holds the DiT, as it would after an earlier fetch).
+  # The file alone is fetched and converted, as a local path to it is: the VAE, not the DiT
+  # that the cached snapshot also holds after an earlier fetch.
   assert _convert("--src", repos / "wan" / vae.WAN_FILE, "--out", tmp_path / "vae_local") == 0
   _same(tmp_path / "vae_local", tmp_path / "vae")
+  assert sorted(p.name for p in (tmp_path / "vae").iterdir() if p.is_dir()) == ["vae"]
 
 
 def test_fetch_takes_only_the_files_asked_for(repos, tmp_path, monkeypatch):

@@ -226,9 +226,13 @@ def _layout_of(folder: Path) -> str | None:
 
 
 def find(src: Path) -> Found | None:
-  """A DiT at `src` itself (either layout) or in `src/transformer/` (diffusers)."""
+  """A DiT at `src` itself (either layout) or in `src/transformer/` (diffusers); `src` may be
+  one of its files (a shard, its index or config), never another component's file (a
+  `Wan2.2_VAE.pth` beside the DiT names the VAE alone)."""
   src = Path(src)
   if src.is_file():
+    if src.suffix not in (".safetensors", ".json"):
+      return None
     src = src.parent
   for folder in (src, src / "transformer"):
     layout = _layout_of(folder) if folder.is_dir() else None
