@@ -227,18 +227,12 @@ def _st_write(folder: Path, specs, shard_bytes: int) -> None:
   from safetensors.numpy import save_file
 
   folder.mkdir(parents=True, exist_ok=True)
-  shards, used = [[]], 0
-  for spec in specs:
-    size = int(np.prod(spec[1])) * np.dtype(spec[2]).itemsize
-    if shards[-1] and used + size > shard_bytes:
-      shards.append([])
-      used = 0
-    shards[-1].append(spec)
-    used += size
+  shards = io.shard_groups([int(np.prod(shape)) * np.dtype(dtype).itemsize
+                            for _, shape, dtype, _ in specs], shard_bytes)  # as io cuts them
   n = len(shards)
   for k, shard in enumerate(shards):
     save_file(
-      {key: get() for key, _, _, get in shard},
+      {specs[i][0]: specs[i][3]() for i in shard},
       folder / f"diffusion_pytorch_model-{k + 1:05d}-of-{n:05d}.safetensors",
       metadata={"format": "pt"},
     )

@@ -472,6 +472,20 @@ WEIGHTS_NAME = "diffusion_pytorch_model"
 TensorSpec = tuple[str, tuple[int, ...], Any, Callable[[], np.ndarray]]  # key, shape, dtype, get
 
 
+def shard_groups(sizes: Sequence[int], max_shard_bytes: int) -> list[list[int]]:
+  """Indices of tensors of byte `sizes`, in order, cut into shards of at most
+  `max_shard_bytes` (a tensor larger than that is a shard of its own)."""
+  shards: list[list[int]] = [[]]
+  used = 0
+  for i, size in enumerate(sizes):
+    if shards[-1] and used + size > max_shard_bytes:
+      shards.append([])
+      used = 0
+    shards[-1].append(i)
+    used += size
+  return shards
+
+
 def write_safetensors(folder: Path, tensors: Sequence[TensorSpec],
                       max_shard_bytes: int = 5 << 30, name: str = WEIGHTS_NAME) -> list[Path]:
   """Writes `(key, shape, dtype, get)` tensors as `name.safetensors`, or as shards
@@ -484,14 +498,7 @@ def write_safetensors(folder: Path, tensors: Sequence[TensorSpec],
   folder = Path(folder)
   folder.mkdir(parents=True, exist_ok=True)
   sizes = [int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize for _, shape, dtype, _ in tensors]
-  shards: list[list[int]] = [[]]
-  used = 0
-  for i, size in enumerate(sizes):
-    if shards[-1] and used + size > max_shard_bytes:
-      shards.append([])
-      used = 0
-    shards[-1].append(i)
-    used += size
+  shards = shard_groups(sizes, max_shard_bytes)
   n = len(shards)
   names = ([f"{name}.safetensors"] if n == 1 else
            [f"{name}-{k + 1:05d}-of-{n:05d}.safetensors" for k in range(n)])
