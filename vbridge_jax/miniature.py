@@ -258,9 +258,8 @@ def _check_inputs(wd: Path, inputs: dict[str, Any]) -> None:
       raise ConfigError(f"{file}: unreadable ({e}); delete it only with the phases it records"
                         ) from None
     if recorded != inputs:
-      diff = ", ".join(f"{k} {recorded.get(k)!r} (now {inputs.get(k)!r})"
-                       for k in sorted(set(recorded) | set(inputs)) if recorded.get(k) != inputs.get(k))
-      raise ConfigError(f"{file}: this workdir's phases were run with other arguments: {diff}; "
+      raise ConfigError(f"{file}: this workdir's phases were run with other arguments: "
+                        f"{jobs.differences(recorded, inputs)}; "
                         f"rerun with those, or choose another --workdir")
     return
   wd.mkdir(parents=True, exist_ok=True)

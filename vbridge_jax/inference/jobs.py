@@ -139,7 +139,8 @@ def is_done(dst: Path, settings: dict[str, Any], video: bool = False) -> bool:
 
 
 def differences(old: dict[str, Any], new: dict[str, Any]) -> str:
-  """`seed 7 (now 43), solver 'euler' (now 'unipc')`: the settings two records disagree on."""
+  """`seed 7 (now 43), solver 'euler' (now 'unipc')`: the settings two records disagree on (restore's
+  sidecars, the miniature's recorded arguments)."""
   keys = sorted(set(old) | set(new))
   return ", ".join(f"{k} {old[k]!r} (now {new.get(k)!r})" if k in old else f"{k} unrecorded"
                    for k in keys if old.get(k) != new.get(k))
