@@ -172,7 +172,7 @@ def run(config) -> int:
   status = dict(restored=0, failed=[], seconds=0.0)
   rc = 1 if problems else 0
   if todo:
-    _check_model(config)
+    _check_model(config, settings["frames"], settings["drift_frames"])
     rc = max(rc, _restore(config, todo, out_root, status, sources, settings))
   status["seconds"] = time.time() - t_start
   jobs_lib.write_status(out_root, jax.process_index(), status)
@@ -210,13 +210,12 @@ def frame_counts(config) -> tuple[int, int | None]:
   return frames, int(config.drift_frames) or read_model_info(config.drift).frames
 
 
-def _check_model(config) -> None:
+def _check_model(config, frames: int, drift_frames: int | None) -> None:
   """The model folders and the prompt file, checked from their configs (nothing loaded yet):
   the frame counts against the codec, the corrector's codec and latent width against the
   base's, the prompts against the DiT's text width and length."""
   dcfg = DiTConfig.from_dict(io.read_component_config(io.find_component(Path(config.model), "dit")))
   codec = _codec_config(config.model)
-  frames, drift_frames = frame_counts(config)
   where = {"frames": ("--config.frames" if config.frames else str(model_root(config.model)
                                                                    / FILENAME)),
            "drift_frames": ("--config.drift_frames" if config.drift_frames else
@@ -254,7 +253,7 @@ def _restore(config, todo, out_root: Path, status: dict, sources: dict[str, str]
   n_dev = int(config.num_devices)
   mesh = sh.create_mesh(dict(config.mesh), jax.devices()[:n_dev] if n_dev > 0 else None)
   rules = sh.rules_from_config(config.logical_axis_rules)
-  frames, drift_frames = frame_counts(config)
+  frames, drift_frames = settings["frames"], settings["drift_frames"]  # frame_counts
   overrides = dict(dtype=config.dtype, param_dtype=config.param_dtype)
   vae_overrides = {} if config.vae_dtype is None else dict(dtype=config.vae_dtype)
   _say(settings_line(config, sources))
