@@ -157,7 +157,6 @@ class Restorer:
     self.positive, self.negative = put(positive), put(negative)
     self.seed, self.quantize = seed, quantize
     self.compiled: set[tuple[int, ...]] = set()
-    self.nonfinite: list[str] = []  # names `restore` returned black: not finite
 
   @property
   def batch_multiple(self) -> int:
@@ -253,7 +252,7 @@ class Restorer:
 
     Images are grouped by working size in batches of `batch` (0: one per size;
     `jobs.size_batches`), each rounded up to the data-parallel axes; on several processes
-    every one gets every result.
+    every one gets every result. An image whose restoration is not finite comes back black.
     """
     results: list[np.ndarray | None] = [None] * len(images)
     plans = [self.plan(*im.shape[:2]) for im in images]
@@ -264,11 +263,9 @@ class Restorer:
       held, _ = _rows(self.mesh, size)
       rows = {r: (images[idx[r]], names[idx[r]]) for r in held if r < len(idx)}
       out = self.run_batch(rows, size, plans[idx[0]])
-      local = {}
-      for r, o in out.items():  # a non-finite row: a black image, its name in `nonfinite`
-        local[r] = o[0] if o[0] is not None else np.zeros(images[idx[r]].shape, np.uint8)
-        if o[0] is None:
-          self.nonfinite.append(names[idx[r]])
+      # a non-finite row comes back black (the held-out scores then show it)
+      local = {r: o[0] if o[0] is not None else np.zeros(images[idx[r]].shape, np.uint8)
+               for r, o in out.items()}
       if jax.process_count() > 1:  # every process gets every image
         local = _allgather_images(local, [images[i].shape for i in idx])
       for r, i in enumerate(idx):
